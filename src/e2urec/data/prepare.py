@@ -1,0 +1,78 @@
+"""`e2urec prepare`: raw data -> JSON Lines splits + manifest, written all at once or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from e2urec import __version__
+from e2urec.data import sources
+from e2urec.data.protocol import Protocol, Splits, make_splits
+from e2urec.data.sample import Sample, read_jsonl, write_jsonl
+
+SPLITS = ("train", "valid", "test", "retain", "forget")
+
+
+def prepare(
+    out: str | Path,
+    dataset: str = "movielens",
+    raw: str | Path | None = None,
+    protocol: Protocol | None = None,
+    **loader_options,
+) -> dict:
+    """Build the splits of `dataset` and write them to `out`; returns the manifest."""
+    protocol = protocol or Protocol()
+    data = sources.load(dataset, raw, **loader_options)
+    splits = make_splits(data, protocol)
+    manifest = {
+        "dataset": dataset,
+        "raw": [str(p) for p in data.files],
+        "source_checksum": data.checksum(),
+        "protocol": asdict(protocol),
+        "counts": {name: len(splits[name]) for name in SPLITS},
+        "candidates": splits.candidates,
+        "users": {
+            "train": len({s.user for s in splits["train"]}),
+            "forgotten": len(splits.forgotten),
+        },
+        "forgotten_users": splits.forgotten,
+        "positive_rate": {
+            name: round(sum(s.label for s in splits[name]) / max(1, len(splits[name])), 4)
+            for name in SPLITS
+        },
+        "e2urec_version": __version__,
+    }
+    write_splits(out, splits, manifest)
+    return manifest
+
+
+def write_splits(out: str | Path, splits: Splits, manifest: dict) -> None:
+    """Write into a temporary sibling folder, then swap it in: never a half-written `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        for name in SPLITS:
+            write_jsonl(splits[name], tmp / f"{name}.jsonl")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_splits(folder: str | Path) -> dict[str, list[Sample]]:
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise FileNotFoundError(f"{folder}: not a prepared data folder (no manifest.json)")
+    return {name: read_jsonl(folder / f"{name}.jsonl") for name in SPLITS}

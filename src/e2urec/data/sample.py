@@ -1,0 +1,74 @@
+"""The one data contract: a prompt with its Yes/No answer and where it came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+YES, NO = "Yes.", "No."
+FIELDS = ("input", "output", "user", "item", "rating", "timestamp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    input: str
+    output: str
+    user: str
+    item: str
+    rating: float
+    timestamp: int
+
+    @property
+    def label(self) -> int:
+        return 1 if self.output == YES else 0
+
+
+def write_jsonl(samples: Iterable[Sample], path: str | Path) -> None:
+    """Write atomically: a crash leaves the old file (or none), never half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for s in samples:
+                fh.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (run `e2urec prepare` first?)")
+    samples = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                missing = [f for f in FIELDS if f not in row]
+                if missing:
+                    raise ValueError(f"missing field(s) {', '.join(missing)}")
+                if row["output"] not in (YES, NO):
+                    raise ValueError(f"output must be {YES!r} or {NO!r}, got {row['output']!r}")
+                samples.append(
+                    Sample(
+                        input=str(row["input"]),
+                        output=row["output"],
+                        user=str(row["user"]),
+                        item=str(row["item"]),
+                        rating=float(row["rating"]),
+                        timestamp=int(row["timestamp"]),
+                    )
+                )
+            except (json.JSONDecodeError, ValueError, TypeError) as err:
+                raise ValueError(f"{path}, line {lineno}: {err}") from None
+    if not samples:
+        raise ValueError(f"{path}: no samples")
+    return samples
