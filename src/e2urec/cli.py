@@ -43,7 +43,90 @@ def run_prepare(args) -> None:
     print(f"wrote {args.out}")
 
 
-COMMANDS = [add_prepare]
+def _overrides(pairs: list[str] | None) -> dict:
+    """`section.key=value` pairs -> nested dict (values are checked by the dataclasses)."""
+    nested: dict = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value.strip()
+    return nested
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a backbone into the recommender (or Retrain)")
+    p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
+    p.add_argument("--model", default="tiny", help="backbone folder or hub name; 'tiny' builds one")
+    p.add_argument("--split", default="train", choices=["train", "retain"], help="retain = Retrain")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--config", help="YAML file with training options")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override options, e.g. epochs=1")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> None:
+    from e2urec.api import train_recommender
+
+    options = load_yaml(args.config) if args.config else {}
+    options.update(_overrides(args.set))
+    report = train_recommender(args.data, args.out, args.model, args.split, options)
+    print(json.dumps({k: report[k] for k in ("test", "seconds", "trainable_params")}, indent=2))
+
+
+def add_unlearn(sub) -> None:
+    p = sub.add_parser("unlearn", help="make a trained recommender forget the prepared forget set")
+    p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
+    p.add_argument("--model", required=True, help="the trained recommender's folder")
+    p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
+    p.add_argument("--out", required=True, help="output folder (adapter or model + report)")
+    p.add_argument("--config", help="YAML file with the method's options")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override options, e.g. alpha=1")
+    p.set_defaults(run=run_unlearn)
+
+
+def run_unlearn(args) -> None:
+    from e2urec.api import unlearn
+
+    options = load_yaml(args.config) if args.config else {}
+    options.update(_overrides(args.set))
+    result = unlearn(args.data, args.model, args.out, args.method, options)
+    print(json.dumps({k: result[k] for k in ("method", "model", "seconds", "forget")}, indent=2))
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="prepare, train, unlearn with each method, compare")
+    p.add_argument("--preset", default="demo", help="smoke, demo, paper, ... (default demo)")
+    p.add_argument("--config", help="YAML file merged over the preset")
+    p.add_argument("--methods", help="comma-separated subset of methods to run")
+    p.add_argument("--out", help="output folder (default runs/<preset>)")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=1 model=t5-small"
+    )
+    p.set_defaults(run=run_bench_cli)
+
+
+def run_bench_cli(args) -> None:
+    from e2urec.bench import Bench, merge, preset, run_bench
+    from e2urec.report import text_table
+
+    values = preset(args.preset)
+    if args.config:
+        values = merge(values, load_yaml(args.config))
+    values = merge(values, _overrides(args.set))
+    if args.methods:
+        values["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = args.out or f"runs/{args.preset}"
+    results = run_bench(Bench.from_dict(values, where=f"preset {args.preset}"), out)
+    print(text_table(results))
+    print(f"wrote {out}/results.json, results.csv, results.md")
+
+
+COMMANDS = [add_prepare, add_train, add_unlearn, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

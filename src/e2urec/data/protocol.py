@@ -30,8 +30,14 @@ class Protocol:
             raise ValueError(f"min_history must be >= 0, got {self.min_history}")
         if self.last < 3:
             raise ValueError(f"last must keep at least 3 samples, got {self.last}")
-        if len(self.split) != 3 or any(f <= 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            raise ValueError(f"split must be three positive fractions summing to 1, got {self.split}")
+        if (
+            len(self.split) != 3
+            or any(f <= 0 for f in self.split)
+            or abs(sum(self.split) - 1) > 1e-6
+        ):
+            raise ValueError(
+                f"split must be three positive fractions summing to 1, got {self.split}"
+            )
         if not 0 < self.forget_ratio < 1:
             raise ValueError(f"forget_ratio must be in (0, 1), got {self.forget_ratio}")
 
@@ -77,7 +83,7 @@ def build_samples(data: Interactions, p: Protocol) -> tuple[list[Sample], int]:
     samples = []
     for n, i in enumerate(chosen):
         h = position[i]
-        past = rows_of_user[frame["user"].iat[i]][max(0, h - p.history) : h]
+        past = rows_of_user[users[i]][max(0, h - p.history) : h]
         prompt = build_prompt(
             [(titles[j], ratings[j]) for j in past],
             titles[i],

@@ -1,0 +1,178 @@
+"""The shared base of every unlearning method, and the tuning loop of loss-based methods.
+
+A method is a config dataclass plus a small subclass: retraining-style methods override `run`,
+loss-based methods override `loss` (and `prepare`, if they need teachers).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from e2urec.data.sample import Sample
+from e2urec.model import backbone
+from e2urec.model.lora import add_lora
+from e2urec.model.train import TrainConfig, fit
+from e2urec.resources import PeakMemory
+
+
+@dataclass
+class MethodConfig:
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class Task:
+    """What a deletion request hands a method."""
+
+    original: str  # the trained recommender's folder
+    retain: list[Sample]
+    forget: list[Sample]
+    valid: list[Sample]
+    out: Path
+    base: str | None = None  # the backbone before recommendation tuning (for retraining)
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Result:
+    method: str
+    model: str  # a folder `backbone.load` opens
+    seconds: float
+    trainable_params: int
+    peak_rss_mb: float
+    config: dict
+    info: dict = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config or self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{self.name} expects a {self.Config.__name__}")
+
+    def unlearn(self, task: Task) -> Result:
+        """Run the method, timing it and tracking its peak memory; writes `unlearn_report.json`."""
+        if not task.forget:
+            raise ValueError("the forget set is empty: nothing to unlearn")
+        task.out = Path(task.out)
+        task.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.config.seed)
+        start = time.perf_counter()
+        with PeakMemory() as peak:
+            model_dir, params, info = self.run(task)
+        result = Result(
+            self.name,
+            str(model_dir),
+            time.perf_counter() - start,
+            params,
+            peak.mb,
+            asdict(self.config),
+            info,
+        )
+        report = {
+            **asdict(result),
+            "forget_size": len(task.forget),
+            "retain_size": len(task.retain),
+        }
+        (task.out / "unlearn_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return result
+
+    def run(self, task: Task) -> tuple[str, int, dict]:
+        """Return (model folder, trainable parameters, extra info)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Pair:
+    """A forget batch travelling with a retain batch, with indices for cached teacher outputs."""
+
+    forget: list[Sample]
+    forget_idx: list[int]
+    retain: list[Sample]
+    retain_idx: list[int]
+
+
+def paired_batches(task: Task, batch_size: int, seed: int) -> list[Pair]:
+    """One pass over the forget set; each batch gets an equally sized random retain batch."""
+    rng = random.Random(seed)
+    f_order = rng.sample(range(len(task.forget)), len(task.forget))
+    r_order: list[int] = []
+    while len(r_order) < len(f_order) and task.retain:
+        r_order += rng.sample(range(len(task.retain)), len(task.retain))
+    pairs = []
+    for i in range(0, len(f_order), batch_size):
+        fi, ri = f_order[i : i + batch_size], r_order[i : i + batch_size]
+        pairs.append(Pair([task.forget[j] for j in fi], fi, [task.retain[j] for j in ri], ri))
+    return pairs
+
+
+class LossMethod(Method):
+    """Tune a student from the original on forget/retain pairs; subclasses give the loss."""
+
+    lora: ClassVar[bool] = False  # True: frozen original + LoRA (E2URec); False: full tuning
+
+    def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
+        """Build teachers etc. before tuning; returns info for the report."""
+        return {}
+
+    def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def student(self, rec: backbone.Recommender):
+        if self.lora:
+            c = self.config
+            return add_lora(rec.model, c.lora_rank, c.lora_alpha, c.lora_dropout)
+        return rec.model
+
+    def run(self, task: Task) -> tuple[str, int, dict]:
+        self.rec = backbone.load(task.original)
+        info = self.prepare(task, self.rec)
+        net = self.student(self.rec)
+        if torch.cuda.is_available():
+            net = net.cuda()
+        cfg = self.config
+        fit(
+            net,
+            lambda m, b: self.loss(m, b, self._epoch),
+            self._batches(task),
+            cfg.epochs,
+            cfg.lr,
+            desc=self.name,
+        )
+        backbone.save(
+            self.rec,
+            net,
+            task.out,
+            base=task.original if self.lora else None,
+            method=self.name,
+            config=asdict(cfg),
+        )
+        return str(task.out), backbone.count_parameters(net), info
+
+    def _batches(self, task: Task):
+        def for_epoch(epoch: int) -> list[Pair]:
+            self._epoch = epoch
+            return paired_batches(task, self.config.batch_size, self.config.seed + epoch)
+
+        return for_epoch

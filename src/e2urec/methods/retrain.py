@@ -1,0 +1,16 @@
+"""Retrain: the gold standard. Train the backbone from scratch on the retain set only."""
+
+from __future__ import annotations
+
+from e2urec.methods.base import Method, Task
+from e2urec.model.train import train
+
+
+class Retrain(Method):
+    name = "retrain"
+
+    def run(self, task: Task) -> tuple[str, int, dict]:
+        if task.base is None:
+            raise ValueError("retrain needs the backbone the original was trained from (task.base)")
+        report = train(task.base, task.retain, task.valid, task.out, task.train_config)
+        return str(task.out), report["trainable_params"], {"best_epoch": report["best_epoch"]}

@@ -1,0 +1,120 @@
+"""Load a recommender backbone (seq2seq or causal LM) with its tokenizer and Yes/No answer tokens.
+
+A model folder is either a full checkpoint (`save_pretrained`) or a LoRA adapter whose
+`e2urec.json` names the folder it sits on; adapters load recursively and are merged, so an
+unlearning adapter on top of a LoRA-tuned recommender loads like any other model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from e2urec.data.sample import NO, YES
+
+META = "e2urec.json"
+
+
+@dataclass
+class Recommender:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    seq2seq: bool
+    yes_id: int
+    no_id: int
+    path: str
+
+
+def answer_token(tokenizer: PreTrainedTokenizerBase, answer: str, seq2seq: bool) -> int:
+    """The first token of the answer as the model is trained to produce it."""
+    text = answer if seq2seq else " " + answer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer cannot encode the answer {answer!r}")
+    return ids[0]
+
+
+def is_seq2seq(config) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def wrap(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str) -> Recommender:
+    seq2seq = is_seq2seq(model.config)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not seq2seq:
+        tokenizer.padding_side = "left"
+    yes, no = answer_token(tokenizer, YES, seq2seq), answer_token(tokenizer, NO, seq2seq)
+    if yes == no:
+        raise ValueError(f"{path}: 'Yes.' and 'No.' start with the same token; cannot score them")
+    return Recommender(model, tokenizer, seq2seq, yes, no, path)
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32) -> Recommender:
+    """Load a model folder or hub name (hub names need the weights in the local cache)."""
+    path = str(path)
+    meta = read_meta(path)
+    if meta.get("kind") == "lora":
+        from peft import PeftModel
+
+        base = load(resolve(path, meta["base"]), dtype)
+        model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+        return wrap(model, base.tokenizer, path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as err:
+        raise ValueError(f"cannot load model {path!r}: {err}") from None
+    cls = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
+    model = cls.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return wrap(model, tokenizer, path)
+
+
+def read_meta(path: str | Path) -> dict:
+    file = Path(path) / META
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def resolve(folder: str | Path, base: str) -> str:
+    """Adapters record their base relative to themselves so run folders can be moved."""
+    candidate = Path(folder) / base
+    return str(candidate.resolve()) if candidate.exists() else base
+
+
+def save(
+    rec: Recommender, model: PreTrainedModel, out: str | Path, base: str | None, **info
+) -> None:
+    """Save a full model, or only the adapter when `model` is a peft model on `base`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    rec.tokenizer.save_pretrained(out)
+    meta = {"kind": "lora" if hasattr(model, "peft_config") else "full", **info}
+    if meta["kind"] == "lora":
+        if base is None:
+            raise ValueError("an adapter needs the folder of the model it sits on")
+        meta["base"] = _relative(base, out)
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _relative(base: str, out: Path) -> str:
+    import os
+
+    if Path(base).exists():
+        return os.path.relpath(Path(base).resolve(), out.resolve())
+    return base
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

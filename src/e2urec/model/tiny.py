@@ -1,0 +1,56 @@
+"""The embedded default backbone: a small T5 built from a config, no weights to download."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from e2urec.model.backbone import Recommender, save, wrap
+from e2urec.model.tokenizer import train_tokenizer
+
+
+@dataclass
+class TinyT5:
+    vocab_size: int = 4000
+    d_model: int = 128
+    d_ff: int = 512
+    heads: int = 4
+    encoder_layers: int = 4
+    decoder_layers: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if (
+            min(self.vocab_size, self.d_model, self.d_ff, self.encoder_layers, self.decoder_layers)
+            < 1
+        ):
+            raise ValueError("tiny T5 sizes must be positive")
+
+
+def build_tiny_t5(texts: list[str], out: str | Path, size: TinyT5 | None = None) -> Recommender:
+    """Train a tokenizer on `texts`, build a randomly initialised T5, save both to `out`."""
+    size = size or TinyT5()
+    tokenizer = train_tokenizer(texts, size.vocab_size)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=size.d_model,
+        d_kv=size.d_model // size.heads,
+        d_ff=size.d_ff,
+        num_layers=size.encoder_layers,
+        num_decoder_layers=size.decoder_layers,
+        num_heads=size.heads,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        feed_forward_proj="relu",
+    )
+    torch.manual_seed(size.seed)
+    model = T5ForConditionalGeneration(config)
+    rec = wrap(model, tokenizer, str(out))
+    save(rec, model, out, base=None, built_from="TinyT5", size=size.__dict__)
+    return rec

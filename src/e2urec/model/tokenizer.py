@@ -1,0 +1,30 @@
+"""A word-piece tokenizer trained on the prepared prompts, for the from-scratch default model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
+from transformers import PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "</s>", "<unk>"]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """BPE over whitespace/punctuation words; "Yes" and "No" are kept as whole tokens."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.BPEDecoder()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False
+    )
+    tok.train_from_iterator(list(texts) + ["Yes.", "No."] * 100, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    # T5 appends </s> to every sequence; do the same so answers end like real T5 checkpoints.
+    fast.backend_tokenizer.post_processor = TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return fast
