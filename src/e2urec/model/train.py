@@ -69,9 +69,9 @@ def fit(
     model, optimizer = accelerator.prepare(model, optimizer)
     for epoch in range(epochs):
         model.train()
-        bar = tqdm(
-            list(epoch_batches(epoch)), desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False
-        )
+        # Each process takes every n-th batch: `accelerate launch` splits the work across GPUs.
+        mine = list(epoch_batches(epoch))[accelerator.process_index :: accelerator.num_processes]
+        bar = tqdm(mine, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False)
         for batch in bar:
             optimizer.zero_grad()
             loss = loss_fn(model, batch)
