@@ -1,0 +1,86 @@
+"""Scoring by hand, training a few steps, teachers, and config handling."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2urec.config import from_dict, override
+from e2urec.methods.teacher import Teacher
+from e2urec.model import backbone, score
+from e2urec.model.scoring import encode, forward
+from e2urec.model.train import TrainConfig
+
+
+def test_score_matches_a_hand_computation(trained, splits):
+    rec = backbone.load(trained["original"])
+    sample = splits["test"][0]
+    ids = rec.tokenizer(sample.input, return_tensors="pt")["input_ids"]
+    start = torch.tensor([[rec.model.config.decoder_start_token_id]])
+    with torch.no_grad():
+        logits = rec.model(input_ids=ids, decoder_input_ids=start).logits[0, 0]
+    yes, no = logits[rec.yes_id].item(), logits[rec.no_id].item()
+    by_hand = math.exp(yes) / (math.exp(yes) + math.exp(no))
+    batched = score(rec, splits["test"][:5], batch_size=2)["p_yes"]
+    assert batched[0] == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_answer_tokens_are_distinct_words(trained):
+    rec = backbone.load(trained["original"])
+    assert rec.tokenizer.convert_ids_to_tokens([rec.yes_id, rec.no_id]) == ["Yes", "No"]
+
+
+def test_training_writes_a_loadable_model_and_report(trained, splits):
+    report = json.loads((Path(trained["original"]) / "train_report.json").read_text())
+    assert report["best_epoch"] == 1 and report["trainable_params"] > 0
+    assert math.isfinite(report["history"][0]["valid_loss"])
+    base = backbone.load(trained["base"]).model.state_dict()
+    tuned = backbone.load(trained["original"]).model.state_dict()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert len(changed) == len(base)  # full fine-tuning moves every tensor
+
+
+def test_lora_training_saves_only_an_adapter(tmp_path, trained, splits):
+    from e2urec.model.train import train
+
+    config = TrainConfig(epochs=1, lr=1e-2, lora=True, lora_rank=2, lora_alpha=4)
+    report = train(
+        trained["base"], splits["train"][:32], splits["valid"][:16], tmp_path / "m", config
+    )
+    assert (tmp_path / "m" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "m" / "e2urec.json").read_text())["kind"] == "lora"
+    full = backbone.count_parameters(backbone.load(trained["base"]).model)
+    assert 0 < report["trainable_params"] < full / 5
+    p = score(backbone.load(tmp_path / "m"), splits["test"][:4])["p_yes"]
+    assert ((p > 0) & (p < 1)).all()
+
+
+def test_cached_teacher_equals_on_the_fly(trained, splits):
+    rec = backbone.load(trained["original"])
+    samples = splits["forget"][:6]
+    cached = Teacher(rec, backbone.load(trained["original"]).model, samples, cache_mb=100)
+    live = Teacher(rec, backbone.load(trained["original"]).model, samples, cache_mb=0)
+    assert cached.cached and not live.cached
+    idx = [4, 1, 3]
+    a, b = cached.logits(idx, torch.device("cpu")), live.logits(idx, torch.device("cpu"))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    batch = encode(rec, [samples[i] for i in idx])
+    with torch.no_grad():
+        direct = forward(rec, rec.model.eval(), batch).logits
+    torch.testing.assert_close(a, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_config_from_dict_and_overrides():
+    config = from_dict(TrainConfig, {"epochs": 3, "lr": "1e-4", "lora": "true"})
+    assert (config.epochs, config.lr, config.lora) == (3, 1e-4, True)
+    assert override(config, ["batch_size=8"]).batch_size == 8
+    with pytest.raises(ValueError, match="unknown option.*epoch_count"):
+        from_dict(TrainConfig, {"epoch_count": 3})
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        override(config, ["epochs=0"])
+    with pytest.raises(ValueError, match="cannot read 'many' as int"):
+        override(config, {"epochs": "many"})
