@@ -1,0 +1,43 @@
+"""The command line: errors people see, and the train -> unlearn path on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+from e2urec.cli import main
+
+TINY = ["tiny.vocab_size=400", "tiny.d_model=32", "tiny.d_ff=64", "tiny.heads=2"]
+TINY += ["tiny.encoder_layers=1", "tiny.decoder_layers=1"]
+
+
+def test_prepare_refuses_bad_input(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["prepare", "--out", str(out), "--forget-ratio", "1.5"]) == 2
+    assert "forget_ratio must be in (0, 1), got 1.5" in capsys.readouterr().err
+    assert main(["prepare", "--out", str(out), "--dataset", "imaginary"]) == 2
+    assert "unknown data set 'imaginary'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_train_then_unlearn(tmp_path, data_dir, capsys):
+    original = tmp_path / "original"
+    args = ["train", "--data", str(data_dir), "--out", str(original), "--set", "epochs=1", *TINY]
+    assert main(args) == 0
+    report = json.loads((original / "train_report.json").read_text())
+    assert set(report["test"]) == {"auc", "acc", "logloss"}
+    assert (original / "base" / "tokenizer.json").exists()
+    out = tmp_path / "e2urec"
+    args = ["unlearn", "--data", str(data_dir), "--model", str(original), "--out", str(out)]
+    args += ["--set", "epochs=2", "lora_rank=2", "lora_alpha=4", "batch_size=32"]
+    assert main(args) == 0
+    summary = json.loads((out / "unlearn_summary.json").read_text())
+    assert summary["method"] == "e2urec" and (out / "adapter_config.json").exists()
+    assert json.loads((out / "unlearn_report.json").read_text())["config"]["lora_rank"] == 2
+
+
+def test_unlearn_refuses_unknown_method_option(tmp_path, data_dir, trained, capsys):
+    args = ["unlearn", "--data", str(data_dir), "--model", trained["original"]]
+    args += ["--out", str(tmp_path / "x"), "--set", "alpah=2"]
+    assert main(args) == 2
+    assert "unknown option(s) alpah" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
