@@ -73,7 +73,7 @@ def test_forgotten_users_depend_on_seed_only():
 
 def test_ties_in_time_break_by_user_then_item():
     rows = [(2, 1, 5, 100), (1, 2, 5, 100), (1, 1, 5, 100)] + [
-        (u, 10 + i, 5, 200 + i) for u in (1, 2) for i in range(3)
+        (u, 10 + i, 5, 200 + i) for u in (1, 2) for i in range(6)
     ]
     splits = make_splits(Interactions(frame(rows)), Protocol(min_history=3, history=3, last=99))
     samples = splits["train"] + splits["valid"] + splits["test"]
@@ -124,12 +124,12 @@ def test_bad_interactions_are_refused():
 
 def test_unknown_dataset_and_no_half_written_folder(tmp_path):
     out = tmp_path / "d"
-    prepare(out, protocol=Protocol(last=100, history=2))
+    prepare(out, protocol=Protocol(last=300, history=2))
     before = (out / "train.jsonl").read_text()
     with pytest.raises(ValueError, match="unknown data set 'nope'"):
         prepare(out, dataset="nope")
     with pytest.raises(ValueError, match="forget_ratio"):
-        prepare(out, protocol=Protocol(last=100, forget_ratio=2.0))
+        prepare(out, protocol=Protocol(last=300, forget_ratio=2.0))
     assert (out / "train.jsonl").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary leftovers
 

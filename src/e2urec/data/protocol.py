@@ -129,4 +129,10 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
         "retain": [s for s in train if s.user not in gone],
         "forget": [s for s in train if s.user in gone],
     }
+    empty = [name for name, part in parts.items() if not part]
+    if empty:
+        raise ValueError(
+            f"{len(samples)} samples leave the {', '.join(empty)} split(s) empty; "
+            "keep more samples (--last) or change the split/forget ratio"
+        )
     return Splits(parts=parts, forgotten=forgotten, candidates=candidates)
