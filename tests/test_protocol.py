@@ -84,6 +84,15 @@ def test_ties_in_time_break_by_user_then_item():
     )
 
 
+def test_numeric_ids_tie_break_as_numbers():
+    # Same second: item 593 comes before 2384 (as the paper's int sort), not "2384" < "593".
+    rows = [(7, 2384, 4, 100), (7, 593, 5, 100)]
+    rows += [(u, 10 + i, 3, 200 + i) for u in (7, 8) for i in range(12)]
+    splits = make_splits(Interactions(frame(rows)), Protocol(min_history=2, history=2, last=99))
+    first = next(s for s in splits["train"] if s.user == "7")
+    assert "['0. Movie 593 (5 stars)', '1. Movie 2384 (4 stars)']" in first.input
+
+
 def test_prepare_writes_splits_and_manifest(tmp_path):
     out = tmp_path / "d"
     manifest = prepare(out, protocol=Protocol(last=300, history=4))

@@ -52,9 +52,19 @@ class Splits:
         return self.parts[name]
 
 
+def _id_key(ids: pd.Series) -> pd.Series:
+    """Numeric ids compare as numbers (the paper sorts ML-1M's int ids: 593 before 2384)."""
+    numbers = pd.to_numeric(ids, errors="coerce")
+    return ids if numbers.isna().any() else numbers
+
+
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     # Ties in time are broken by user then item, stably, as the paper's preprocessing does.
-    return frame.sort_values(["timestamp", "user", "item"], kind="stable").reset_index(drop=True)
+    keys = pd.DataFrame(
+        {"t": frame["timestamp"], "u": _id_key(frame["user"]), "i": _id_key(frame["item"])}
+    )
+    order = keys.sort_values(["t", "u", "i"], kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
 
 
 def _profiles(frame: pd.DataFrame) -> list[Profile] | None:
