@@ -9,10 +9,12 @@ import torch.nn.functional as F
 EPS = 1e-12
 
 
-def kl_div(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(teacher || student), computed from logits over the last dim."""
-    teacher = F.log_softmax(teacher_logits.float(), dim=-1)
-    student = F.log_softmax(student_logits.float(), dim=-1)
+def kl_div(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean over rows of KL(teacher || student), from logits over the last dim softened by T."""
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     return (teacher.exp() * (teacher - student)).sum(-1).mean()
 
 

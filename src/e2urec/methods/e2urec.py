@@ -69,6 +69,8 @@ class E2URec(LossMethod):
         model = copy.deepcopy(rec.model)
         if c.aug_mode == "lora":
             model = add_lora(model, c.lora_rank, c.lora_alpha, c.lora_dropout)
+        else:
+            model.requires_grad_(True)  # a merged LoRA recommender loads frozen
         if torch.cuda.is_available():
             model = model.cuda()
         fit(

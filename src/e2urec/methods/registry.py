@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from e2urec.config import from_dict
+from e2urec.methods.bad_t import BadT
+from e2urec.methods.bad_teacher import BadTeacher
 from e2urec.methods.base import Method
 from e2urec.methods.e2urec import E2URec
+from e2urec.methods.neggrad import NegGrad
+from e2urec.methods.receraser import RecEraser
 from e2urec.methods.retrain import Retrain
+from e2urec.methods.scrub import Scrub
+from e2urec.methods.sisa import Sisa
 
 METHODS: dict[str, type[Method]] = {
     "retrain": Retrain,
+    "sisa": Sisa,
+    "receraser": RecEraser,
+    "neggrad": NegGrad,
+    "bad_t": BadT,
+    "bad_teacher": BadTeacher,
+    "scrub": Scrub,
     "e2urec": E2URec,
 }
 

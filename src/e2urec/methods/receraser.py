@@ -1,0 +1,78 @@
+"""RecEraser (Chen et al., 2022): shards by user, aggregated by a learned attention.
+
+Users (not samples) are dealt into `shards` shards balanced by sample count, so all of a user's
+data sits in one shard; each shard trains a model as in SISA. The shards' answers are combined by
+an attention over their last hidden states (model/ensemble.py), trained on the validation set
+with the shards frozen. A deletion request retrains the shards that held forgotten users and then
+the attention; Result.seconds is that work alone. (RecEraser groups similar users by k-means on
+pretrained embeddings; here the grouping is a seeded random balanced one.)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from e2urec.data.sample import Sample
+from e2urec.methods.base import Task
+from e2urec.methods.sisa import Sisa, SisaConfig
+from e2urec.model import backbone
+from e2urec.model.ensemble import Ensemble, ShardAttention
+from e2urec.model.train import answer_loss, fit, shuffled_batches
+
+
+@dataclass
+class RecEraserConfig(SisaConfig):
+    """epochs / lr / batch_size train the attention on the validation set."""
+
+    epochs: int = 1
+    lr: float = 1e-3
+    attention_size: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.attention_size < 1:
+            raise ValueError(f"attention_size must be at least 1, got {self.attention_size}")
+
+
+class RecEraser(Sisa):
+    name = "receraser"
+    Config = RecEraserConfig
+
+    def partition(self, samples: list[Sample]) -> list[list[int]]:
+        """Users, largest first (ties in seeded order), each to the shard with fewest samples."""
+        counts = Counter(s.user for s in samples)
+        users = random.Random(self.config.seed).sample(sorted(counts), len(counts))
+        users.sort(key=lambda u: -counts[u])
+        load, home = [0] * self.config.shards, {}
+        for user in users:
+            home[user] = load.index(min(load))
+            load[home[user]] += counts[user]
+        shards: list[list[int]] = [[] for _ in load]
+        for i, s in enumerate(samples):
+            shards[home[s.user]].append(i)
+        return shards
+
+    def aggregate(self, task: Task, shard_dirs: list[str]) -> ShardAttention:
+        c = self.config
+        members = [backbone.load(d) for d in shard_dirs]
+        hidden = members[0].model.config.hidden_size
+        ensemble = Ensemble(
+            [m.model for m in members], ShardAttention(len(members), hidden, c.attention_size)
+        )
+        ensemble.shards.requires_grad_(False)
+        if torch.cuda.is_available():
+            ensemble = ensemble.cuda()
+        rec = backbone.wrap(ensemble, members[0].tokenizer, str(task.out))
+        fit(
+            ensemble,
+            lambda m, b: answer_loss(rec, m, b)[0],
+            lambda e: shuffled_batches(task.valid, c.batch_size, c.seed + e),
+            c.epochs,
+            c.lr,
+            desc="receraser attention",
+        )
+        return ensemble.attention.cpu()
