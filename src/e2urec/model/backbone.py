@@ -2,7 +2,8 @@
 
 A model folder is either a full checkpoint (`save_pretrained`) or a LoRA adapter whose
 `e2urec.json` names the folder it sits on; adapters load recursively and are merged, so an
-unlearning adapter on top of a LoRA-tuned recommender loads like any other model.
+unlearning adapter on top of a LoRA-tuned recommender loads like any other model. An ensemble
+folder (SISA, RecEraser) lists shard folders; it loads as one module (model/ensemble.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from transformers import (
 )
 
 from e2urec.data.sample import NO, YES
+from e2urec.model import smollm
 
 META = "e2urec.json"
+# Model names that stand for a folder made on first use (from weights a package ships).
+NAMED = {smollm.NAME: smollm.folder}
 
 
 @dataclass
@@ -53,6 +57,8 @@ def wrap(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str) 
     seq2seq = is_seq2seq(model.config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Over-long prompts lose their oldest history, never the target item and the question.
+    tokenizer.truncation_side = "left"
     if not seq2seq:
         tokenizer.padding_side = "left"
     yes, no = answer_token(tokenizer, YES, seq2seq), answer_token(tokenizer, NO, seq2seq)
@@ -62,9 +68,15 @@ def wrap(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str) 
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32) -> Recommender:
-    """Load a model folder or hub name (hub names need the weights in the local cache)."""
+    """Load a model folder, a name in NAMED, or a hub name (its weights in the local cache)."""
     path = str(path)
+    if path in NAMED and not Path(path).exists():
+        path = NAMED[path]()
     meta = read_meta(path)
+    if meta.get("kind") == "ensemble":
+        from e2urec.model.ensemble import load_ensemble  # it builds on this module
+
+        return load_ensemble(path, meta, dtype)
     if meta.get("kind") == "lora":
         from peft import PeftModel
 

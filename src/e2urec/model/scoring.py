@@ -80,8 +80,14 @@ def forward(rec: Recommender, model: torch.nn.Module, batch: dict) -> AnswerLogi
         logits, keep = out.logits, labels != -100
     else:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-        # A causal LM predicts token t from position t-1.
-        logits, labels = model(**inputs).logits[:, :-1], labels[:, 1:]
+        # Logits only from the position before the earliest answer token on: with left padding
+        # that is the last few positions, which spares a [batch, length, vocab] tensor (49,152
+        # wide for SmolLM2) and its gradient. A causal LM predicts token t from position t-1.
+        width = labels.shape[1]
+        first_label = int((labels != -100).int().argmax(1).min())
+        tail = min(width, width - first_label + 1)
+        logits = model(**inputs, logits_to_keep=tail).logits[:, :-1]
+        labels = labels[:, width - tail + 1 :]
         keep = labels != -100
     sizes = keep.sum(1)
     first = torch.cumsum(sizes, 0) - sizes

