@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Tiny models gain nothing from a second thread, and lose a lot when cores are shared.
+torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from e2urec.data import Protocol, load_splits, prepare  # noqa: E402
