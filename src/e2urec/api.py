@@ -1,12 +1,14 @@
-"""Library functions behind the `train` and `unlearn` commands."""
+"""Library functions behind the `train`, `unlearn` and `forget` commands."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from e2urec import mia
 from e2urec.config import from_dict
 from e2urec.data import load_splits
 from e2urec.methods import Task, get_method
@@ -14,12 +16,33 @@ from e2urec.metrics import classification
 from e2urec.model import backbone, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, train
+from e2urec.requests import DeletionRequest, sample_key, select
 
 
 def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
     rec = backbone.load(model)
     p = score(rec, samples, batch_size)["p_yes"]
     return classification(np.array([s.label for s in samples]), p)
+
+
+def assess(model, test, forget, retain, batch_size: int = 64, seed: int = 0, full: bool = False):
+    """Test and forget classification plus MIA AUC of one model; also its forget scores
+    (with the vocabulary distribution when `full`, for closeness to Retrain)."""
+    rec = backbone.load(model) if isinstance(model, (str, Path)) else model
+    name = Path(rec.path).name
+    plan = mia.Plan.make(len(retain), len(test), seed)
+    members = [retain[i] for i in plan.members]
+    t = score(rec, test, batch_size, desc=f"eval {name} test")
+    f = score(rec, forget, batch_size, full=full, desc=f"eval {name} forget")
+    m = score(rec, members, batch_size, desc=f"eval {name} members")
+    test_x = mia.sample_features(test, t)
+    attack = mia.fit_attack(mia.sample_features(members, m), test_x[plan.nonmembers], seed)
+    metrics = {
+        "test": classification(np.array([s.label for s in test]), t["p_yes"]),
+        "forget": classification(np.array([s.label for s in forget]), f["p_yes"]),
+        "mia_auc": mia.attack_auc(attack, mia.sample_features(forget, f), test_x[plan.unseen]),
+    }
+    return metrics, f
 
 
 def train_recommender(data, out, model: str = "tiny", split: str = "train", options=None) -> dict:
@@ -66,3 +89,89 @@ def unlearn(data, model, out, method: str = "e2urec", options=None) -> dict:
 def _train_report(model) -> dict:
     path = Path(model) / "train_report.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+FORGET_REPORT = "forget_report.json"
+
+
+def lineage(model) -> dict:
+    """Where `model` comes from: its backbone, training config, and what earlier deletion
+    requests (made with `forget`) already removed from its training data."""
+    earlier = Path(model) / FORGET_REPORT
+    if earlier.exists():
+        report = json.loads(earlier.read_text())
+        return {k: report[k] for k in ("base", "train_config", "removed_keys", "requests")}
+    report = _train_report(model)
+    base = report.get("base")
+    return {
+        "base": backbone.resolve(model, base) if base else None,
+        "train_config": report.get("config"),
+        "removed_keys": [],
+        "requests": [],
+    }
+
+
+def forget(
+    data,
+    model,
+    out,
+    method: str = "e2urec",
+    users=(),
+    interactions=(),
+    options=None,
+    history: bool = True,
+) -> dict:
+    """Apply one deletion request to the trained recommender `model` with `method`.
+
+    Forget = the train samples of `users` and of the (user, item) `interactions` (with
+    `history`, also prompts showing a deleted rating); retain = train minus those and minus
+    what earlier requests on `model` removed. Ids not in the training data are refused
+    before anything is written. Writes the new model and `forget_report.json` to `out`.
+    """
+    out = Path(out)
+    splits = load_splits(data)
+    request = DeletionRequest(tuple(users), tuple(tuple(p) for p in interactions))
+    past = lineage(model)
+    chosen = select(splits["train"], request, map(tuple, past["removed_keys"]), history)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; give a new folder for the new model")
+    unlearner = get_method(method, options)
+    task = Task(
+        str(model),
+        chosen.retain,
+        chosen.forget,
+        splits["valid"],
+        out,
+        base=past["base"],
+        train_config=from_dict(TrainConfig, past["train_config"], "train"),
+    )
+    result = unlearner.unlearn(task)
+    after, _ = assess(result.model, splits["test"], chosen.forget, chosen.retain)
+    was, _ = assess(str(model), splits["test"], chosen.forget, chosen.retain)
+    report = {
+        "method": method,
+        "model": result.model,
+        "from": str(model),
+        "request": request.to_dict(),
+        "removed": {
+            "samples": len(chosen.forget),
+            "targets": chosen.targets,
+            "history": chosen.history,
+            "users": chosen.users,
+        },
+        "counts": {
+            "train": len(splits["train"]),
+            "retain": len(chosen.retain),
+            "removed_before": len(past["removed_keys"]),
+        },
+        **after,
+        "before": was,
+        "seconds": round(result.seconds, 2),
+        "trainable_params": result.trainable_params,
+        "base": past["base"],
+        "train_config": asdict(task.train_config),
+        "removed_keys": past["removed_keys"] + [list(sample_key(s)) for s in chosen.forget],
+        "requests": past["requests"] + [request.to_dict()],
+    }
+    (out / FORGET_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -32,13 +32,24 @@ def add_prepare(sub) -> None:
     p.add_argument("--forget-ratio", dest="forget_ratio", type=float, help="default 0.2")
     p.add_argument("--seed", type=int, help="seed choosing forgotten users (default 42)")
     p.add_argument("--threshold", type=float, help='rating > threshold is "Yes." (default 3)')
+    log = p.add_argument_group("--dataset interactions (a CSV or Parquet log)")
+    log.add_argument("--user-col", help="user column (default: user)")
+    log.add_argument("--item-col", help="item column (default: item)")
+    log.add_argument("--rating-col", help="rating column (default: rating)")
+    log.add_argument("--time-col", help="unix seconds or ISO 8601 column (default: timestamp)")
+    log.add_argument("--titles", help="CSV with columns item,title (default: the item id)")
     p.set_defaults(run=run_prepare)
 
 
 def run_prepare(args) -> None:
     from e2urec.data import prepare
 
-    manifest = prepare(args.out, dataset=args.dataset, raw=args.raw, protocol=_protocol(args))
+    # Only options given are passed: each loader takes its own, and refuses the others.
+    names = ("user_col", "item_col", "rating_col", "time_col", "titles")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    manifest = prepare(
+        args.out, dataset=args.dataset, raw=args.raw, protocol=_protocol(args), **options
+    )
     print(json.dumps({k: manifest[k] for k in ("dataset", "counts", "users")}, indent=2))
     print(f"wrote {args.out}")
 
@@ -98,11 +109,59 @@ def run_unlearn(args) -> None:
     print(json.dumps({k: result[k] for k in ("method", "model", "seconds", "forget")}, indent=2))
 
 
+def add_forget(sub) -> None:
+    p = sub.add_parser("forget", help="apply one deletion request (users or interactions)")
+    p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
+    p.add_argument("--model", required=True, help="the trained (or already unlearned) model")
+    p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
+    p.add_argument("--users", help="comma-separated user ids: all their train samples go")
+    p.add_argument("--interactions", help="CSV with columns user,item: those samples go")
+    p.add_argument(
+        "--keep-history",
+        dest="history",
+        action="store_false",
+        help="keep prompts that show a deleted rating in their history (default: forget them)",
+    )
+    p.add_argument("--out", required=True, help="new, empty output folder (model + report)")
+    p.add_argument("--config", help="YAML file with the method's options")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override options, e.g. alpha=1")
+    p.set_defaults(run=run_forget)
+
+
+def run_forget(args) -> None:
+    from e2urec.api import forget
+    from e2urec.requests import parse_users, read_interactions
+
+    if not args.users and not args.interactions:
+        raise ValueError("give --users and/or --interactions")
+    users = parse_users(args.users) if args.users else ()
+    pairs = read_interactions(args.interactions) if args.interactions else ()
+    options = load_yaml(args.config) if args.config else {}
+    options.update(_overrides(args.set))
+    report = forget(
+        args.data, args.model, args.out, args.method, users, pairs, options, args.history
+    )
+    keys = (
+        "method",
+        "model",
+        "removed",
+        "counts",
+        "forget",
+        "test",
+        "mia_auc",
+        "before",
+        "seconds",
+    )
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+
+
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="prepare, train, unlearn with each method, compare")
     p.add_argument("--preset", default="demo", help="smoke, demo, paper, ... (default demo)")
     p.add_argument("--config", help="YAML file merged over the preset")
     p.add_argument("--methods", help="comma-separated subset of methods to run")
+    p.add_argument("--seeds", help="comma-separated train/unlearn seeds: mean ± std over them")
+    p.add_argument("--sequential", type=int, help="also forget the users in N successive requests")
     p.add_argument("--out", help="output folder (default runs/<preset>)")
     p.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=1 model=t5-small"
@@ -112,7 +171,7 @@ def add_bench(sub) -> None:
 
 def run_bench_cli(args) -> None:
     from e2urec.bench import Bench, merge, preset, run_bench
-    from e2urec.report import text_table
+    from e2urec.report import sequential_table, text_table
 
     values = preset(args.preset)
     if args.config:
@@ -120,13 +179,19 @@ def run_bench_cli(args) -> None:
     values = merge(values, _overrides(args.set))
     if args.methods:
         values["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.seeds:
+        values["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if args.sequential is not None:
+        values["sequential"] = args.sequential
     out = args.out or f"runs/{args.preset}"
     results = run_bench(Bench.from_dict(values, where=f"preset {args.preset}"), out)
     print(text_table(results))
-    print(f"wrote {out}/results.json, results.csv, results.md")
+    if results.get("sequential"):
+        print("\n" + sequential_table(results))
+    print(f"wrote {out}/results.json, results.csv, results.md, results.png")
 
 
-COMMANDS = [add_prepare, add_train, add_unlearn, add_bench]
+COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,10 +24,31 @@ COLUMNS = [
     ("sym-KL", ("sym_kl",)),
     ("L2", ("l2",)),
     ("JSD Yes/No", ("jsd_yes_no",)),
+    ("MIA AUC", ("mia_auc",)),
     ("seconds", ("seconds",)),
     ("trainable params", ("trainable_params",)),
     ("peak RSS MB", ("peak_rss_mb",)),
 ]
+# Per sequential step: what was forgotten so far, and how each method stands after it.
+STEP_COLUMNS = [
+    ("step", ("step",)),
+    ("users", ("users",)),
+    ("forgotten", ("forgotten_samples",)),
+    ("test AUC", ("test", "auc")),
+    ("forget AUC", ("forget", "auc")),
+    ("JSD", ("jsd",)),
+    ("JSD Yes/No", ("jsd_yes_no",)),
+    ("MIA AUC", ("mia_auc",)),
+    ("seconds", ("seconds",)),
+]
+DECIMALS = {
+    "seconds": 1,
+    "peak RSS MB": 1,
+    "trainable params": 0,
+    "step": 0,
+    "users": 0,
+    "forgotten": 0,
+}
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "scikit-learn", "e2urec")
 
 
@@ -54,24 +76,47 @@ def cell(row: dict, path: tuple[str, ...]):
     return value
 
 
-def fmt(value) -> str:
+def fmt(value, decimals: int = 4) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if decimals == 0 and math.isfinite(value):
+        return str(round(value))
+    return f"{value:.{decimals}f}" if abs(value) < 100 else f"{value:.1f}"
 
 
-def table_rows(results: dict) -> list[list[str]]:
+def fmt_cell(row: dict, std: dict | None, title: str, path: tuple[str, ...]) -> str:
+    """`mean` or, when a std is known, `mean ± std`."""
+    decimals = DECIMALS.get(title, 4)
+    text = fmt(cell(row, path), decimals)
+    spread = cell(std, path) if std else None
+    if isinstance(spread, (int, float)) and text != "-" and decimals:
+        text += f" ± {fmt(spread, decimals)}"
+    return text
+
+
+def table_rows(results: dict, columns=COLUMNS) -> list[list[str]]:
+    stds = (results.get("std") or {}).get("methods", {})
     return [
-        [name] + [fmt(cell(row, path)) for _, path in COLUMNS]
+        [name] + [fmt_cell(row, stds.get(name), t, path) for t, path in columns]
         for name, row in results["methods"].items()
     ]
 
 
-def text_table(results: dict) -> str:
-    header = ["method"] + [c for c, _ in COLUMNS]
-    rows = [header] + table_rows(results)
+def step_rows(results: dict) -> list[list[str]]:
+    seq = results.get("sequential") or {}
+    stds = ((results.get("std") or {}).get("sequential") or {}).get("methods", {})
+    rows = []
+    for name, steps in seq.get("methods", {}).items():
+        spread = stds.get(name) or [None] * len(steps)
+        for row, sd in zip(steps, spread):
+            rows.append([name] + [fmt_cell(row, sd, t, path) for t, path in STEP_COLUMNS])
+    return rows
+
+
+def render(header: list[str], rows: list[list[str]]) -> str:
+    rows = [header] + rows
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
         "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
@@ -81,11 +126,37 @@ def text_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(results: dict) -> str:
-    header = ["method"] + [c for c, _ in COLUMNS]
+def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _header(columns) -> list[str]:
+    return ["method"] + [c for c, _ in columns]
+
+
+def text_table(results: dict) -> str:
+    text = render(_header(COLUMNS), table_rows(results))
+    if results.get("seeds"):
+        text = f"mean ± std over seeds {', '.join(map(str, results['seeds']))}\n" + text
+    return text
+
+
+def sequential_table(results: dict) -> str:
+    seq = results.get("sequential")
+    if not seq:
+        return ""
+    title = f"{seq['steps']} successive deletion requests (forget set: everything forgotten so far)"
+    return title + "\n" + render(_header(STEP_COLUMNS), step_rows(results))
+
+
+def markdown_table(results: dict) -> str:
+    text = markdown(_header(COLUMNS), table_rows(results))
+    if results.get("sequential"):
+        text += "\n## Successive deletion requests\n\n"
+        text += markdown(_header(STEP_COLUMNS), step_rows(results))
+    return text
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -100,10 +171,24 @@ def write_results(results: dict, out: str | Path) -> None:
     results.setdefault("versions", versions())
     results.setdefault("git", git_commit())
     _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    _atomic_write(out / "results.csv", csv_table(results))
+    _atomic_write(out / "results.md", markdown_table(results))
+
+
+def csv_table(results: dict) -> str:
+    """One row per method; with seeds, a `<column> std` after each numeric column."""
+    stds = (results.get("std") or {}).get("methods")
+    header = ["method"]
+    for title, _ in COLUMNS:
+        header += [title, f"{title} std"] if stds else [title]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method"] + [c for c, _ in COLUMNS])
+    writer.writerow(header)
     for name, row in results["methods"].items():
-        writer.writerow([name] + [cell(row, path) for _, path in COLUMNS])
-    _atomic_write(out / "results.csv", buf.getvalue())
-    _atomic_write(out / "results.md", markdown_table(results))
+        values = [name]
+        for _, path in COLUMNS:
+            values.append(cell(row, path))
+            if stds:
+                values.append(cell(stds.get(name), path))
+        writer.writerow(values)
+    return buf.getvalue()

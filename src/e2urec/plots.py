@@ -1,0 +1,128 @@
+"""Figures made from results.json: utility against forgetting, time, and successive requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from e2urec.report import cell
+
+# Figure without pyplot renders with the Agg backend and leaves the caller's backend alone.
+
+
+def _colors(names) -> dict[str, str]:
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+def _std(results: dict, name: str, path: tuple[str, ...]):
+    return cell((results.get("std") or {}).get("methods", {}).get(name), path)
+
+
+def plot_results(results: dict, path: str | Path) -> Path:
+    """Left: test AUC against JSD to Retrain on the forget set. Right: seconds, log scale."""
+    rows = results["methods"]
+    colors = _colors(rows)
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for name, row in rows.items():
+        x, y = row.get("jsd"), cell(row, ("test", "auc"))
+        if x is None or y is None:
+            continue
+        left.errorbar(
+            x,
+            y,
+            xerr=_std(results, name, ("jsd",)),
+            yerr=_std(results, name, ("test", "auc")),
+            fmt="o",
+            ms=8,
+            capsize=3,
+            color=colors[name],
+            label=name,
+        )
+        left.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
+    if all(row.get("jsd") is None for row in rows.values()):
+        left.text(
+            0.5, 0.5, "no Retrain run: JSD unavailable", ha="center", transform=left.transAxes
+        )
+    left.set_xlabel("JSD to Retrain on the forget set (lower: closer to Retrain)")
+    left.set_ylabel("test AUC (higher: more useful)")
+    left.set_title("Utility against forgetting")
+    left.grid(alpha=0.3)
+    left.margins(0.3)
+    low, high = left.get_xlim()
+    left.set_xlim(max(low, -0.05 * high), high)  # JSD is never negative
+
+    # Dots, not bars: a bar's length on a log axis depends on where the axis happens to start.
+    names = list(rows)
+    for i, name in enumerate(names):
+        seconds = rows[name].get("seconds")
+        if not seconds:
+            continue
+        right.errorbar(
+            seconds,
+            i,
+            xerr=_std(results, name, ("seconds",)),
+            fmt="o",
+            ms=8,
+            capsize=3,
+            color=colors[name],
+        )
+        right.annotate(f"{seconds:.1f} s", (seconds, i), textcoords="offset points", xytext=(8, 6))
+    right.set_yticks(
+        range(len(names)), [f"{n} (training)" if n == "original" else n for n in names]
+    )
+    right.set_xscale("log")
+    right.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    right.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    right.xaxis.set_minor_formatter(NullFormatter())
+    right.set_ylim(len(names) - 0.5, -0.5)
+    right.margins(x=0.3)
+    right.set_xlabel("wall seconds (log scale)")
+    right.set_title("Unlearning time")
+    right.grid(axis="x", alpha=0.3, which="both")
+    if results.get("seeds"):
+        fig.suptitle(f"mean ± std over seeds {', '.join(map(str, results['seeds']))}")
+    return _save(fig, path)
+
+
+SEQUENTIAL_PANELS = [
+    (("test", "auc"), "test AUC"),
+    (("forget", "auc"), "forget AUC (all forgotten so far)"),
+    (("jsd",), "JSD to Retrain (all forgotten so far)"),
+    (("mia_auc",), "MIA AUC (forgotten vs unseen)"),
+]
+
+
+def plot_sequential(results: dict, path: str | Path) -> Path:
+    """One panel per metric, one line per method, over successive deletion requests."""
+    seq = results["sequential"]
+    stds = ((results.get("std") or {}).get("sequential") or {}).get("methods", {})
+    colors = _colors(seq["methods"])
+    fig = Figure(figsize=(16, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(SEQUENTIAL_PANELS))
+    for ax, (key, title) in zip(axes, SEQUENTIAL_PANELS):
+        for i, (name, steps) in enumerate(seq["methods"].items()):
+            dodge = (i - (len(colors) - 1) / 2) * 0.03  # keep error bars apart
+            x = [r["step"] + dodge for r in steps]
+            y = [cell(r, key) for r in steps]
+            if any(v is None for v in y):
+                continue
+            sd = stds.get(name)
+            err = [cell(s, key) for s in sd] if sd else None
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[name], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("request")
+        ax.set_xticks(range(1, seq["steps"] + 1))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path

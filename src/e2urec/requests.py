@@ -1,0 +1,178 @@
+"""Deletion requests as users make them: pure functions choosing which train samples to forget.
+
+User-level deletion (the paper's setting) removes every train sample of the given users.
+Interaction-level deletion removes the samples whose target is a given (user, item) pair and,
+because a rating is also shown in the history of the user's next prompts, those prompts too.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2urec.data.prompt import stars
+from e2urec.data.sample import Sample
+
+SHOWN = 50  # unknown ids listed in a refusal before "and N more"
+_TARGET = re.compile(r"\*\*\*(.*)\*\*\*")
+_ENTRY = re.compile(r"^\d+\. ")
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    users: tuple[str, ...] = ()
+    interactions: tuple[tuple[str, str], ...] = ()  # (user, item)
+
+    def __post_init__(self):
+        if not self.users and not self.interactions:
+            raise ValueError("a deletion request needs users or (user, item) interactions")
+
+    def to_dict(self) -> dict:
+        return {"users": list(self.users), "interactions": [list(p) for p in self.interactions]}
+
+
+@dataclass
+class Selection:
+    forget: list[Sample]
+    retain: list[Sample]
+    targets: int  # samples whose target is a deleted interaction (all of them for users)
+    history: int = 0  # further samples whose prompt shows a deleted interaction
+    users: list[str] = field(default_factory=list)  # users touched by the request
+
+
+def sample_key(s: Sample) -> tuple[str, str, int]:
+    """What identifies a sample across files: the rating it was built from."""
+    return (s.user, s.item, s.timestamp)
+
+
+def parse_users(text: str) -> tuple[str, ...]:
+    """'12, 45,12' -> ('12', '45'): order kept, duplicates dropped."""
+    users = [u.strip() for u in text.split(",") if u.strip()]
+    if not users:
+        raise ValueError(f"no user ids in {text!r}")
+    return tuple(dict.fromkeys(users))
+
+
+def read_interactions(path: str | Path) -> tuple[tuple[str, str], ...]:
+    """A CSV with `user` and `item` columns (others ignored) -> unique (user, item) pairs."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("user", "item") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need user,item)")
+        pairs = [(row["user"].strip(), row["item"].strip()) for row in reader]
+    if not pairs:
+        raise ValueError(f"{path}: no interactions")
+    return tuple(dict.fromkeys(pairs))
+
+
+def unknown(request: DeletionRequest, train: Sequence[Sample]) -> tuple[list[str], list[tuple]]:
+    """Users and interactions of the request that no train sample has."""
+    users = {s.user for s in train}
+    pairs = {(s.user, s.item) for s in train}
+    return (
+        [u for u in request.users if u not in users],
+        [p for p in request.interactions if p not in pairs],
+    )
+
+
+def check(request: DeletionRequest, train: Sequence[Sample], removed: Iterable[tuple] = ()) -> None:
+    """Refuse, listing them, ids not in the training data or already forgotten (`removed`)."""
+    removed = set(removed)
+    live = [s for s in train if sample_key(s) not in removed]
+    bad_users, bad_pairs = unknown(request, train)
+    gone_users, gone_pairs = unknown(request, live)
+    problems = []
+    if bad_users:
+        problems.append(f"user(s) not in the training data: {_listing(bad_users)}")
+    if bad_pairs:
+        problems.append(
+            f"interaction(s) (user/item) not in the training data: {_listing(_pairs(bad_pairs))}"
+        )
+    again = [u for u in gone_users if u not in bad_users]
+    again += _pairs(p for p in gone_pairs if p not in bad_pairs)
+    if again:
+        problems.append(f"already forgotten by an earlier request: {_listing(again)}")
+    if problems:
+        raise ValueError("; ".join(problems) + ". Nothing was changed.")
+
+
+def _pairs(pairs: Iterable[tuple]) -> list[str]:
+    return [f"{u}/{i}" for u, i in pairs]
+
+
+def _listing(ids: Sequence[str]) -> str:
+    text = ", ".join(map(str, ids[:SHOWN]))
+    return text + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
+
+
+def shown_ratings(sample: Sample) -> list[str]:
+    """The history entries of a prompt, as 'Title (N stars)'."""
+    for line in sample.input.splitlines():
+        if line.startswith("["):
+            try:
+                entries = ast.literal_eval(line)
+            except (ValueError, SyntaxError):
+                return []
+            return [_ENTRY.sub("", e) for e in entries if isinstance(e, str)]
+    return []
+
+
+def shown_as(sample: Sample) -> str | None:
+    """How `sample`'s rating appears in the history of later prompts: 'Title (N stars)'."""
+    found = _TARGET.search(sample.input)
+    return f"{found.group(1)} ({stars(sample.rating)})" if found else None
+
+
+def select(
+    train: Sequence[Sample],
+    request: DeletionRequest,
+    removed: Iterable[tuple] = (),
+    history: bool = True,
+) -> Selection:
+    """Split `train` into forget (what the request removes) and retain (what stays).
+
+    `removed` holds keys of samples earlier requests took out: they are in neither part.
+    With `history`, prompts of the same user that show a deleted rating are forgotten too.
+    """
+    removed = set(removed)
+    check(request, train, removed)
+    live = [s for s in train if sample_key(s) not in removed]
+    users, pairs = set(request.users), set(request.interactions)
+    targets = [s for s in live if s.user in users or (s.user, s.item) in pairs]
+    chosen = {sample_key(s) for s in targets}
+    extra: set[tuple] = set()
+    if history and pairs:
+        shown = {(s.user, shown_as(s)) for s in targets if (s.user, s.item) in pairs}
+        touched = {user for user, _ in shown}
+        for s in live:
+            if s.user not in touched or sample_key(s) in chosen:
+                continue
+            if any((s.user, r) in shown for r in shown_ratings(s)):
+                extra.add(sample_key(s))
+    chosen |= extra
+    return Selection(
+        forget=[s for s in live if sample_key(s) in chosen],
+        retain=[s for s in live if sample_key(s) not in chosen],
+        targets=len(targets),
+        history=len(extra),
+        users=sorted({s.user for s in targets}),
+    )
+
+
+def split_users(users: Sequence[str], n: int) -> list[list[str]]:
+    """`users` in `n` successive requests of near-equal size (sizes differ by at most one)."""
+    if not 1 <= n <= len(users):
+        raise ValueError(f"cannot split {len(users)} forgotten user(s) into {n} request(s)")
+    size, extra = divmod(len(users), n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (i < extra)
+        out.append(list(users[start:stop]))
+        start = stop
+    return out

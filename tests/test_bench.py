@@ -1,0 +1,136 @@
+"""The bench end to end on the smoke preset: files, fields, sequential requests, seeds, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from e2urec.api import forget
+from e2urec.bench import Bench, aggregate, merge, preset, run_bench
+from e2urec.cli import main
+from e2urec.plots import plot_results
+from e2urec.report import COLUMNS, markdown_table, text_table
+
+FIELDS = ["jsd", "sym_kl", "l2", "jsd_yes_no", "mia_auc", "seconds", "trainable_params"]
+FIELDS += ["peak_rss_mb"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads; on a busy 2-core machine two threads crawl.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smoke(**extra) -> Bench:
+    return Bench.from_dict(merge(preset("smoke"), extra), where="test")
+
+
+@pytest.fixture(scope="module")
+def sequential_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return out, run_bench(smoke(sequential=2), out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_results_have_every_field_for_every_row(sequential_run):
+    out, results = sequential_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert list(on_disk["methods"]) == ["original", *on_disk["config"]["methods"]]
+    assert {"config", "versions", "git"} <= on_disk.keys()
+    for name, row in on_disk["methods"].items():
+        for split in ("test", "forget"):
+            assert set(row[split]) == {"auc", "acc", "logloss"}, name
+        assert set(FIELDS) <= row.keys(), name
+        assert 0 <= row["mia_auc"] <= 1 and row["jsd"] >= 0, name
+    assert on_disk["methods"]["retrain"]["jsd"] == 0
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == list(on_disk["methods"])
+    assert {"MIA AUC", "seconds"} <= rows[0].keys()
+    assert (out / "results.md").read_text() == markdown_table(results)
+    base = json.loads((out / "original" / "train_report.json").read_text())["base"]
+    assert (out / "original" / base).resolve() == (out / "base").resolve()  # for `forget`
+
+
+def test_table_shows_seconds_with_one_decimal(sequential_run):
+    _, results = sequential_run
+    table = text_table(results).splitlines()
+    at = [c for c, _ in COLUMNS].index("seconds") + 1
+    for line in table[2:]:
+        cells = line.split()  # one seed: no "±", so no spaces inside a cell
+        assert cells[at] == f"{results['methods'][cells[0]]['seconds']:.1f}"
+
+
+def test_sequential_requests_forget_the_users_step_by_step(sequential_run):
+    out, results = sequential_run
+    seq = results["sequential"]
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert seq["steps"] == 2 and sum(seq["requests"], []) == manifest["forgotten_users"]
+    assert list(seq["methods"]) == list(results["config"]["methods"])
+    for steps in seq["methods"].values():
+        assert [s["step"] for s in steps] == [1, 2]
+        assert steps[0]["forgotten_samples"] < steps[1]["forgotten_samples"]
+        assert steps[1]["forgotten_samples"] == manifest["counts"]["forget"]
+        for s in steps:
+            assert {"test", "forget", "jsd", "mia_auc", "seconds"} <= s.keys()
+    assert all(s["jsd"] == 0 for s in seq["methods"]["retrain"])
+    # Each step builds on the previous one: the second adapter sits on the first.
+    meta = json.loads((out / "sequential" / "e2urec" / "step-2" / "e2urec.json").read_text())
+    assert meta["base"].endswith("step-1")
+    assert "Successive deletion requests" in (out / "results.md").read_text()
+
+
+def test_plots_are_written(sequential_run, tmp_path):
+    out, results = sequential_run
+    for name in ("results.png", "sequential.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+    no_retrain = {"methods": {k: {**v, "jsd": None} for k, v in results["methods"].items()}}
+    assert plot_results(no_retrain, tmp_path / "x.png").read_bytes().startswith(PNG)
+
+
+def test_seeds_report_mean_and_std(tmp_path):
+    results = run_bench(smoke(seeds=[0, 1], methods=["retrain", "e2urec"]), tmp_path)
+    assert results["seeds"] == [0, 1] and results["per_seed"].keys() == {"0", "1"}
+    for name in ("original", "retrain", "e2urec"):
+        per_seed = [results["per_seed"][s]["methods"][name]["test"]["auc"] for s in ("0", "1")]
+        assert results["methods"][name]["test"]["auc"] == pytest.approx(np.mean(per_seed))
+        assert results["std"]["methods"][name]["test"]["auc"] == pytest.approx(
+            np.std(per_seed, ddof=1)
+        )
+    config = json.loads((tmp_path / "seed-1" / "methods" / "e2urec" / "unlearn_report.json").read_text())  # fmt: skip
+    assert config["config"]["seed"] == 1
+    assert " ± " in text_table(results) and "test AUC std" in (tmp_path / "results.csv").read_text()
+
+
+def test_aggregate_averages_numbers_and_keeps_the_rest():
+    trees = [{"a": 1.0, "b": {"c": 2, "name": "x"}, "n": None}, {"a": 3.0, "b": {"c": 2, "name": "x"}, "n": None}]  # fmt: skip
+    mean, std = aggregate(trees)
+    assert mean == {"a": 2.0, "b": {"c": 2, "name": "x"}, "n": None}
+    assert std == {"a": pytest.approx(np.std([1.0, 3.0], ddof=1)), "b": {"c": 0.0}}
+
+
+def test_bench_refuses_more_requests_than_forgotten_users(tmp_path, capsys):
+    code = main(["bench", "--preset", "smoke", "--sequential", "99", "--out", str(tmp_path)])
+    assert code == 2 and "cannot split" in capsys.readouterr().err
+    assert not (tmp_path / "original").exists()
+
+
+def test_forget_retrains_a_bench_original_from_its_recorded_backbone(sequential_run, tmp_path):
+    out, _ = sequential_run
+    user = json.loads((out / "data" / "manifest.json").read_text())["forgotten_users"][0]
+    report = forget(out / "data", out / "original", tmp_path / "new", "retrain", users=[user])
+    assert report["removed"]["users"] == [user] and report["removed"]["samples"] > 0
+    assert (tmp_path / "new" / "forget_report.json").exists()

@@ -1,0 +1,97 @@
+"""Membership inference: known answers on synthetic features and on a model that memorised."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from e2urec import mia
+from e2urec.data.sample import NO, YES, Sample
+from e2urec.model import score
+from e2urec.model.tiny import TinyT5, build_tiny_t5
+from e2urec.model.train import answer_loss, fit
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads, and on a busy 2-core machine two threads wait on
+    # each other: one step takes ~30x longer.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_features_are_loss_true_answer_probability_and_entropy():
+    p_yes = np.array([0.9, 0.9, 0.5])
+    x = mia.features(p_yes, loss=np.array([0.1, 2.3, 0.7]), labels=np.array([1, 0, 1]))
+    assert x.shape == (3, len(mia.FEATURES))
+    np.testing.assert_allclose(x[:, 0], [0.1, 2.3, 0.7])
+    np.testing.assert_allclose(x[:, 1], [0.9, 0.1, 0.5])
+    expected = -(0.9 * np.log2(0.9) + 0.1 * np.log2(0.1))
+    np.testing.assert_allclose(x[:, 2], [expected, expected, 1.0])
+
+
+def test_attack_trains_on_balanced_classes_and_held_out_halves_are_disjoint():
+    x, y = mia.balanced(np.zeros((30, 3)), np.ones((7, 3)), seed=0)
+    assert len(x) == 14 and y.sum() == 7
+    plan = mia.Plan.make(n_retain=100, n_test=21, seed=3)
+    assert set(plan.nonmembers).isdisjoint(plan.unseen)
+    assert sorted([*plan.nonmembers, *plan.unseen]) == list(range(21))
+    assert len(plan.members) == len(plan.nonmembers) and plan.members.max() < 100
+    with pytest.raises(ValueError, match="at least 2"):
+        mia.balanced(np.zeros((1, 3)), np.ones((5, 3)), seed=0)
+
+
+def synthetic(rng, n: int, member: bool) -> np.ndarray:
+    """Members: low loss, confident and right; non-members: higher loss, less sure."""
+    loss = rng.gamma(2.0, 0.1 if member else 0.4, n)
+    p_true = np.exp(-loss)
+    p_yes = np.where(rng.random(n) < 0.5, p_true, 1 - p_true)
+    return mia.features(p_yes, loss, (p_yes == p_true).astype(int))
+
+
+def test_known_answer_on_synthetic_features():
+    rng = np.random.default_rng(0)
+    members, nonmembers = synthetic(rng, 500, True), synthetic(rng, 500, False)
+    still_known = synthetic(rng, 500, True)  # "forgotten" samples the model still fits
+    truly_unseen = synthetic(rng, 500, False)  # what ideal unlearning makes them look like
+    held_out = synthetic(rng, 500, False)
+    assert mia.mia_auc(members, nonmembers, still_known, held_out) > 0.8
+    assert abs(mia.mia_auc(members, nonmembers, truly_unseen, held_out) - 0.5) < 0.05
+
+
+def short_samples(n: int, seed: int) -> list[Sample]:
+    """Short prompts with random answers: only memorising them can fit them."""
+    rng = random.Random(seed)
+    return [
+        Sample(
+            f"user {rng.randrange(1000)} rated movie {rng.randrange(1000)}",
+            rng.choice([YES, NO]),
+            "u",
+            str(i),
+            3.0,
+            i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_known_answer_on_a_model_that_memorised_its_train_set(tmp_path):
+    pool = short_samples(144, seed=0)
+    memorised, nonmembers, unseen = pool[:16], pool[16:80], pool[80:]
+    size = TinyT5(vocab_size=300, d_model=64, d_ff=128, heads=2, encoder_layers=1, decoder_layers=1)
+    rec = build_tiny_t5([s.input for s in pool], tmp_path / "base", size)
+    fit(rec.model, lambda m, b: answer_loss(rec, m, b)[0], lambda e: [memorised], 100, 3e-3, "mem")
+
+    def feats(samples):
+        return mia.sample_features(samples, score(rec, samples, 64))
+
+    m, o, u = feats(memorised), feats(nonmembers), feats(unseen)
+    assert m[:, 0].mean() < o[:, 0].mean()  # it did memorise
+    attack = mia.fit_attack(m[:8], o[:32])
+    assert mia.attack_auc(attack, m[8:], o[32:]) > 0.8
+    assert abs(mia.attack_auc(attack, u, o[32:]) - 0.5) < 0.2
