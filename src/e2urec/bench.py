@@ -121,6 +121,9 @@ def run_seed(bench: Bench, splits, forgotten: list[str], base: str, out: Path, s
     _record_base(original, base)
     rows = {"original": _row(report["seconds"], report["trainable_params"], report["peak_rss_mb"])}
     models = {"original": str(original)}
+    if bench.model != "tiny":  # a pretrained backbone: how it does untuned, for reference
+        rows = {"zero-shot": {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}, **rows}
+        models["zero-shot"] = base
     for name in bench.methods:
         task = Task(
             str(original),
