@@ -20,15 +20,6 @@ FIELDS += ["peak_rss_mb"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads; on a busy 2-core machine two threads crawl.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def smoke(**extra) -> Bench:
     return Bench.from_dict(merge(preset("smoke"), extra), where="test")
 

@@ -6,23 +6,12 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 from e2urec import mia
 from e2urec.data.sample import NO, YES, Sample
 from e2urec.model import score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import answer_loss, fit
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy 2-core machine two threads wait on
-    # each other: one step takes ~30x longer.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_features_are_loss_true_answer_probability_and_entropy():

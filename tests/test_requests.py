@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from e2urec.cli import main
 from e2urec.data.prompt import build_prompt
@@ -20,16 +19,6 @@ from e2urec.requests import (
     select,
     split_users,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads; on a busy 2-core machine two threads crawl.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 FAST_E2UREC = ["epochs=1", "aug_epochs=1", "lora_rank=2", "lora_alpha=4", "batch_size=16"]
 

@@ -69,6 +69,13 @@ def _overrides(pairs: list[str] | None) -> dict:
     return nested
 
 
+def _options(args) -> dict:
+    """A method's or training's options: the YAML file, then --set on top."""
+    options = load_yaml(args.config) if args.config else {}
+    options.update(_overrides(args.set))
+    return options
+
+
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a backbone into the recommender (or Retrain)")
     p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
@@ -83,8 +90,7 @@ def add_train(sub) -> None:
 def run_train(args) -> None:
     from e2urec.api import train_recommender
 
-    options = load_yaml(args.config) if args.config else {}
-    options.update(_overrides(args.set))
+    options = _options(args)
     report = train_recommender(args.data, args.out, args.model, args.split, options)
     print(json.dumps({k: report[k] for k in ("test", "seconds", "trainable_params")}, indent=2))
 
@@ -103,8 +109,7 @@ def add_unlearn(sub) -> None:
 def run_unlearn(args) -> None:
     from e2urec.api import unlearn
 
-    options = load_yaml(args.config) if args.config else {}
-    options.update(_overrides(args.set))
+    options = _options(args)
     result = unlearn(args.data, args.model, args.out, args.method, options)
     print(json.dumps({k: result[k] for k in ("method", "model", "seconds", "forget")}, indent=2))
 
@@ -136,8 +141,7 @@ def run_forget(args) -> None:
         raise ValueError("give --users and/or --interactions")
     users = parse_users(args.users) if args.users else ()
     pairs = read_interactions(args.interactions) if args.interactions else ()
-    options = load_yaml(args.config) if args.config else {}
-    options.update(_overrides(args.set))
+    options = _options(args)
     report = forget(
         args.data, args.model, args.out, args.method, users, pairs, options, args.history
     )

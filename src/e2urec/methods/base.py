@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from e2urec.config import check_training
 from e2urec.data.sample import Sample
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora
@@ -30,12 +31,7 @@ class MethodConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_training(self.epochs, self.lr, self.batch_size)
 
 
 @dataclass

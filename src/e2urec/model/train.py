@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
+from e2urec.config import check_training
 from e2urec.data.sample import Sample
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora
@@ -32,12 +33,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be at least 1")
+        check_training(self.epochs, self.lr, self.batch_size)
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
 
 
 def answer_loss(rec: backbone.Recommender, model, samples: list[Sample], answers=None):
