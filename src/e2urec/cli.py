@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 from e2urec.config import from_dict, load_yaml
 
@@ -208,12 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     """Keep the terminal for our own progress bars: the libraries' loading bars and peft's
-    deprecation notice repeat for every model loaded and tell the user nothing they can act on."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    deprecation notice repeat for every model loaded and tell the user nothing they can act on.
+    The variable is read when huggingface_hub is first imported, so this costs commands that load
+    no model nothing; a user who sets it keeps their choice."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
     )
