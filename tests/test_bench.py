@@ -110,17 +110,24 @@ def test_plots_are_written(sequential_run, tmp_path):
     assert plot_results(no_retrain, tmp_path / "x.png").read_bytes().startswith(PNG)
 
 
-def test_seeds_report_mean_and_std(tmp_path):
-    results = run_bench(smoke(seeds=[0, 1], methods=["retrain", "e2urec"]), tmp_path)
+def test_seeds_move_data_and_init_and_report_mean_std_and_interval(tmp_path):
+    bench = smoke(seeds=[0, 1], methods=["retrain", "e2urec"], workers=2)
+    results = run_bench(bench, tmp_path)
     assert results["seeds"] == [0, 1] and results["per_seed"].keys() == {"0", "1"}
     for name in ("original", "retrain", "e2urec"):
         per_seed = [results["per_seed"][s]["methods"][name]["test"]["auc"] for s in ("0", "1")]
         assert results["methods"][name]["test"]["auc"] == pytest.approx(np.mean(per_seed))
-        assert results["std"]["methods"][name]["test"]["auc"] == pytest.approx(
-            np.std(per_seed, ddof=1)
+        std = results["std"]["methods"][name]["test"]["auc"]
+        assert std == pytest.approx(np.std(per_seed, ddof=1))
+        assert results["ci95"]["methods"][name]["test"]["auc"] == pytest.approx(
+            12.706 * std / 2**0.5, rel=1e-3
         )
     config = json.loads((tmp_path / "seed-1" / "methods" / "e2urec" / "unlearn_report.json").read_text())  # fmt: skip
     assert config["config"]["seed"] == 1
+    manifests = [json.loads((tmp_path / f"seed-{s}" / "data" / "manifest.json").read_text()) for s in (0, 1)]  # fmt: skip
+    assert manifests[0]["forgotten_users"] != manifests[1]["forgotten_users"]
+    inits = [json.loads((tmp_path / f"seed-{s}" / "base" / "e2urec.json").read_text()) for s in (0, 1)]  # fmt: skip
+    assert [i["size"]["seed"] for i in inits] == [0, 1]
     assert " ± " in text_table(results) and "test AUC std" in (tmp_path / "results.csv").read_text()
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -44,12 +46,17 @@ class Bench:
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = ()  # seeds to average over (see `seeded`)
+    # Seeds run side by side in this many single-thread processes: on few cores, two
+    # one-thread trainings finish sooner than one two-thread training.
+    workers: int = 1
     sequential: int = 0  # > 1: also forget the users in this many successive requests
     mia_seed: int = 0  # which test samples train the attack and which are held out
 
     def __post_init__(self):
         if self.sequential < 0:
             raise ValueError(f"sequential must be >= 0, got {self.sequential}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
 
@@ -93,7 +100,7 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
     if not bench.seeds:
         results = run_seed(bench, out, None)
     else:
-        runs = {s: run_seed(bench, out / f"seed-{s}", s) for s in bench.seeds}
+        runs = run_seeds(bench, out)
         mean, std = aggregate([{"methods": r["methods"]} for r in runs.values()])
         results = {**mean, "std": std, "ci95": ci95(std, len(runs)), "seeds": list(bench.seeds)}
         results["per_seed"] = {str(s): r for s, r in runs.items()}
@@ -104,6 +111,21 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
     if results.get("sequential"):
         plot_sequential(results, out / "sequential.png")
     return results
+
+
+def run_seeds(bench: Bench, out: Path) -> dict:
+    if bench.workers == 1:
+        return {s: run_seed(bench, out / f"seed-{s}", s) for s in bench.seeds}
+    spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
+        futures = {s: pool.submit(run_seed, bench, out / f"seed-{s}", s) for s in bench.seeds}
+        return {s: f.result() for s, f in futures.items()}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def seeded(bench: Bench, seed: int | None) -> Bench:
@@ -120,9 +142,33 @@ def seeded(bench: Bench, seed: int | None) -> Bench:
     )
 
 
-def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
-    """Data, the original, each method, the references, (sequential requests) for one seed."""
-    bench = seeded(bench, seed)
+@dataclass
+class Run:
+    """One seed's prepared data, backbone and trained original: what every method starts from."""
+
+    out: Path
+    manifest: dict
+    splits: dict
+    base: str
+    original: str
+    rows: dict
+    models: dict
+
+    def task(self, row: str, config: TrainConfig) -> Task:
+        s = self.splits
+        return Task(
+            self.original, s["retain"], s["forget"], s["valid"], self.out / "methods" / row,
+            base=self.base, train_config=config,
+        )  # fmt: skip
+
+    def reported(self, forget: list) -> list:
+        """The samples of `forget` from the eval half of the forgotten users."""
+        users = set(self.manifest["forgotten_halves"]["eval"])
+        return [s for s in forget if s.user in users]
+
+
+def setup(bench: Bench, out: Path) -> Run:
+    """Prepare the data, build the backbone, train the original."""
     manifest = prepare(out / "data", bench.dataset, bench.raw, bench.protocol)
     splits = load_splits(out / "data")
     base = str(out / "base")
@@ -141,37 +187,45 @@ def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
     if bench.model != "tiny":  # a pretrained backbone: how it does untuned, for reference
         rows = {"zero-shot": {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}, **rows}
         models["zero-shot"] = base
-    runs = [(n, n, bench.train) for n in bench.methods]
-    if "retrain" in bench.methods:  # the noise floor: Retrain again, another seed
-        again = replace(bench.train, seed=bench.train.seed + NOISE_SEED)
-        runs.insert(bench.methods.index("retrain") + 1, ("retrain_b", "retrain", again))
-    for row, name, config in runs:
-        task = Task(
-            str(original), splits["retain"], splits["forget"], splits["valid"],
-            out / "methods" / row, base=base, train_config=config,
-        )  # fmt: skip
-        result = get_method(name, bench.method_options.get(name)).unlearn(task)
-        rows[row] = _row(result.seconds, result.trainable_params, result.peak_rss_mb)
-        rows[row].update({k: result.info[k] for k in INFO if k in result.info})
-        rows[row]["epochs_run"] = _epochs_run(result.model)
-        models[row] = result.model
-    reported = set(manifest["forgotten_halves"]["eval"])
-    sets = EvalSets.make(
-        splits, [s for s in splits["forget"] if s.user in reported], bench.mia_seed
-    )
-    evaluate_all(models, rows, sets, bench)
-    results = {"methods": rows, "data": manifest["counts"], "forget_reported": len(sets.forget)}
+    return Run(out, manifest, splits, base, str(original), rows, models)
+
+
+def unlearn(run: Run, row: str, method: str, options: dict | None, config: TrainConfig) -> None:
+    """Apply `method` to the run's original; its row and model go into the run."""
+    result = get_method(method, options).unlearn(run.task(row, config))
+    run.rows[row] = _row(result.seconds, result.trainable_params, result.peak_rss_mb)
+    run.rows[row].update({k: result.info[k] for k in INFO if k in result.info})
+    run.rows[row]["epochs_run"] = _epochs_run(result.model)
+    run.models[row] = result.model
+
+
+def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
+    """Data, the original, each method, the references, (sequential requests) for one seed."""
+    bench = seeded(bench, seed)
+    run = setup(bench, out)
+    for name in bench.methods:
+        unlearn(run, name, name, bench.method_options.get(name), bench.train)
+        if name == "retrain":  # the noise floor: Retrain again, another seed
+            again = replace(bench.train, seed=bench.train.seed + NOISE_SEED)
+            unlearn(run, "retrain_b", name, bench.method_options.get(name), again)
+    sets = EvalSets.make(run.splits, run.reported(run.splits["forget"]), bench.mia_seed)
+    evaluate_all(run.models, run.rows, sets, bench)
+    results = {
+        "methods": run.rows,
+        "data": run.manifest["counts"],
+        "forget_reported": len(sets.forget),
+    }
     if bench.sequential > 1:
-        results["sequential"] = run_sequential(bench, splits, manifest, str(original), base, out)
+        results["sequential"] = run_sequential(bench, run)
     return results
 
 
-def run_sequential(bench, splits, manifest, original, base, out) -> dict:
+def run_sequential(bench: Bench, run: Run) -> dict:
     """The forgotten users as `bench.sequential` successive requests, each method applied on
     top of its previous result (Retrain retrains from the backbone on what remains)."""
-    chunks = split_users(manifest["forgotten_users"], bench.sequential)
-    reported = set(manifest["forgotten_halves"]["eval"])
-    latest = dict.fromkeys(bench.methods, original)
+    splits, out = run.splits, run.out
+    chunks = split_users(run.manifest["forgotten_users"], bench.sequential)
+    latest = dict.fromkeys(bench.methods, run.original)
     removed: set[tuple] = set()
     steps = {name: [] for name in bench.methods}
     for step, users in enumerate(chunks, 1):
@@ -182,7 +236,7 @@ def run_sequential(bench, splits, manifest, original, base, out) -> dict:
         for name in bench.methods:
             task = Task(
                 latest[name], chosen.retain, chosen.forget, splits["valid"],
-                out / "sequential" / name / f"step-{step}", base=base, train_config=bench.train,
+                out / "sequential" / name / f"step-{step}", base=run.base, train_config=bench.train,
             )  # fmt: skip
             result = get_method(name, bench.method_options.get(name)).unlearn(task)
             latest[name] = result.model
@@ -192,7 +246,7 @@ def run_sequential(bench, splits, manifest, original, base, out) -> dict:
                 "forgotten_samples": len(so_far),
                 **_row(result.seconds, result.trainable_params, result.peak_rss_mb),
             }
-        forget = [s for s in so_far if s.user in reported] or so_far
+        forget = run.reported(so_far) or so_far
         sets = EvalSets.make({**splits, "retain": chosen.retain}, forget, bench.mia_seed)
         evaluate_all(latest, rows, sets, bench)
         for name in bench.methods:

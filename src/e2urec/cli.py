@@ -184,9 +184,8 @@ def add_bench(sub) -> None:
     p.set_defaults(run=run_bench_cli)
 
 
-def run_bench_cli(args) -> None:
-    from e2urec.bench import Bench, merge, preset, run_bench
-    from e2urec.report import sequential_table, text_table
+def _bench_values(args) -> dict:
+    from e2urec.bench import merge, preset
 
     values = preset(args.preset)
     if args.config:
@@ -196,8 +195,16 @@ def run_bench_cli(args) -> None:
         values["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds:
         values["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if args.sequential is not None:
+    if getattr(args, "sequential", None) is not None:
         values["sequential"] = args.sequential
+    return values
+
+
+def run_bench_cli(args) -> None:
+    from e2urec.bench import Bench, run_bench
+    from e2urec.report import sequential_table, text_table
+
+    values = _bench_values(args)
     out = args.out or f"runs/{args.preset}"
     results = run_bench(Bench.from_dict(values, where=f"preset {args.preset}"), out)
     print(text_table(results))
@@ -206,7 +213,30 @@ def run_bench_cli(args) -> None:
     print(f"wrote {out}/results.json, results.csv, results.md, results.png")
 
 
-COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench]
+def add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="choose the approximate methods' lr and epochs by one rule")
+    p.add_argument("--preset", default="demo", help="the bench preset to tune (default demo)")
+    p.add_argument("--config", help="YAML file merged over the preset")
+    p.add_argument("--methods", help="comma-separated subset of methods to tune")
+    p.add_argument("--grid", help="YAML file with lrs, epochs, max_valid_auc_drop")
+    p.add_argument("--out", help="output folder (default runs/tune-<preset>)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="as for bench")
+    p.set_defaults(run=run_tune, seeds=None)
+
+
+def run_tune(args) -> None:
+    import yaml
+
+    from e2urec.bench import Bench
+    from e2urec.tune import TuneConfig, tune
+
+    bench = Bench.from_dict(_bench_values(args), where=f"preset {args.preset}")
+    grid = from_dict(TuneConfig, load_yaml(args.grid) if args.grid else {}, "grid")
+    result = tune(bench, args.out or f"runs/tune-{args.preset}", grid)
+    print(yaml.safe_dump({"method_options": result["chosen"]}, sort_keys=False), end="")
+
+
+COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench, add_tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

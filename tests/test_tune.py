@@ -1,0 +1,61 @@
+"""The tuning rule: one grid for every approximate method, judged on valid and the tune half."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2urec.bench import Bench, merge, preset
+from e2urec.cli import main
+from e2urec.data import load_splits
+from e2urec.data.canaries import real
+from e2urec.tune import TuneConfig, pick, tune
+
+
+def test_pick_keeps_utility_then_takes_the_closest_to_retrain():
+    trials = [
+        {"valid_auc": 0.70, "tune_jsd": 0.01},  # closest, but lost utility
+        {"valid_auc": 0.79, "tune_jsd": 0.05},
+        {"valid_auc": 0.80, "tune_jsd": 0.03},
+    ]
+    assert pick(trials, floor=0.78) is trials[2]
+    assert pick(trials, floor=0.90) is trials[2]  # none keeps utility: the best valid AUC
+    assert pick(trials, floor=0.0) is trials[0]
+
+
+def test_bad_grid_is_refused():
+    with pytest.raises(ValueError, match="lrs"):
+        TuneConfig(lrs=(0.0,))
+    with pytest.raises(ValueError, match="epochs"):
+        TuneConfig(epochs=())
+
+
+def test_tune_runs_the_same_grid_for_each_method_on_the_tune_half(tmp_path):
+    bench = Bench.from_dict(merge(preset("smoke"), {"methods": ["retrain", "neggrad", "e2urec"]}))
+    grid = TuneConfig(lrs=(1e-3, 3e-3), epochs=(1,))
+    result = tune(bench, tmp_path, grid)
+    assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["trials"]) == set(result["chosen"]) == {"neggrad", "e2urec"}
+    for method, trials in result["trials"].items():
+        assert [(t["options"]["lr"], t["options"]["epochs"]) for t in trials] == [
+            (1e-3, 1),
+            (3e-3, 1),
+        ]
+        assert result["chosen"][method] in [t["options"] for t in trials]
+    e2urec = result["trials"]["e2urec"][0]["options"]
+    assert e2urec["aug_lr"] == e2urec["lr"] and e2urec["aug_epochs"] == e2urec["epochs"]
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    tune_half = set(manifest["forgotten_halves"]["tune"])
+    forget = real(load_splits(tmp_path / "data")["forget"])
+    assert result["forget_tune_samples"] == sum(s.user in tune_half for s in forget) > 0
+
+
+def test_tune_command_prints_the_chosen_options(tmp_path, capsys):
+    out = tmp_path / "t"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("lrs: [0.003]\nepochs: [1]\n")
+    args = ["tune", "--preset", "smoke", "--methods", "retrain,neggrad", "--grid", str(grid)]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("method_options:\n  neggrad:") and "lr: 0.003" in printed
