@@ -22,12 +22,27 @@ def _std(results: dict, name: str, path: tuple[str, ...]):
     return cell((results.get("std") or {}).get("methods", {}).get(name), path)
 
 
+def _jsd_error(results: dict, name: str):
+    """Seeds: the std; one run: the bootstrap interval, as distances below and above."""
+    std = _std(results, name, ("jsd",))
+    row = results["methods"][name]
+    if std is not None or not row.get("jsd_ci") or results.get("seeds"):
+        return std
+    low, high = row["jsd_ci"]
+    return [[max(0.0, row["jsd"] - low)], [max(0.0, high - row["jsd"])]]
+
+
 def plot_results(results: dict, path: str | Path) -> Path:
-    """Left: test AUC against JSD to Retrain on the forget set. Right: seconds, log scale."""
+    """Left: test AUC against JSD to Retrain on the forget set, with the noise floor.
+    Middle: canaries of forgotten users against canaries of users who stay. Right: seconds."""
     rows = results["methods"]
     colors = _colors(rows)
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(16, 4.4), layout="constrained")
+    left, middle, right = fig.subplots(1, 3)
+    floor = (rows.get("retrain_b") or {}).get("jsd")
+    if floor is not None:
+        left.axvline(floor, ls="--", color="grey", lw=1)
+        left.annotate("noise floor", (floor, 0.02), xycoords=("data", "axes fraction"))
     for name, row in rows.items():
         x, y = row.get("jsd"), cell(row, ("test", "auc"))
         if x is None or y is None:
@@ -35,7 +50,7 @@ def plot_results(results: dict, path: str | Path) -> Path:
         left.errorbar(
             x,
             y,
-            xerr=_std(results, name, ("jsd",)),
+            xerr=_jsd_error(results, name),
             yerr=_std(results, name, ("test", "auc")),
             fmt="o",
             ms=8,
@@ -55,6 +70,7 @@ def plot_results(results: dict, path: str | Path) -> Path:
     left.margins(0.3)
     low, high = left.get_xlim()
     left.set_xlim(max(low, -0.05 * high), high)  # JSD is never negative
+    _canaries(middle, results, colors)
 
     # Dots, not bars: a bar's length on a log axis depends on where the axis happens to start.
     names = list(rows)
@@ -87,6 +103,32 @@ def plot_results(results: dict, path: str | Path) -> Path:
     if results.get("seeds"):
         fig.suptitle(f"mean ± std over seeds {', '.join(map(str, results['seeds']))}")
     return _save(fig, path)
+
+
+def _canaries(ax, results: dict, colors: dict) -> None:
+    rows = results["methods"]
+    for name, row in rows.items():
+        x, y = row.get("canary_exposure"), row.get("canary_retained")
+        if x is None or y is None:
+            continue
+        ax.errorbar(
+            x,
+            y,
+            xerr=_std(results, name, ("canary_exposure",)),
+            yerr=_std(results, name, ("canary_retained",)),
+            fmt="o",
+            ms=8,
+            capsize=3,
+            color=colors[name],
+        )
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
+    ax.axvline(0.5, ls="--", color="grey", lw=1)
+    ax.axhline(0.5, ls="--", color="grey", lw=1)
+    ax.set_xlabel("exposure of forgotten users' canaries (0.5: none left)")
+    ax.set_ylabel("exposure of retained users' canaries (must stay high)")
+    ax.set_title("Canaries")
+    ax.grid(alpha=0.3)
+    ax.margins(0.2)
 
 
 SEQUENTIAL_PANELS = [
