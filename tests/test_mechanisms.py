@@ -142,7 +142,9 @@ def test_bad_t_run_moves_forget_answers_towards_the_flipped_ones(trained, splits
     before = score(rec, forget)["p_yes"]
     toward = {}
     for weight in (0.0, 2.0):
-        out = make("bad_t", weight=weight).unlearn(make_task(trained, splits, tmp_path / str(weight)))
+        out = make("bad_t", weight=weight).unlearn(
+            make_task(trained, splits, tmp_path / str(weight))
+        )
         moved = score(backbone.load(out.model), forget)["p_yes"] - before
         toward[weight] = np.where(labels == 1, -moved, moved).mean()  # + : towards the flip
     assert toward[2.0] > 0
@@ -216,9 +218,7 @@ def test_scrub_alternates_max_and_min_passes(trained, splits, tmp_path):
         assert sorted(i for _, r in batches for i in r) == list(range(len(splits["retain"])))
 
 
-def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(
-    trained, splits, rec, tmp_path
-):
+def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(trained, splits, rec, tmp_path):
     method = make("scrub", msteps=1)
     student, batch = first_step(method, make_task(trained, splits, tmp_path / "max"))
     assert batch.forget and not batch.retain  # the first epoch opens with a max pass
@@ -295,12 +295,16 @@ def test_e2urec_forget_term_alone_then_the_documented_mix(trained, splits, rec, 
     jiggle([p for p in student.parameters() if p.requires_grad])
 
     def kl_to_original(samples):
-        return kl_div(answers(rec, rec.model, samples).logits, answers(rec, student, samples).logits)
+        return kl_div(
+            answers(rec, rec.model, samples).logits, answers(rec, student, samples).logits
+        )
 
     forget_only = method.loss(student, batch, 0).item()
     assert forget_only == pytest.approx(kl_to_original(batch.forget).item(), rel=1e-4)
     retain = splits["retain"]
-    other = dataclasses.replace(batch, retain=retain[-3:], retain_idx=[len(retain) - 3 + i for i in range(3)])
+    other = dataclasses.replace(
+        batch, retain=retain[-3:], retain_idx=[len(retain) - 3 + i for i in range(3)]
+    )
     assert method.loss(student, other, 0).item() == pytest.approx(forget_only, rel=1e-6)
 
     ce = answer_loss(rec, student, batch.retain)[0].item()
@@ -331,14 +335,14 @@ def check_retrained_shards(method, task, monkeypatch):
 
     assert result.info["retrained_shards"] == held
     expected = [[samples[i] for i in idx if i not in gone] for idx in shards]
-    assert sorted(len(s) for s, _ in calls) == sorted(map(len, expected))  # each shard trained once
-    for s, idx in enumerate(shards):
-        trained_on = [c for c, _ in calls if c == expected[s]]
-        assert len(trained_on) == 1, f"shard {s}"
+    # Each shard trained once: on all it held, or, if it held forgotten samples, on what it kept.
+    assert len(calls) == len(shards)
+    for s, kept in enumerate(expected):
+        assert [c for c, _ in calls].count(kept) == 1, f"shard {s}"
     meta = json.loads((Path(result.model) / backbone.META).read_text())
     members = {str((Path(result.model) / m).resolve()) for m in meta["shards"]}
     assert members == {folder for _, folder in calls}  # the untouched shards' models, as trained
-    return held, shards
+    return held
 
 
 def test_sisa_retrains_only_the_shards_that_held_forgotten_samples(
@@ -346,7 +350,7 @@ def test_sisa_retrains_only_the_shards_that_held_forgotten_samples(
 ):
     method = make("sisa", shards=4, shard_epochs=1)
     task = make_task(trained, splits, tmp_path, forget=splits["forget"][:2])
-    held, _ = check_retrained_shards(method, task, monkeypatch)
+    held = check_retrained_shards(method, task, monkeypatch)
     assert 1 <= len(held) < 4
 
 
@@ -357,7 +361,7 @@ def test_receraser_retrains_only_the_shard_of_a_forgotten_user(
     forget = [s for s in splits["forget"] if s.user == user]
     method = make("receraser", shards=3, shard_epochs=1)
     task = make_task(trained, splits, tmp_path, forget=forget)
-    held, shards = check_retrained_shards(method, task, monkeypatch)
+    held = check_retrained_shards(method, task, monkeypatch)
     assert len(held) == 1
 
 
@@ -427,7 +431,9 @@ def test_receraser_partition_keeps_users_whole_and_balances_samples():
     samples = fake_samples(counts)
     shards = make("receraser", shards=4).partition(samples)
     assert sorted(i for s in shards for i in s) == list(range(len(samples)))
-    homes = {u: {k for k, s in enumerate(shards) for i in s if samples[i].user == u} for u in counts}
+    homes = {
+        u: {k for k, s in enumerate(shards) for i in s if samples[i].user == u} for u in counts
+    }
     assert all(len(h) == 1 for h in homes.values())
     loads = [len(s) for s in shards]
     heaviest = loads.index(max(loads))
