@@ -36,10 +36,10 @@ def make(name: str, **options) -> Method:
     return get_method(name, {k: v for k, v in {**FAST, **options}.items() if k in fields})
 
 
-def make_task(trained, splits, out, retain=None, forget=None) -> Task:
+def make_task(trained, splits, out, forget=None) -> Task:
     return Task(
         trained["original"],
-        splits["retain"] if retain is None else retain,
+        splits["retain"],
         splits["forget"] if forget is None else forget,
         splits["valid"],
         out,
@@ -67,15 +67,15 @@ def first_step(method: Method, task: Task):
     return seen["model"].eval(), seen["batch"]  # eval: no dropout, so losses can be compared
 
 
-def answers(rec, model, samples, answers=None):
+def answer_rows(rec, model, samples):
     """`forward` output (logits at every answer token) of `model`, without gradients."""
     with torch.no_grad():
-        return forward(rec, model.eval(), encode(rec, samples, answers))
+        return forward(rec, model.eval(), encode(rec, samples))
 
 
 def yes_no(rec, model, samples) -> torch.Tensor:
     """[B, 2]: (No, Yes) logits at each sample's first answer token."""
-    return answers(rec, model, samples).answer()[:, [rec.no_id, rec.yes_id]]
+    return answer_rows(rec, model, samples).answer()[:, [rec.no_id, rec.yes_id]]
 
 
 def jiggle(params, scale=0.05, seed=0):
@@ -226,7 +226,7 @@ def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(trained, split
     c = method.config
 
     def kl_to_original(samples, temperature=1.0):
-        original, now = answers(rec, rec.model, samples), answers(rec, student, samples)
+        original, now = answer_rows(rec, rec.model, samples), answer_rows(rec, student, samples)
         return kl_div(original.logits, now.logits, temperature).item()
 
     max_loss = method.loss(student, batch, 0).item()
@@ -278,9 +278,9 @@ def test_e2urec_teaches_forget_with_orig_minus_alpha_relu_aug(
     loss = method.loss(student, batch, 0).item()
     assert len(calls) == 1
     original, augmented, alpha = calls[0]
-    now = answers(rec, student, batch.forget)
+    now = answer_rows(rec, student, batch.forget)
     assert alpha == 2.0
-    assert_close(original, answers(rec, rec.model, batch.forget).logits)
+    assert_close(original, answer_rows(rec, rec.model, batch.forget).logits)
     # The augmented model has learned the forget set: its answers there are likelier.
     ce = torch.nn.functional.cross_entropy
     assert ce(augmented, now.targets) < ce(original, now.targets)
@@ -296,7 +296,7 @@ def test_e2urec_forget_term_alone_then_the_documented_mix(trained, splits, rec, 
 
     def kl_to_original(samples):
         return kl_div(
-            answers(rec, rec.model, samples).logits, answers(rec, student, samples).logits
+            answer_rows(rec, rec.model, samples).logits, answer_rows(rec, student, samples).logits
         )
 
     forget_only = method.loss(student, batch, 0).item()
