@@ -3,6 +3,8 @@
 The student (full tuning of the original) matches the original on retain samples and a randomly
 initialised model of the same architecture on forget samples: KL(teacher || student) over the
 rows of both halves of each paired batch, at `temperature` (no T^2 factor, as in their code).
+Their teachers are classifiers, so the KL is over the two classes: the (No, Yes) logits at each
+sample's first answer token, where the recommender's answer is read.
 """
 
 from __future__ import annotations
@@ -47,8 +49,18 @@ class BadTeacher(LossMethod):
         _, retain = answer_loss(self.rec, model, batch.retain)
         _, forget = answer_loss(self.rec, model, batch.forget)
         device = retain.logits.device
+        # Teachers give rows in the order `forward` does, so the student's `first` finds theirs.
         teacher = torch.cat(
-            [self.good.logits(batch.retain_idx, device), self.bad.logits(batch.forget_idx, device)]
+            [
+                self._classes(self.good.logits(batch.retain_idx, device), retain.first),
+                self._classes(self.bad.logits(batch.forget_idx, device), forget.first),
+            ]
         )
-        student = torch.cat([retain.logits, forget.logits])
+        student = torch.cat(
+            [self._classes(retain.logits, retain.first), self._classes(forget.logits, forget.first)]
+        )
         return kl_div(teacher, student, self.config.temperature)
+
+    def _classes(self, rows: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """[B, 2]: the (No, Yes) logits at each sample's first answer token."""
+        return rows[first][:, [self.rec.no_id, self.rec.yes_id]]

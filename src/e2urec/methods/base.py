@@ -123,7 +123,8 @@ def paired_batches(task: Task, batch_size: int, seed: int) -> list[Pair]:
         r_order += rng.sample(range(len(task.retain)), len(task.retain))
     pairs = []
     for i in range(0, len(f_order), batch_size):
-        fi, ri = f_order[i : i + batch_size], r_order[i : i + batch_size]
+        fi = f_order[i : i + batch_size]
+        ri = r_order[i : i + len(fi)]  # the last forget batch may be short
         pairs.append(Pair([task.forget[j] for j in fi], fi, [task.retain[j] for j in ri], ri))
     return pairs
 
