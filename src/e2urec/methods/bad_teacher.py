@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from e2urec.functional import kl_div
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import Teacher
+from e2urec.methods.teacher import Teacher, fits, model_outputs
 from e2urec.model import backbone
 from e2urec.model.train import answer_loss
 
@@ -38,17 +37,23 @@ class BadTeacher(LossMethod):
 
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
         c = self.config
-        incompetent = type(rec.model)(copy.deepcopy(rec.model.config))
-        self.good = Teacher(rec, copy.deepcopy(rec.model), task.retain, c.cache_mb)
-        self.bad = Teacher(rec, incompetent, task.forget, c.cache_mb)
+        forget_idx, retain_idx = self.drawn(task, range(c.epochs))
+        incompetent = model_outputs(rec, type(rec.model)(copy.deepcopy(rec.model.config)))
+        # Cached before the student (the original itself) moves; a copy only if it cannot be.
+        good = rec.model if fits(len(retain_idx), c.cache_mb) else copy.deepcopy(rec.model)
+        args = {"temperature": c.temperature, "cache_mb": c.cache_mb}
+        self.good = Teacher(rec, model_outputs(rec, good), task.retain, retain_idx, **args)
+        # A random teacher is near uniform: compact rows would lose mass, so it may run live.
+        self.bad = Teacher(rec, incompetent, task.forget, forget_idx, **args, fallback=True)
         return {"teachers_cached": self.good.cached and self.bad.cached}
 
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         _, retain = answer_loss(self.rec, model, batch.retain)
         _, forget = answer_loss(self.rec, model, batch.forget)
-        device = retain.logits.device
-        teacher = torch.cat(
-            [self.good.logits(batch.retain_idx, device), self.bad.logits(batch.forget_idx, device)]
+        rows = torch.cat(
+            [
+                self.good.kl(batch.retain_idx, retain.logits),
+                self.bad.kl(batch.forget_idx, forget.logits),
+            ]
         )
-        student = torch.cat([retain.logits, forget.logits])
-        return kl_div(teacher, student, self.config.temperature)
+        return rows.mean()
