@@ -16,7 +16,8 @@ from e2urec.plots import plot_results
 from e2urec.report import COLUMNS, markdown_table, text_table
 
 FIELDS = ["jsd", "sym_kl", "l2", "jsd_yes_no", "mia_auc", "seconds", "trainable_params"]
-FIELDS += ["peak_rss_mb"]
+FIELDS += ["peak_rss_mb", "privleak", "canary_exposure", "canary_retained", "threshold"]
+TRAINED = ["jsd_ci", "below_original", "above_floor"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,14 +39,28 @@ def sequential_run(tmp_path_factory):
 def test_results_have_every_field_for_every_row(sequential_run):
     out, results = sequential_run
     on_disk = json.loads((out / "results.json").read_text())
-    assert list(on_disk["methods"]) == ["original", *on_disk["config"]["methods"]]
+    methods = on_disk["config"]["methods"]
+    assert list(on_disk["methods"]) == [
+        "original",
+        "retrain",
+        "retrain_b",
+        *methods[1:],
+        "history_mean",
+    ]
     assert {"config", "versions", "git"} <= on_disk.keys()
     for name, row in on_disk["methods"].items():
         for split in ("test", "forget"):
-            assert set(row[split]) == {"auc", "acc", "logloss"}, name
+            assert set(row[split]) == {"auc", "acc", "acc_05", "logloss"}, name
         assert set(FIELDS) <= row.keys(), name
-        assert 0 <= row["mia_auc"] <= 1 and row["jsd"] >= 0, name
+        assert 0 <= row["mia_auc"] <= 1, name
+        if name != "history_mean":
+            assert set(TRAINED) <= row.keys() and row["jsd"] >= 0, name
+            low, high = row["jsd_ci"]
+            assert low <= row["jsd"] <= high, name
     assert on_disk["methods"]["retrain"]["jsd"] == 0
+    assert on_disk["methods"]["retrain"]["privleak"] == 0
+    assert on_disk["methods"]["history_mean"]["jsd"] is None
+    assert on_disk["methods"]["original"]["epochs_run"] >= 1
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == list(on_disk["methods"])
@@ -59,9 +74,12 @@ def test_table_shows_seconds_with_one_decimal(sequential_run):
     _, results = sequential_run
     table = text_table(results).splitlines()
     at = [c for c, _ in COLUMNS].index("seconds") + 1
-    for line in table[2:]:
+    rows = results["methods"]
+    for line in table[2 : 2 + len(rows)]:
         cells = line.split()  # one seed: no "±", so no spaces inside a cell
-        assert cells[at] == f"{results['methods'][cells[0]]['seconds']:.1f}"
+        seconds = rows[cells[0]]["seconds"]
+        assert cells[at] == ("-" if seconds is None else f"{seconds:.1f}")
+    assert "Noise floor: retrain_b" in table[2 + len(rows)]
 
 
 def test_sequential_requests_forget_the_users_step_by_step(sequential_run):

@@ -27,7 +27,7 @@ def test_features_are_loss_true_answer_probability_and_entropy():
 def test_attack_trains_on_balanced_classes_and_held_out_halves_are_disjoint():
     x, y = mia.balanced(np.zeros((30, 3)), np.ones((7, 3)), seed=0)
     assert len(x) == 14 and y.sum() == 7
-    plan = mia.Plan.make(n_retain=100, n_test=21, seed=3)
+    plan = mia.Plan.make(n_retain=100, n_heldout=21, seed=3)
     assert set(plan.nonmembers).isdisjoint(plan.unseen)
     assert sorted([*plan.nonmembers, *plan.unseen]) == list(range(21))
     assert len(plan.members) == len(plan.nonmembers) and plan.members.max() < 100
@@ -35,12 +35,13 @@ def test_attack_trains_on_balanced_classes_and_held_out_halves_are_disjoint():
         mia.balanced(np.zeros((1, 3)), np.ones((5, 3)), seed=0)
 
 
-def synthetic(rng, n: int, member: bool) -> np.ndarray:
+def synthetic(rng, n: int, member: bool):
     """Members: low loss, confident and right; non-members: higher loss, less sure."""
     loss = rng.gamma(2.0, 0.1 if member else 0.4, n)
     p_true = np.exp(-loss)
-    p_yes = np.where(rng.random(n) < 0.5, p_true, 1 - p_true)
-    return mia.features(p_yes, loss, (p_yes == p_true).astype(int))
+    labels = (rng.random(n) < 0.5).astype(int)
+    p_yes = np.where(labels == 1, p_true, 1 - p_true)
+    return mia.features(p_yes, loss, labels), labels
 
 
 def test_known_answer_on_synthetic_features():
@@ -79,8 +80,29 @@ def test_known_answer_on_a_model_that_memorised_its_train_set(tmp_path):
     def feats(samples):
         return mia.sample_features(samples, score(rec, samples, 64))
 
-    m, o, u = feats(memorised), feats(nonmembers), feats(unseen)
+    (m, _), (o, _), (u, _) = feats(memorised), feats(nonmembers), feats(unseen)
     assert m[:, 0].mean() < o[:, 0].mean()  # it did memorise
     attack = mia.fit_attack(m[:8], o[:32])
     assert mia.attack_auc(attack, m[8:], o[32:]) > 0.8
     assert abs(mia.attack_auc(attack, u, o[32:]) - 0.5) < 0.2
+
+
+def test_an_attack_that_knows_only_the_label_scores_one_half():
+    """Members and forgotten samples are mostly "Yes.", non-members mostly "No.": a pooled
+    attack would score well on the label alone; the per-class attack cannot."""
+    rng = np.random.default_rng(1)
+
+    def label_only(n, p_yes_rate):
+        labels = (rng.random(n) < p_yes_rate).astype(int)
+        return np.stack([labels, labels, labels], axis=1).astype(float), labels
+
+    members, nonmembers = label_only(400, 0.8), label_only(400, 0.3)
+    forgotten, unseen = label_only(300, 0.8), label_only(300, 0.3)
+    pooled = mia.attack_auc(mia.fit_attack(members[0], nonmembers[0]), forgotten[0], unseen[0])
+    assert pooled > 0.7  # the confound the per-class attack removes
+    assert mia.mia_auc(members, nonmembers, forgotten, unseen) == pytest.approx(0.5)
+
+
+def test_privleak_is_relative_to_retrain():
+    assert mia.privleak(0.6, 0.5) == pytest.approx(0.2)
+    assert mia.privleak(0.5, 0.5) == 0

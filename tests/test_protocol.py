@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pandas as pd
 import pytest
 
 from e2urec.data import Protocol, load_splits, prepare, read_jsonl
+from e2urec.data.canaries import is_canary, real, unique
 from e2urec.data.protocol import make_splits
 from e2urec.data.sources import Interactions, validate
 
@@ -149,3 +151,87 @@ def test_read_jsonl_names_the_line(tmp_path):
     path.write_text(good + "\n" + good.replace("Yes.", "Maybe") + "\n")
     with pytest.raises(ValueError, match=r"x.jsonl, line 2: output must be"):
         read_jsonl(path)
+
+
+WORDS = ["Harbor", "Silent", "Orchard", "Comet", "Winter", "Garden", "Thunder", "Velvet"]
+
+
+def many_users(users=60, per_user=30):
+    """User u rates items at interleaved times; ratings vary by user and item; titles are
+    pairs of words (canaries invent titles from them)."""
+    rows = [
+        (u, i, float(1 + (u * 7 + i * 3) % 5), 1000 * i + u)
+        for u in range(users)
+        for i in range(per_user)
+    ]
+    df = frame(rows)
+    df["title"] = [f"{WORDS[int(i) % 8]} {WORDS[int(i) // 8 % 8]}" for i in df["item"]]
+    return df
+
+
+def test_sample_draws_each_split_with_many_users_and_no_dominant_one():
+    data = Interactions(many_users())
+    p = Protocol(history=3, min_history=5, last=10_000, sample=(200, 60, 60), seed=5)
+    splits = make_splits(data, p)
+    full = make_splits(data, Protocol(history=3, min_history=5, last=10_000, seed=5))
+    assert [len(splits[n]) for n in ("train", "valid", "test")] == [200, 60, 60]
+    for name in ("train", "valid", "test"):
+        drawn = splits[name]
+        assert len(set(drawn)) == len(drawn)
+        assert set(drawn) <= set(full[name])  # the time split is kept
+        counts = Counter(s.user for s in drawn)
+        assert max(counts.values()) <= 0.05 * len(drawn), name
+        assert [s.timestamp for s in drawn] == sorted(s.timestamp for s in drawn)
+    other = make_splits(data, Protocol(history=3, min_history=5, sample=(200, 60, 60), seed=6))
+    assert set(other["train"]) != set(splits["train"])  # the seed moves the sample
+    with pytest.raises(ValueError, match="train split has"):
+        make_splits(data, Protocol(min_history=5, sample=(10**6, 60, 60)))
+
+
+def test_holdout_comes_from_users_who_stay_and_nobody_trains_on_it():
+    data = Interactions(many_users())
+    for sample in (None, (200, 60, 60)):
+        p = Protocol(history=3, min_history=5, sample=sample, holdout=0.1, seed=2)
+        splits = make_splits(data, p)
+        held = splits["holdout"]
+        assert len(held) == round(0.1 * (len(splits["train"]) + (0 if sample else len(held))))
+        assert not set(held) & set(splits["train"])
+        assert not {s.user for s in held} & set(splits.forgotten)
+        assert max(s.timestamp for s in held) < min(s.timestamp for s in splits["valid"])
+        assert len(splits["retain"]) + len(splits["forget"]) == len(splits["train"])
+
+
+def test_canaries_are_planted_in_both_groups_with_controls_never_trained_on():
+    data = Interactions(many_users())
+    p = Protocol(history=3, min_history=5, canaries=2, canary_copies=3, seed=1)
+    splits = make_splits(data, p)
+    forget, retain = unique(splits["forget"]), unique(splits["retain"])
+    controls = splits["canary_control"]
+    titles = {s.input.split("***")[1] for s in real(splits["train"])}
+    assert len(forget) == 2 * len(splits.forgotten) == len(retain)
+    assert len(controls) == len(forget) + len(retain)
+    assert {s.user for s in forget} == set(splits.forgotten)
+    assert not {s.user for s in retain} & set(splits.forgotten)
+    trained = {s.item for s in splits["train"] if is_canary(s)}
+    assert trained == {s.item for s in forget + retain}
+    assert not trained & {s.item for s in controls}
+    assert sum(is_canary(s) for s in splits["train"]) == 3 * len(trained)
+    for c in forget + controls:
+        assert is_canary(c) and c.output in ("Yes.", "No.")
+        title = c.input.split("***")[1]
+        assert len(title.split()) == 4 and title not in titles  # invented: 3 words and a year
+    assert real(splits["forget"]) == [s for s in splits["forget"] if not is_canary(s)]
+
+
+def test_prepare_records_split_stats_and_forgotten_halves(tmp_path):
+    out = tmp_path / "d"
+    manifest = prepare(out, protocol=Protocol(last=2000, history=3, holdout=0.1, canaries=1))
+    stats = manifest["split_stats"]
+    for name in ("train", "valid", "test", "retain", "forget", "holdout"):
+        assert {"users", "largest_user_share", "positive_rate"} <= stats[name].keys()
+    halves = manifest["forgotten_halves"]
+    assert sorted(halves["tune"] + halves["eval"]) == manifest["forgotten_users"]
+    assert abs(len(halves["tune"]) - len(halves["eval"])) <= 1
+    splits = load_splits(out)
+    assert len(splits["holdout"]) == manifest["counts"]["holdout"] > 0
+    assert len(splits["canary_control"]) == manifest["counts"]["canary_control"] > 0

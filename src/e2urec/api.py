@@ -25,24 +25,38 @@ def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
     return classification(np.array([s.label for s in samples]), p)
 
 
-def assess(model, test, forget, retain, batch_size: int = 64, seed: int = 0, full: bool = False):
+def assess(
+    model, test, forget, retain, batch_size=64, seed=0, full=False, heldout=None
+) -> tuple[dict, dict]:
     """Test and forget classification plus MIA AUC of one model; also its forget scores
-    (with the vocabulary distribution when `full`, for closeness to Retrain)."""
+    (with the vocabulary distribution when `full`, for closeness to Retrain). The attack's
+    non-members come from `heldout` (train-period samples no model saw) or, without one, from
+    test (later in time: the attack then also sees the change of period)."""
     rec = backbone.load(model) if isinstance(model, (str, Path)) else model
     name = Path(rec.path).name
-    plan = mia.Plan.make(len(retain), len(test), seed)
+    pool = heldout or test
+    plan = mia.Plan.make(len(retain), len(pool), seed)
     members = [retain[i] for i in plan.members]
     t = score(rec, test, batch_size, desc=f"eval {name} test")
     f = score(rec, forget, batch_size, full=full, desc=f"eval {name} forget")
     m = score(rec, members, batch_size, desc=f"eval {name} members")
-    test_x = mia.sample_features(test, t)
-    attack = mia.fit_attack(mia.sample_features(members, m), test_x[plan.nonmembers], seed)
+    pool_x = mia.sample_features(test, t) if pool is test else _features(rec, pool, batch_size)
     metrics = {
         "test": classification(np.array([s.label for s in test]), t["p_yes"]),
         "forget": classification(np.array([s.label for s in forget]), f["p_yes"]),
-        "mia_auc": mia.attack_auc(attack, mia.sample_features(forget, f), test_x[plan.unseen]),
+        "mia_auc": mia.mia_auc(
+            mia.sample_features(members, m),
+            mia.subset(pool_x, plan.nonmembers),
+            mia.sample_features(forget, f),
+            mia.subset(pool_x, plan.unseen),
+            seed,
+        ),
     }
     return metrics, f
+
+
+def _features(rec, samples, batch_size):
+    return mia.sample_features(samples, score(rec, samples, batch_size, desc="eval held-out"))
 
 
 def train_recommender(data, out, model: str = "tiny", split: str = "train", options=None) -> dict:

@@ -16,7 +16,8 @@ def _protocol(args):
 
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     values = values.get("protocol", values)
-    for key in ("history", "min_history", "last", "forget_ratio", "seed", "threshold"):
+    names = ("history", "min_history", "last", "forget_ratio", "seed", "threshold", "sample")
+    for key in (*names, "holdout", "canaries", "canary_copies"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return from_dict(Protocol, values, "protocol")
@@ -34,6 +35,14 @@ def add_prepare(sub) -> None:
     p.add_argument("--forget-ratio", dest="forget_ratio", type=float, help="default 0.2")
     p.add_argument("--seed", type=int, help="seed choosing forgotten users (default 42)")
     p.add_argument("--threshold", type=float, help='rating > threshold is "Yes." (default 3)')
+    p.add_argument(
+        "--sample",
+        metavar="TRAIN,VALID,TEST",
+        help="draw this many samples of each split (seeded, many users); default: all",
+    )
+    p.add_argument("--holdout", type=float, help="held-out share of train for the attack (0)")
+    p.add_argument("--canaries", type=int, help="canaries per forgotten user (default 0)")
+    p.add_argument("--canary-copies", dest="canary_copies", type=int, help="default 4")
     log = p.add_argument_group("--dataset interactions (a CSV or Parquet log)")
     log.add_argument("--user-col", help="user column (default: user)")
     log.add_argument("--item-col", help="item column (default: item)")

@@ -1,10 +1,13 @@
 """Membership inference: can an attacker tell that forgotten samples were once trained on?
 
 An attack classifier (logistic regression) learns, from a model's per-sample outputs, to tell
-train samples it still holds (retain: members) from test samples (non-members), on balanced
-sets. Its AUC on forgotten samples against held-out test samples it never saw is the score:
-about 0.5 means the forgotten samples look unseen. Test samples come later in time than train
-samples, so even Retrain may sit a little off 0.5: compare methods with Retrain, not with 0.5.
+train samples it still holds (retain: members) from held-out samples of the same period and
+users that no model trained on (non-members), on balanced sets. Its AUC on forgotten samples
+against other held-out samples it never saw is the score. The attack is fitted and scored
+within each answer class ("Yes." / "No.") and the per-class AUCs are averaged, weighted by the
+forgotten samples in each class: an attacker who only knows the label scores exactly 0.5.
+Forgotten users are users no held-out sample comes from, so even Retrain may sit off 0.5:
+compare methods with Retrain (privleak), not with 0.5.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def balanced(members: np.ndarray, nonmembers: np.ndarray, seed: int):
     return np.concatenate([m, o]), np.concatenate([np.ones(n), np.zeros(n)])
 
 
+Labelled = tuple[np.ndarray, np.ndarray]  # features [N, 3], labels [N]
+
+
 def fit_attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0):
     """A logistic-regression attack on standardised features; predict_proba[:, 1] = member."""
     x, y = balanced(members, nonmembers, seed)
@@ -61,29 +67,50 @@ def attack_auc(attack, forgotten: np.ndarray, unseen: np.ndarray) -> float:
     return float(roc_auc_score(y, attack.predict_proba(x)[:, 1]))
 
 
-def mia_auc(members, nonmembers, forgotten, unseen, seed: int = 0) -> float:
-    """Train the attack on members vs non-members; its AUC on forgotten vs unseen."""
-    return attack_auc(fit_attack(members, nonmembers, seed), forgotten, unseen)
+def mia_auc(
+    members: Labelled, nonmembers: Labelled, forgotten: Labelled, unseen: Labelled, seed: int = 0
+) -> float:
+    """One attack per answer class, trained on members vs non-members and scored on forgotten
+    vs unseen; the AUCs averaged with weights = forgotten samples per class (NaN if no class
+    has two samples of each kind on both sides)."""
+    aucs, weights = [], []
+    for label in (0, 1):
+        m, o, f, u = (x[y == label] for x, y in (members, nonmembers, forgotten, unseen))
+        if min(len(m), len(o)) < 2 or not len(f) or not len(u):
+            continue
+        aucs.append(attack_auc(fit_attack(m, o, seed), f, u))
+        weights.append(len(f))
+    return float(np.average(aucs, weights=weights)) if aucs else float("nan")
+
+
+def privleak(auc: float, retrain_auc: float) -> float:
+    """MUSE's PrivLeak: the attack's AUC relative to Retrain's (0: leaks as much as Retrain)."""
+    return (auc - retrain_auc) / retrain_auc if retrain_auc else float("nan")
 
 
 @dataclass
 class Plan:
-    """Which samples the attack uses: indices into retain (members) and test (the two halves)."""
+    """Which samples the attack uses: indices into retain (members) and into the held-out set
+    (its two halves: the attack's non-members, and the unseen samples it is scored against)."""
 
     members: np.ndarray
     nonmembers: np.ndarray
     unseen: np.ndarray
 
     @classmethod
-    def make(cls, n_retain: int, n_test: int, seed: int = 0) -> Plan:
-        nonmembers, unseen = halves(n_test, seed)
+    def make(cls, n_retain: int, n_heldout: int, seed: int = 0) -> Plan:
+        nonmembers, unseen = halves(n_heldout, seed)
         rng = np.random.default_rng(seed + 1)
         # Training is balanced, so only as many members as non-members need scoring.
         members = np.sort(rng.choice(n_retain, min(n_retain, len(nonmembers)), replace=False))
         return cls(members, nonmembers, unseen)
 
 
-def sample_features(samples, scores: dict) -> np.ndarray:
-    """Features of `samples` from `e2urec.model.score`'s output on them."""
+def sample_features(samples, scores: dict) -> Labelled:
+    """Features and labels of `samples` from `e2urec.model.score`'s output on them."""
     labels = np.array([s.label for s in samples])
-    return features(scores["p_yes"], scores["loss"], labels)
+    return features(scores["p_yes"], scores["loss"], labels), labels
+
+
+def subset(data: Labelled, idx) -> Labelled:
+    return data[0][idx], data[1][idx]

@@ -17,14 +17,22 @@ from pathlib import Path
 COLUMNS = [
     ("test AUC", ("test", "auc")),
     ("test ACC", ("test", "acc")),
+    ("ACC@0.5", ("test", "acc_05")),
     ("test LogLoss", ("test", "logloss")),
     ("forget AUC", ("forget", "auc")),
     ("forget LogLoss", ("forget", "logloss")),
     ("JSD", ("jsd",)),
+    ("JSD 95% CI", ("jsd_ci",)),
+    ("< orig", ("below_original",)),
+    ("> floor", ("above_floor",)),
     ("sym-KL", ("sym_kl",)),
     ("L2", ("l2",)),
     ("JSD Yes/No", ("jsd_yes_no",)),
+    ("canary exp.", ("canary_exposure",)),
+    ("canary kept", ("canary_retained",)),
     ("MIA AUC", ("mia_auc",)),
+    ("PrivLeak", ("privleak",)),
+    ("epochs", ("epochs_run",)),
     ("seconds", ("seconds",)),
     ("trainable params", ("trainable_params",)),
     ("peak RSS MB", ("peak_rss_mb",)),
@@ -48,6 +56,9 @@ DECIMALS = {
     "step": 0,
     "users": 0,
     "forgotten": 0,
+    "epochs": 0,
+    "< orig": 2,
+    "> floor": 2,
 }
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "scikit-learn", "e2urec")
 
@@ -79,7 +90,11 @@ def cell(row: dict, path: tuple[str, ...]):
 def fmt(value, decimals: int = 4) -> str:
     if value is None:
         return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "[" + ",".join(fmt(v, decimals) for v in value) + "]"  # no space: one cell
+    if not isinstance(value, (int, float)):
         return str(value)
     if decimals == 0 and math.isfinite(value):
         return str(round(value))
@@ -140,7 +155,29 @@ def text_table(results: dict) -> str:
     text = render(_header(COLUMNS), table_rows(results))
     if results.get("seeds"):
         text = f"mean ± std over seeds {', '.join(map(str, results['seeds']))}\n" + text
-    return text
+    return text + "\n" + noise_note(results)
+
+
+def noise_note(results: dict) -> str:
+    """What in the table is noise, said under it."""
+    rows = results["methods"]
+    lines = []
+    floor = cell(rows.get("retrain_b") or {}, ("jsd",))
+    if floor is not None:
+        lines.append(
+            f"Noise floor: retrain_b (Retrain, another seed) is at JSD {fmt(floor)} from Retrain. "
+            "JSD 95% CI: paired bootstrap over the reported forget samples; '< orig' / '> floor': "
+            "the interval of the difference to the original / to retrain_b excludes 0"
+            + (" (with seeds: the share of seeds where it did)." if results.get("seeds") else ".")
+        )
+    if "history_mean" in rows:
+        lines.append(
+            "history_mean: no training, P(Yes) from the mean rating shown in the prompt: "
+            "what any model must beat. test ACC uses the threshold best on valid."
+        )
+    if results.get("seeds"):
+        lines.append("± is the std over seeds; results.json has 95% t-intervals (ci95).")
+    return "\n".join(lines)
 
 
 def sequential_table(results: dict) -> str:
@@ -152,7 +189,7 @@ def sequential_table(results: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    text = markdown(_header(COLUMNS), table_rows(results))
+    text = markdown(_header(COLUMNS), table_rows(results)) + "\n" + noise_note(results) + "\n"
     if results.get("sequential"):
         text += "\n## Successive deletion requests\n\n"
         text += markdown(_header(STEP_COLUMNS), step_rows(results))

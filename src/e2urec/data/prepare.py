@@ -11,10 +11,14 @@ from pathlib import Path
 
 from e2urec import __version__
 from e2urec.data import sources
+from e2urec.data.canaries import real, unique
 from e2urec.data.protocol import Protocol, Splits, make_splits
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
+from e2urec.data.sampling import split_stats
 
 SPLITS = ("train", "valid", "test", "retain", "forget")
+# Written only when the protocol asks for them (`holdout`, `canaries`); read as empty otherwise.
+OPTIONAL = ("holdout", "canary_control")
 
 
 def prepare(
@@ -33,17 +37,21 @@ def prepare(
         "raw": [str(p) for p in data.files],
         "source_checksum": data.checksum(),
         "protocol": asdict(protocol),
-        "counts": {name: len(splits[name]) for name in SPLITS},
+        "counts": {name: len(splits[name]) for name in SPLITS + OPTIONAL},
         "candidates": splits.candidates,
         "users": {
             "train": len({s.user for s in splits["train"]}),
             "forgotten": len(splits.forgotten),
         },
         "forgotten_users": splits.forgotten,
+        # Hyperparameters may be chosen on the tune half; forget metrics use the eval half.
+        "forgotten_halves": splits.halves,
         "positive_rate": {
             name: round(sum(s.label for s in splits[name]) / max(1, len(splits[name])), 4)
             for name in SPLITS
         },
+        "split_stats": {name: split_stats(real(splits[name])) for name in (*SPLITS, "holdout")},
+        "canaries": len(unique(splits["train"])),
         "e2urec_version": __version__,
     }
     write_splits(out, splits, manifest)
@@ -56,8 +64,9 @@ def write_splits(out: str | Path, splits: Splits, manifest: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        for name in SPLITS:
-            write_jsonl(splits[name], tmp / f"{name}.jsonl")
+        for name in SPLITS + OPTIONAL:
+            if name in SPLITS or splits[name]:
+                write_jsonl(splits[name], tmp / f"{name}.jsonl")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -75,4 +84,8 @@ def load_splits(folder: str | Path) -> dict[str, list[Sample]]:
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
         raise FileNotFoundError(f"{folder}: not a prepared data folder (no manifest.json)")
-    return {name: read_jsonl(folder / f"{name}.jsonl") for name in SPLITS}
+    splits = {name: read_jsonl(folder / f"{name}.jsonl") for name in SPLITS}
+    for name in OPTIONAL:
+        path = folder / f"{name}.jsonl"
+        splits[name] = read_jsonl(path) if path.exists() else []
+    return splits

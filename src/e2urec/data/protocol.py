@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from e2urec.data.canaries import plant
 from e2urec.data.prompt import Profile, build_prompt
 from e2urec.data.sample import NO, YES, Sample
+from e2urec.data.sampling import draw_holdout, halves, sample_split
 from e2urec.data.sources.base import PROFILE, Interactions
 
 
@@ -22,6 +24,14 @@ class Protocol:
     forget_ratio: float = 0.2  # fraction of train users who ask to be forgotten
     seed: int = 42
     threshold: float = 3.0  # rating > threshold is "Yes."
+    # Train/valid/test sizes drawn (uniformly, seeded) from the time split: many users in a
+    # small run. None keeps every sample, as the paper does.
+    sample: tuple[int, ...] | None = None
+    # Held-out train-period samples (a fraction of the train size) of users who stay: no model
+    # trains on them; the membership attack's non-members.
+    holdout: float = 0.0
+    canaries: int = 0  # per forgotten user (and as many retained users), see data/canaries.py
+    canary_copies: int = 4  # times each canary is repeated in training
 
     def __post_init__(self):
         if self.history < 1:
@@ -40,6 +50,14 @@ class Protocol:
             )
         if not 0 < self.forget_ratio < 1:
             raise ValueError(f"forget_ratio must be in (0, 1), got {self.forget_ratio}")
+        if self.sample is not None and (len(self.sample) != 3 or min(self.sample) < 1):
+            raise ValueError(
+                f"sample must be three positive sizes TRAIN,VALID,TEST, got {self.sample}"
+            )
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.canaries < 0 or self.canary_copies < 1:
+            raise ValueError("canaries must be >= 0 and canary_copies >= 1")
 
 
 @dataclass
@@ -47,6 +65,7 @@ class Splits:
     parts: dict[str, list[Sample]]
     forgotten: list[str] = field(default_factory=list)
     candidates: int = 0  # samples with enough history, before the last-N cut
+    halves: dict[str, list[str]] = field(default_factory=dict)  # forgotten: tune / eval
 
     def __getitem__(self, name: str) -> list[Sample]:
         return self.parts[name]
@@ -129,20 +148,53 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
         )
     n_train = int(len(samples) * p.split[0])
     n_valid = int(len(samples) * p.split[1])
-    train = samples[:n_train]
-    forgotten = choose_forgotten(train, p.forget_ratio, p.seed)
-    gone = set(forgotten)
-    parts = {
-        "train": train,
+    period = {
+        "train": samples[:n_train],
         "valid": samples[n_train : n_train + n_valid],
         "test": samples[n_train + n_valid :],
-        "retain": [s for s in train if s.user not in gone],
-        "forget": [s for s in train if s.user in gone],
     }
-    empty = [name for name, part in parts.items() if not part]
+    # The paper's 20% of train users, chosen before any sampling so the share is the paper's.
+    gone = set(choose_forgotten(period["train"], p.forget_ratio, p.seed))
+    rng = random.Random(p.seed)
+    parts = dict(period)
+    if p.sample:
+        for name, size in zip(("train", "valid", "test"), p.sample):
+            parts[name] = sample_split(period[name], size, rng, name)
+    stay = [s for s in period["train"] if s.user not in gone]
+    if p.sample:  # held out from what the sample left, so the train sample keeps its size
+        taken = {id(s) for s in parts["train"]}
+        stay = [s for s in stay if id(s) not in taken]
+    held = draw_holdout(stay, round(p.holdout * len(parts["train"])), rng) if p.holdout else []
+    held_ids = {id(s) for s in held}
+    train = [s for s in parts["train"] if id(s) not in held_ids]
+    forgotten = sorted({s.user for s in train if s.user in gone})
+    parts["retain"] = [s for s in train if s.user not in gone]
+    parts["forget"] = [s for s in train if s.user in gone]
+    parts["train"] = train
+    parts["holdout"] = held
+    parts["canary_control"] = []
+    if p.canaries:
+        _add_canaries(parts, forgotten, p, rng)
+    empty = [name for name in ("train", "valid", "test", "retain", "forget") if not parts[name]]
     if empty:
         raise ValueError(
             f"{len(samples)} samples leave the {', '.join(empty)} split(s) empty; "
-            "keep more samples (--last) or change the split/forget ratio"
+            "keep more samples (--last, --sample) or change the split/forget ratio"
         )
-    return Splits(parts=parts, forgotten=forgotten, candidates=candidates)
+    return Splits(
+        parts=parts,
+        forgotten=forgotten,
+        candidates=candidates,
+        halves=halves(forgotten, p.seed),
+    )
+
+
+def _add_canaries(parts: dict, forgotten: list[str], p: Protocol, rng: random.Random) -> None:
+    """Canaries for every forgotten user and for as many users who stay (at random)."""
+    staying = sorted({s.user for s in parts["retain"]})
+    kept = rng.sample(staying, min(len(staying), len(forgotten)))
+    for users, name in ((forgotten, "forget"), (kept, "retain")):
+        planted, controls = plant(parts[name], users, p.canaries, p.canary_copies, rng)
+        parts[name] = parts[name] + planted
+        parts["train"] = parts["train"] + planted
+        parts["canary_control"] += controls

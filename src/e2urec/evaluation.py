@@ -1,0 +1,121 @@
+"""What the bench measures of one model: utility, forgetting, membership, canaries.
+
+Every model is seen through a scorer (samples -> P(Yes), loss and, on request, the vocabulary
+distribution at the answer position), so a trained recommender and the no-training reference
+rule (`history_mean`) are measured by the same code on the same samples.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from e2urec import mia
+from e2urec.data.canaries import real, unique
+from e2urec.data.sample import YES, Sample
+from e2urec.metrics import best_threshold, classification, exposure
+from e2urec.model import backbone, score
+from e2urec.requests import shown_ratings
+
+Scorer = Callable[[list[Sample], bool], dict]
+_STARS = re.compile(r"\((\d+(?:\.\d+)?) stars?\)$")
+
+
+@dataclass
+class EvalSets:
+    """The samples a model is measured on (all real, except the canaries)."""
+
+    test: list[Sample]
+    valid: list[Sample]
+    forget: list[Sample]  # forgotten users' real samples on which forgetting is reported
+    members: list[Sample]  # retain samples the attack learns as members
+    nonmembers: list[Sample]  # held-out samples the attack learns as non-members
+    unseen: list[Sample]  # other held-out samples, scored against `forget`
+    canaries: list[Sample]  # planted in forgotten users' data
+    canaries_retained: list[Sample]  # planted in retained users' data
+    controls: list[Sample]  # made the same way, never trained on
+
+    @classmethod
+    def make(cls, splits: dict, forget: list[Sample], seed: int = 0) -> EvalSets:
+        """`forget`: the forgotten samples to report on (canaries among them are split off).
+        The attack's non-members are the held-out split, or test without one."""
+        retain = real(splits["retain"])
+        pool = splits.get("holdout") or splits["test"]
+        plan = mia.Plan.make(len(retain), len(pool), seed)
+        users = {s.user for s in forget}
+        return cls(
+            test=splits["test"],
+            valid=splits["valid"],
+            forget=real(forget),
+            members=[retain[i] for i in plan.members],
+            nonmembers=[pool[i] for i in plan.nonmembers],
+            unseen=[pool[i] for i in plan.unseen],
+            canaries=[s for s in unique(splits["forget"]) if s.user in users],
+            canaries_retained=unique(splits["retain"]),
+            controls=splits.get("canary_control") or [],
+        )
+
+
+def model_scorer(model, batch_size: int) -> Scorer:
+    rec = backbone.load(model) if isinstance(model, str) else model
+    name = rec.path.rstrip("/").rsplit("/", 1)[-1]
+    return lambda samples, full: score(rec, samples, batch_size, full=full, desc=f"eval {name}")
+
+
+def shown_mean(sample: Sample) -> float:
+    """The mean of the star ratings shown in the prompt's history (mid-scale if none)."""
+    stars = [float(m.group(1)) for e in shown_ratings(sample) if (m := _STARS.search(e))]
+    return float(np.mean(stars)) if stars else 2.75
+
+
+def history_mean_scorer(samples: list[Sample], full: bool = False) -> dict:
+    """The reference with no training: P(Yes) = the mean shown rating mapped from the 0.5-5
+    star scale onto (0, 1). Its ranking (AUC) is the rule's; its LogLoss is uncalibrated."""
+    p = np.clip((np.array([shown_mean(s) for s in samples]) - 0.5) / 4.5, 1e-3, 1 - 1e-3)
+    labels = np.array([s.label for s in samples])
+    loss = -np.log(np.where(labels == 1, p, 1 - p))
+    return {"p_yes": p, "loss": loss}
+
+
+def evaluate(scorer: Scorer, sets: EvalSets, seed: int = 0) -> tuple[dict, dict]:
+    """Metrics of one model, and its scores on `sets.forget` (with the vocabulary
+    distribution, for closeness to Retrain)."""
+    valid = scorer(sets.valid, False)
+    cut = best_threshold(_labels(sets.valid), valid["p_yes"])
+    test = scorer(sets.test, False)
+    forget = scorer(sets.forget, True)
+    members, nonmembers, unseen = (
+        mia.sample_features(s, scorer(s, False))
+        for s in (sets.members, sets.nonmembers, sets.unseen)
+    )
+    metrics = {
+        "test": classification(_labels(sets.test), test["p_yes"], cut),
+        "forget": classification(_labels(sets.forget), forget["p_yes"], cut),
+        "threshold": cut,
+        "mia_auc": mia.mia_auc(
+            members, nonmembers, mia.sample_features(sets.forget, forget), unseen, seed
+        ),
+    }
+    if sets.controls:
+        controls = _planted_log_odds(scorer, sets.controls)
+        for key, planted in (
+            ("canary_exposure", sets.canaries),
+            ("canary_retained", sets.canaries_retained),
+        ):
+            metrics[key] = (
+                exposure(_planted_log_odds(scorer, planted), controls) if planted else None
+            )
+    return metrics, forget
+
+
+def _labels(samples: list[Sample]) -> np.ndarray:
+    return np.array([s.label for s in samples])
+
+
+def _planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
+    p = np.clip(scorer(canaries, False)["p_yes"], 1e-7, 1 - 1e-7)
+    log_odds = np.log(p) - np.log1p(-p)
+    return np.where([s.output == YES for s in canaries], log_odds, -log_odds)

@@ -1,0 +1,106 @@
+"""What the bench measures: thresholds, canary exposure, bootstrap verdicts, the reference rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from e2urec.data import Protocol, load_splits, prepare
+from e2urec.data.canaries import is_canary, unique
+from e2urec.data.sample import NO, YES, Sample
+from e2urec.evaluation import EvalSets, evaluate, history_mean_scorer, shown_mean
+from e2urec.metrics import best_threshold, bootstrap_ci, classification, exposure, jsd_verdict
+
+
+def test_threshold_chosen_on_valid_reads_a_model_whose_scores_all_sit_above_half():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    p_yes = np.array([0.61, 0.62, 0.63, 0.71, 0.72, 0.73])
+    cut = best_threshold(labels, p_yes)
+    assert 0.63 <= cut < 0.71
+    m = classification(labels, p_yes, cut)
+    assert m["acc"] == 1.0 and m["acc_05"] == 0.5
+    assert "acc_05" not in classification(labels, p_yes)  # no threshold: acc is at 0.5
+
+
+def test_exposure_is_the_auc_of_planted_against_controls():
+    assert exposure(np.array([3.0, 4.0]), np.array([-1.0, 0.0, 1.0])) == 1.0
+    rng = np.random.default_rng(0)
+    same = exposure(rng.normal(size=2000), rng.normal(size=2000))
+    assert abs(same - 0.5) < 0.03
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_samples():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(1, 1, 50), rng.normal(1, 1, 5000)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 5
+
+
+def test_jsd_verdict_is_paired_over_samples():
+    rng = np.random.default_rng(2)
+    original = rng.uniform(0.05, 0.2, 300)
+    floor = original * 0.1
+    close = original * 0.5  # clearly below the original, clearly above the floor
+    v = jsd_verdict(close, original, floor)
+    assert v["below_original"] and v["above_floor"]
+    assert v["jsd_ci"][0] < close.mean() < v["jsd_ci"][1]
+    same = jsd_verdict(original, original, original)
+    assert not same["below_original"] and not same["above_floor"]
+
+
+def prompt(ratings: list[float]) -> str:
+    shown = str([f"{i}. Film {i} ({r:g} stars)" for i, r in enumerate(ratings)])
+    return f"The user watched ...:\n{shown}\nBased on ... ***Target***.\nYou should ONLY tell me yes or no."
+
+
+def test_history_mean_rule_scores_the_mean_shown_rating():
+    high, low = prompt([5, 4.5, 5]), prompt([1, 2, 1.5])
+    assert shown_mean(Sample(high, YES, "u", "1", 5, 0)) == pytest.approx(14.5 / 3)
+    samples = [Sample(high, YES, "u", "1", 5, 0), Sample(low, NO, "u", "2", 1, 1)]
+    scores = history_mean_scorer(samples)
+    assert scores["p_yes"][0] > 0.8 > 0.3 > scores["p_yes"][1]
+    assert scores["loss"][0] == pytest.approx(-np.log(scores["p_yes"][0]))
+
+
+@pytest.fixture(scope="module")
+def canary_splits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("canary") / "d"
+    prepare(out, protocol=Protocol(last=3000, history=3, holdout=0.1, canaries=2, seed=3))
+    return load_splits(out)
+
+
+def test_eval_sets_keep_canaries_apart_and_the_attack_sets_disjoint(canary_splits):
+    splits = canary_splits
+    reported_user = splits["forget"][0].user
+    forget = [s for s in splits["forget"] if s.user == reported_user]
+    sets = EvalSets.make(splits, forget)
+    assert sets.forget and not any(is_canary(s) for s in sets.forget + sets.members)
+    assert {s.user for s in sets.canaries} == {reported_user} and len(sets.canaries) == 2
+    assert sets.canaries_retained == unique(splits["retain"])
+    assert not set(sets.nonmembers) & set(sets.unseen)
+    assert set(sets.nonmembers + sets.unseen) <= set(splits["holdout"])
+
+
+def test_a_scorer_that_memorised_the_canaries_is_exposed_and_one_that_did_not_is_not(
+    canary_splits,
+):
+    splits = canary_splits
+    sets = EvalSets.make(splits, splits["forget"])
+    planted = {s.item: s.output for s in unique(splits["train"])}
+
+    def memorised(samples, full=False):
+        out = history_mean_scorer(samples)
+        known = [planted.get(s.item) for s in samples]
+        out["p_yes"] = np.array(
+            [0.99 if k == YES else 0.01 if k == NO else p for k, p in zip(known, out["p_yes"])]
+        )
+        return out
+
+    remembered, _ = evaluate(memorised, sets)
+    assert remembered["canary_exposure"] == 1.0 and remembered["canary_retained"] == 1.0
+    rule, _ = evaluate(history_mean_scorer, sets)
+    # The rule sees only the shown ratings: it cannot tell planted answers from controls'.
+    assert 0.2 < rule["canary_exposure"] < 0.8
+    assert set(rule["test"]) == {"auc", "acc", "acc_05", "logloss"}
