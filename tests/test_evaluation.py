@@ -104,3 +104,15 @@ def test_a_scorer_that_memorised_the_canaries_is_exposed_and_one_that_did_not_is
     # The rule sees only the shown ratings: it cannot tell planted answers from controls'.
     assert 0.2 < rule["canary_exposure"] < 0.8
     assert set(rule["test"]) == {"auc", "acc", "acc_05", "logloss"}
+
+
+def test_an_attack_on_a_model_that_only_knows_the_label_scores_one_half(canary_splits):
+    splits = canary_splits
+    sets = EvalSets.make(splits, splits["forget"])
+
+    def label_only(samples, full=False):
+        p = np.array([0.9 if s.label else 0.1 for s in samples])
+        return {"p_yes": p, "loss": -np.log(np.where([s.label for s in samples], p, 1 - p))}
+
+    metrics, _ = evaluate(label_only, sets)
+    assert metrics["mia_auc"] == pytest.approx(0.5)

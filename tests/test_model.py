@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from e2urec.config import from_dict, override
-from e2urec.methods.teacher import Teacher
+from e2urec.methods.teacher import Teacher, exact_kl, model_outputs
 from e2urec.model import backbone, score
 from e2urec.model.scoring import encode, forward
 from e2urec.model.train import TrainConfig
@@ -62,16 +62,18 @@ def test_lora_training_saves_only_an_adapter(tmp_path, trained, splits):
 def test_cached_teacher_equals_on_the_fly(trained, splits):
     rec = backbone.load(trained["original"])
     samples = splits["forget"][:6]
-    cached = Teacher(rec, backbone.load(trained["original"]).model, samples, cache_mb=100)
-    live = Teacher(rec, backbone.load(trained["original"]).model, samples, cache_mb=0)
+    outputs = model_outputs(rec, backbone.load(trained["original"]).model)
+    cached = Teacher(rec, outputs, samples, range(6), cache_mb=100)
+    live = Teacher(rec, outputs, samples, range(6), cache_mb=0)
     assert cached.cached and not live.cached
     idx = [4, 1, 3]
-    a, b = cached.logits(idx, torch.device("cpu")), live.logits(idx, torch.device("cpu"))
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     batch = encode(rec, [samples[i] for i in idx])
+    student = torch.randn(len(batch["labels"][batch["labels"] != -100]), len(rec.tokenizer))
     with torch.no_grad():
         direct = forward(rec, rec.model.eval(), batch).logits
-    torch.testing.assert_close(a, direct, rtol=1e-4, atol=1e-4)
+    exact = exact_kl(direct, student)
+    torch.testing.assert_close(live.kl(idx, student), exact, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cached.kl(idx, student), exact, rtol=0, atol=1e-3)
 
 
 def test_config_from_dict_and_overrides():

@@ -139,6 +139,12 @@ def add_forget(sub) -> None:
         help="keep prompts that show a deleted rating in their history (default: forget them)",
     )
     p.add_argument("--out", required=True, help="new, empty output folder (model + report)")
+    p.add_argument(
+        "--no-eval",
+        dest="evaluate",
+        action="store_false",
+        help="skip comparing the models before and after (the request's latency is unchanged)",
+    )
     p.add_argument("--config", help="YAML file with the method's options")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override options, e.g. alpha=1")
     p.set_defaults(run=run_forget)
@@ -154,7 +160,15 @@ def run_forget(args) -> None:
     pairs = read_interactions(args.interactions) if args.interactions else ()
     options = _options(args)
     report = forget(
-        args.data, args.model, args.out, args.method, users, pairs, options, args.history
+        args.data,
+        args.model,
+        args.out,
+        args.method,
+        users,
+        pairs,
+        options,
+        args.history,
+        args.evaluate,
     )
     keys = (
         "method",
@@ -166,8 +180,9 @@ def run_forget(args) -> None:
         "mia_auc",
         "before",
         "seconds",
+        "latency",
     )
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
 
 
 def add_bench(sub) -> None:

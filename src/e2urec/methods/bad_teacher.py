@@ -16,8 +16,8 @@ import torch
 
 from e2urec.functional import kl_div
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import Teacher
 from e2urec.model import backbone
+from e2urec.model.scoring import by_length, encode, forward
 from e2urec.model.train import answer_loss
 
 
@@ -26,7 +26,6 @@ class BadTeacherConfig(MethodConfig):
     epochs: int = 1
     lr: float = 1e-4
     temperature: float = 1.0
-    cache_mb: float = 2048  # teacher outputs are cached when they fit in this much memory
 
     def __post_init__(self):
         super().__post_init__()
@@ -39,28 +38,40 @@ class BadTeacher(LossMethod):
     Config = BadTeacherConfig
 
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
-        c = self.config
+        # Two logits a sample: both teachers are computed once, before the student moves.
+        forget_idx, retain_idx = self.drawn(task, range(self.config.epochs))
         incompetent = type(rec.model)(copy.deepcopy(rec.model.config))
-        self.good = Teacher(rec, copy.deepcopy(rec.model), task.retain, c.cache_mb)
-        self.bad = Teacher(rec, incompetent, task.forget, c.cache_mb)
-        return {"teachers_cached": self.good.cached and self.bad.cached}
+        self.good = class_logits(rec, rec.model, task.retain, retain_idx)
+        self.bad = class_logits(rec, incompetent, task.forget, forget_idx)
+        return {}
 
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         _, retain = answer_loss(self.rec, model, batch.retain)
         _, forget = answer_loss(self.rec, model, batch.forget)
         device = retain.logits.device
-        # Teachers give rows in the order `forward` does, so the student's `first` finds theirs.
-        teacher = torch.cat(
-            [
-                self._classes(self.good.logits(batch.retain_idx, device), retain.first),
-                self._classes(self.bad.logits(batch.forget_idx, device), forget.first),
-            ]
-        )
-        student = torch.cat(
-            [self._classes(retain.logits, retain.first), self._classes(forget.logits, forget.first)]
-        )
+        teacher = torch.stack(
+            [self.good[i] for i in batch.retain_idx] + [self.bad[i] for i in batch.forget_idx]
+        ).to(device)
+        student = torch.cat([self._classes(retain), self._classes(forget)])
         return kl_div(teacher, student, self.config.temperature)
 
-    def _classes(self, rows: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        """[B, 2]: the (No, Yes) logits at each sample's first answer token."""
-        return rows[first][:, [self.rec.no_id, self.rec.yes_id]]
+    def _classes(self, out) -> torch.Tensor:
+        return out.answer()[:, [self.rec.no_id, self.rec.yes_id]]
+
+
+@torch.no_grad()
+def class_logits(rec, model, samples, idx, batch_size: int = 32) -> dict[int, torch.Tensor]:
+    """samples[i] -> its (No, Yes) logits at the first answer token, for i in `idx`."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    idx = sorted(set(idx))
+    order = [idx[j] for j in by_length(rec, [samples[i] for i in idx])]
+    found = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in encode(rec, [samples[i] for i in chunk]).items()}
+        pairs = forward(rec, model, batch).answer()[:, [rec.no_id, rec.yes_id]].float().cpu()
+        found.update(zip(chunk, pairs))
+    model.train(was)
+    return found

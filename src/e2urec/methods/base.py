@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -113,6 +114,14 @@ class Pair:
     retain: list[Sample]
     retain_idx: list[int]
 
+    def __len__(self) -> int:
+        return len(self.forget) + len(self.retain)
+
+    def part(self, rank: int, world: int) -> Pair:
+        """Process `rank`'s share of both halves under `accelerate launch`."""
+        cut = slice(rank, None, world)
+        return Pair(self.forget[cut], self.forget_idx[cut], self.retain[cut], self.retain_idx[cut])
+
 
 def paired_batches(task: Task, batch_size: int, seed: int) -> list[Pair]:
     """One pass over the forget set; each batch gets an equally sized random retain batch."""
@@ -140,6 +149,16 @@ class LossMethod(Method):
 
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def drawn(self, task: Task, epochs: Iterable[int]) -> tuple[set[int], set[int]]:
+        """Forget and retain indices that these epochs' batches use: what teachers must cover."""
+        forget: set[int] = set()
+        retain: set[int] = set()
+        for epoch in epochs:
+            for batch in self.batches(task, epoch):
+                forget.update(batch.forget_idx)
+                retain.update(batch.retain_idx)
+        return forget, retain
 
     def student(self, rec: backbone.Recommender):
         if self.lora:

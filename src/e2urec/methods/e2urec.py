@@ -4,6 +4,14 @@ Forgetting teacher on forget data: orig - alpha * relu(aug - orig), where aug is
 tuned further on the forget set. Remembering teacher on retain data: the original itself.
 Loss = weight * (CE_retain + KL(orig || student)_retain) + (1 - weight) * KL(forget teacher ||
 student)_forget; the first `forget_epochs` epochs use the forget term alone.
+
+One copy of the weights (aug_mode "lora", the default): the augmented model is a second LoRA
+adapter on the original, the original's outputs are the same model with adapters disabled, and
+the student is a third adapter added once the teachers' outputs are cached (only for the
+samples training draws: all of forget, and the retain samples of the epochs with the retain
+term). aug_mode "full" tunes every weight of the augmented model, as the paper's code does
+(lr 5e-5, e.g. `aug_lr: 0.00005`); that needs a second copy of the weights while the
+teachers are computed, freed before the student trains.
 """
 
 from __future__ import annotations
@@ -12,14 +20,17 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from e2urec.functional import forgetting_teacher, kl_div
-from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task, paired_batches
+from e2urec.functional import forgetting_teacher
+from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
 from e2urec.methods.teacher import Teacher
 from e2urec.model import backbone
-from e2urec.model.lora import add_lora
-from e2urec.model.scoring import encode, forward
-from e2urec.model.train import answer_loss, fit
+from e2urec.model.lora import add_lora, lora_config
+from e2urec.model.scoring import forward, lengths
+from e2urec.model.train import answer_loss, fit, shuffled_batches
+
+AUGMENTED = "augmented"
 
 
 @dataclass
@@ -35,7 +46,6 @@ class E2URecConfig(MethodConfig):
     aug_mode: str = "lora"  # how the augmented model is tuned: "lora" or "full" (paper's code)
     aug_epochs: int = 1
     aug_lr: float = 5e-4
-    cache_mb: float = 2048  # teacher outputs are cached when they fit in this much memory
 
     def __post_init__(self):
         super().__post_init__()
@@ -47,6 +57,8 @@ class E2URecConfig(MethodConfig):
             raise ValueError(f"aug_mode must be 'lora' or 'full', got {self.aug_mode!r}")
         if not 0 <= self.forget_epochs <= self.epochs:
             raise ValueError("forget_epochs must be between 0 and epochs")
+        if self.aug_epochs < 1 or self.aug_lr <= 0:
+            raise ValueError("aug_epochs must be at least 1 and aug_lr positive")
 
 
 class E2URec(LossMethod):
@@ -56,32 +68,63 @@ class E2URec(LossMethod):
 
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
         c = self.config
-        augmented = self._augment(task, rec)
-        self.aug = Teacher(rec, augmented, task.forget, c.cache_mb)
-        frozen = copy.deepcopy(rec.model)
-        self.orig_forget = Teacher(rec, frozen, task.forget, c.cache_mb)
-        self.orig_retain = Teacher(rec, frozen, task.retain, c.cache_mb)
-        return {"teachers_cached": self.aug.cached and self.orig_retain.cached}
+        shape = (c.lora_rank, c.lora_alpha, c.lora_dropout)
+        if c.aug_mode == "full":  # every weight tuned: a second copy, dropped once cached
+            augmented = copy.deepcopy(rec.model).requires_grad_(True)
+            self._tune(task, rec, _on_device(augmented))
+            self.net = _on_device(add_lora(rec.model, *shape))
+        else:
+            self.net = _on_device(add_lora(rec.model, *shape, name=AUGMENTED))
+            self._tune(task, rec, self.net)
+            augmented = self.net
+        self.net.eval()
+        augmented.eval()
+        losses = {"orig": 0.0, "aug": 0.0, "rows": 0}
 
-    def _augment(self, task: Task, rec: backbone.Recommender) -> torch.nn.Module:
+        def original(batch):
+            with self.net.disable_adapter():
+                return forward(rec, self.net, batch).logits
+
+        def target(batch):
+            orig, aug = original(batch), forward(rec, augmented, batch).logits
+            gold = batch["labels"][batch["labels"] != -100]
+            losses["orig"] += F.cross_entropy(orig.float(), gold, reduction="sum").item()
+            losses["aug"] += F.cross_entropy(aug.float(), gold, reduction="sum").item()
+            losses["rows"] += len(gold)
+            return forgetting_teacher(orig, aug, c.alpha)
+
+        _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
+        keep = float("inf")  # the adapters change below: these outputs can only be cached
+        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=keep)
+        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=keep)
+        if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
+            self.net.add_adapter("default", lora_config(rec.model, *shape))
+            self.net.set_adapter("default")
+            self.net.delete_adapter(AUGMENTED)
+        rows = max(1, losses["rows"])
+        return {
+            "aug_forget_loss": losses["aug"] / rows,
+            "orig_forget_loss": losses["orig"] / rows,
+            "teacher_samples": {"forget": len(task.forget), "retain": len(retain_idx)},
+            "teacher_entries": self.forget.entries() + self.remember.entries(),
+            "inexact_rows": self.forget.inexact_rows + self.remember.inexact_rows,
+        }
+
+    def _tune(self, task: Task, rec: backbone.Recommender, model) -> None:
         """The original tuned further on the forget set: it shows what that data teaches."""
         c = self.config
-        model = copy.deepcopy(rec.model)
-        if c.aug_mode == "lora":
-            model = add_lora(model, c.lora_rank, c.lora_alpha, c.lora_dropout)
-        else:
-            model.requires_grad_(True)  # a merged LoRA recommender loads frozen
-        if torch.cuda.is_available():
-            model = model.cuda()
+        sizes = lengths(rec, task.forget)
         fit(
             model,
-            lambda m, b: answer_loss(rec, m, b.forget)[0],
-            lambda e: paired_batches(task, c.batch_size, c.seed + 1000 + e),
+            lambda m, b: answer_loss(rec, m, b)[0],
+            lambda e: shuffled_batches(task.forget, c.batch_size, c.seed + 1000 + e, sizes),
             c.aug_epochs,
             c.aug_lr,
             desc="e2urec augmented",
         )
-        return model.merge_and_unload() if c.aug_mode == "lora" else model
+
+    def student(self, rec: backbone.Recommender):
+        return self.net
 
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         c = self.config
@@ -89,17 +132,13 @@ class E2URec(LossMethod):
         if epoch < c.forget_epochs or not batch.retain:
             return forget_term
         ce, out = answer_loss(self.rec, model, batch.retain)
-        remember = self.orig_retain.logits(batch.retain_idx, out.logits.device)
-        retain_term = ce + kl_div(remember, out.logits)
+        retain_term = ce + self.remember.kl(batch.retain_idx, out.logits).mean()
         return c.weight * retain_term + (1 - c.weight) * forget_term
 
     def _forget_kl(self, model, batch: Pair) -> torch.Tensor:
-        device = next(model.parameters()).device
-        enc = {k: v.to(device) for k, v in encode(self.rec, batch.forget).items()}
-        student = forward(self.rec, model, enc).logits
-        target = forgetting_teacher(
-            self.orig_forget.logits(batch.forget_idx, device),
-            self.aug.logits(batch.forget_idx, device),
-            self.config.alpha,
-        )
-        return kl_div(target, student)
+        _, out = answer_loss(self.rec, model, batch.forget)
+        return self.forget.kl(batch.forget_idx, out.logits).mean()
+
+
+def _on_device(model):
+    return model.cuda() if torch.cuda.is_available() else model

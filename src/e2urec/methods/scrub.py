@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from e2urec.functional import kl_div
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import Teacher
+from e2urec.methods.teacher import Teacher, fits, model_outputs
 from e2urec.model import backbone
 from e2urec.model.train import answer_loss
 
@@ -48,9 +47,14 @@ class Scrub(LossMethod):
     Config = ScrubConfig
 
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
-        original = copy.deepcopy(rec.model)
-        self.on_forget = Teacher(rec, original, task.forget, self.config.cache_mb)
-        self.on_retain = Teacher(rec, original, task.retain, self.config.cache_mb)
+        c = self.config
+        forget_idx, retain_idx = self.drawn(task, range(c.epochs))
+        # Cached before the student (the original itself) moves; a copy only if it cannot be.
+        cacheable = fits(len(forget_idx) + len(retain_idx), c.cache_mb)
+        original = model_outputs(rec, rec.model if cacheable else copy.deepcopy(rec.model))
+        args = {"temperature": c.temperature, "cache_mb": c.cache_mb}
+        self.on_forget = Teacher(rec, original, task.forget, forget_idx, **args)
+        self.on_retain = Teacher(rec, original, task.retain, retain_idx, **args)
         return {"teachers_cached": self.on_forget.cached and self.on_retain.cached}
 
     def batches(self, task: Task, epoch: int) -> list[Pair]:
@@ -69,9 +73,8 @@ class Scrub(LossMethod):
         c = self.config
         if batch.forget:
             _, out = answer_loss(self.rec, model, batch.forget)
-            teacher = self.on_forget.logits(batch.forget_idx, out.logits.device)
-            return -(c.temperature**2) * kl_div(teacher, out.logits, c.temperature)
+            kl = self.on_forget.kl(batch.forget_idx, out.logits).mean()
+            return -(c.temperature**2) * kl
         ce, out = answer_loss(self.rec, model, batch.retain)
-        teacher = self.on_retain.logits(batch.retain_idx, out.logits.device)
-        kl = c.temperature**2 * kl_div(teacher, out.logits, c.temperature)
+        kl = c.temperature**2 * self.on_retain.kl(batch.retain_idx, out.logits).mean()
         return c.ce_weight * ce + c.kl_weight * kl

@@ -1,55 +1,179 @@
-"""Frozen teachers: their answer-position logits, cached once per sample where memory allows."""
+"""Frozen teachers: their answer distributions for the samples training draws, computed once
+and kept compact.
+
+Each answer row keeps the teacher's most likely tokens, as few as reach 1 - TAIL of the
+probability (at most CAP), as int32 ids with float32 log-probabilities, plus the log of the
+mass left over: one bucket for every other token. KL(teacher || student) is then taken between
+the two distributions coarsened to those tokens plus the bucket: it is below the exact KL by
+the teacher's bucket mass times the KL inside the bucket, so with at most 1e-4 of the mass in
+the bucket it is within 1e-3 of the exact value (tests/test_speed_paths.py checks it).
+
+Size at the paper's scale: 100,000 samples x 60% = 60,000 train samples; even with every one
+cached (SCRUB's retain teacher sees all of retain), 3 answer rows each ("Yes"/"No", ".", end)
+and all CAP = 1,024 entries of 8 bytes: 60,000 x 3 x 1,024 x 8 B = 1.47 GB, under 2 GB. Full
+float32 rows of T5's 32,128-token vocabulary would take 60,000 x 3 x 32,128 x 4 B = 23 GB.
+A trained recommender's rows need far fewer entries than CAP.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 from e2urec.data.sample import Sample
 from e2urec.model.backbone import Recommender
-from e2urec.model.scoring import encode, forward
+from e2urec.model.scoring import autocast, by_length, encode, forward
+
+TAIL = 1e-4  # teacher mass allowed in the bucket
+CAP = 1024  # most tokens kept per row
+ROWS_PER_SAMPLE = 3
+BYTES_PER_ENTRY = 8  # int32 id + float32 log-probability
+LOG_TAIL = math.log(TAIL) + 1e-6
+
+
+def fits(samples: int, cache_mb: float) -> bool:
+    """Whether the compact outputs of `samples` fit in `cache_mb` even if every row is full."""
+    return samples * ROWS_PER_SAMPLE * CAP * BYTES_PER_ENTRY / 2**20 <= cache_mb
+
+
+@dataclass
+class Compact:
+    ids: torch.Tensor  # [rows, k] int32 token ids
+    logp: torch.Tensor  # [rows, k] float32 log-probabilities, -inf where a row keeps fewer
+    rest: torch.Tensor  # [rows] float32 log of the mass of every other token
+
+    @staticmethod
+    def cat(parts: list[Compact]) -> Compact:
+        width = max(p.ids.shape[1] for p in parts)
+
+        def pad(t, value):
+            return F.pad(t, (0, width - t.shape[1]), value=value)
+
+        return Compact(
+            torch.cat([pad(p.ids, 0) for p in parts]),
+            torch.cat([pad(p.logp, float("-inf")) for p in parts]),
+            torch.cat([p.rest for p in parts]),
+        )
+
+    def to(self, device) -> Compact:
+        return Compact(self.ids.to(device), self.logp.to(device), self.rest.to(device))
+
+
+def compress(logits: torch.Tensor, temperature: float = 1.0) -> Compact:
+    """The compact form of softmax(logits / temperature), row by row."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    top, ids = logp.topk(min(CAP, logp.shape[-1]), dim=-1)
+    mass = top.exp().cumsum(-1)
+    keep = ((mass < 1 - TAIL).sum(-1) + 1).clamp(max=top.shape[-1])
+    k = int(keep.max())
+    top, ids = top[:, :k].clone(), ids[:, :k]
+    top[torch.arange(k, device=top.device)[None] >= keep[:, None]] = float("-inf")
+    return Compact(ids.int().cpu(), top.cpu(), _rest(logp, ids, top).cpu())
+
+
+def _rest(logp: torch.Tensor, ids: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """log of the mass outside the kept entries, summed in log space (no 1 - sum cancellation)."""
+    hidden = logp.scatter(-1, ids.long(), kept.masked_fill(torch.isfinite(kept), float("-inf")))
+    return torch.logsumexp(hidden, dim=-1)
+
+
+def compact_kl(teacher: Compact, student_logits: torch.Tensor, temperature: float = 1.0):
+    """Per row KL(teacher || student) over the teacher's kept tokens plus the bucket."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    valid = torch.isfinite(teacher.logp)
+    s_top = s.gather(-1, teacher.ids.long())
+    head = torch.where(valid, teacher.logp.exp() * (teacher.logp - s_top), 0.0).sum(-1)
+    s_rest = _rest(s, teacher.ids, torch.where(valid, s_top, float("-inf")))
+    has_rest = torch.isfinite(teacher.rest)
+    tail = torch.where(has_rest, teacher.rest.exp() * (teacher.rest - s_rest), 0.0)
+    return head + tail
+
+
+def exact_kl(teacher_logits, student_logits, temperature: float = 1.0) -> torch.Tensor:
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1)
+
+
+def model_outputs(rec: Recommender, model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
+    """A frozen model's answer logits for an encoded batch."""
+    if torch.cuda.is_available():
+        model = model.cuda()
+    model.eval().requires_grad_(False)
+    return lambda batch: forward(rec, model, batch).logits
 
 
 class Teacher:
-    """Answer logits of a frozen `model` for `samples` (by index), computed once if they fit."""
+    """A frozen teacher's answers for samples[i], i in `idx` (the ones training draws).
+
+    `outputs(batch)` gives the teacher's answer logits. They are computed once, in batches of
+    similar length, and kept compact (at `temperature`), when the worst-case size fits in
+    `cache_mb`; otherwise they are computed again at every use. A near-uniform teacher (a
+    randomly initialised one) leaves more than TAIL of a row's mass outside CAP tokens: with
+    `fallback`, such a teacher is computed at every use instead, so its KL stays exact; without
+    (the teacher shares weights that training changes), the compact form is used and
+    `inexact_rows` counts those rows."""
 
     def __init__(
         self,
         rec: Recommender,
-        model: torch.nn.Module,
+        outputs: Callable[[dict], torch.Tensor],
         samples: list[Sample],
-        cache_mb: float,
+        idx: Iterable[int],
+        temperature: float = 1.0,
+        cache_mb: float = 2048,
         batch_size: int = 32,
         answers: list[str] | None = None,
+        fallback: bool = False,
     ):
-        if torch.cuda.is_available():
-            model = model.cuda()
-        self.rec, self.model, self.samples, self.answers = rec, model.eval(), samples, answers
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.cache: list[torch.Tensor] | None = None
-        rows = 3 * len(samples)  # answers are "Yes." / "No.": about 3 tokens each
-        if rows * len(rec.tokenizer) * 4 / 2**20 <= cache_mb:
-            self.cache = self._compute(list(range(len(samples))), batch_size)
-            self.model = None  # cached: the teacher's weights can go
+        self.rec, self.outputs, self.samples, self.answers = rec, outputs, samples, answers
+        self.temperature = temperature
+        self.cache: dict[int, Compact] | None = None
+        self.inexact_rows = 0
+        idx = sorted(set(idx))
+        if fits(len(idx), cache_mb):
+            self.cache = {}
+            order = by_length(rec, [samples[i] for i in idx])
+            for start in range(0, len(order), batch_size):
+                chunk = [idx[j] for j in order[start : start + batch_size]]
+                logits, sizes = self._run(chunk)
+                for i, rows in zip(chunk, logits.split(sizes)):
+                    self.cache[i] = compress(rows, temperature)
+            self.inexact_rows = sum(int((c.rest > LOG_TAIL).sum()) for c in self.cache.values())
+            if fallback and self.inexact_rows:
+                self.cache = None
+            else:
+                self.outputs = None  # cached: the teacher's weights can go
 
     @property
     def cached(self) -> bool:
         return self.cache is not None
 
-    @torch.no_grad()
-    def _compute(self, idx: list[int], batch_size: int) -> list[torch.Tensor]:
-        device = next(self.model.parameters()).device
-        per_sample = []
-        for i in range(0, len(idx), batch_size):
-            chunk = idx[i : i + batch_size]
-            answers = [self.answers[j] for j in chunk] if self.answers else None
-            batch = encode(self.rec, [self.samples[j] for j in chunk], answers)
-            out = forward(self.rec, self.model, {k: v.to(device) for k, v in batch.items()})
-            per_sample += list(out.logits.float().cpu().split(out.sizes))
-        return per_sample
+    def entries(self) -> int:
+        """Entries kept over all cached rows (each BYTES_PER_ENTRY bytes)."""
+        return sum(c.ids.numel() for c in (self.cache or {}).values())
 
-    def logits(self, idx: list[int], device: torch.device) -> torch.Tensor:
-        """[N, vocab] rows in the same order as `forward` gives them for these samples."""
+    @torch.no_grad()
+    def _run(self, idx: list[int]) -> tuple[torch.Tensor, list[int]]:
+        answers = [self.answers[j] for j in idx] if self.answers else None
+        batch = encode(self.rec, [self.samples[j] for j in idx], answers)
+        device = _device()
+        with autocast(device):
+            logits = self.outputs({k: v.to(device) for k, v in batch.items()}).float()
+        return logits, (batch["labels"] != -100).sum(1).tolist()
+
+    def kl(self, idx: list[int], student_logits: torch.Tensor) -> torch.Tensor:
+        """Per answer row, KL(teacher || student) for samples `idx`, rows in `forward`'s order."""
         if self.cache is not None:
-            return torch.cat([self.cache[j] for j in idx]).to(device)
-        return torch.cat(self._compute(idx, len(idx))).to(device)
+            target = Compact.cat([self.cache[i] for i in idx]).to(student_logits.device)
+            return compact_kl(target, student_logits, self.temperature)
+        logits, _ = self._run(idx)
+        return exact_kl(logits.to(student_logits.device), student_logits, self.temperature)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

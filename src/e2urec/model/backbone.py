@@ -9,7 +9,7 @@ folder (SISA, RecEraser) lists shard folders; it loads as one module (model/ense
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,8 @@ class Recommender:
     yes_id: int
     no_id: int
     path: str
+    # Token ids per text, filled by `scoring.token_ids`: each prompt is tokenised once per run.
+    tokens: dict = field(default_factory=dict, repr=False)
 
 
 def answer_token(tokenizer: PreTrainedTokenizerBase, answer: str, seq2seq: bool) -> int:

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from e2urec.config import check_training
 from e2urec.data.sample import Sample
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora
-from e2urec.model.scoring import encode, forward
+from e2urec.model.scoring import autocast, by_length, encode, forward, lengths
 from e2urec.resources import PeakMemory
+
+WINDOW = 50  # batches sorted by length together; the batches themselves are then shuffled
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2
+    epochs: int = 10  # the most; training stops once the valid loss stops improving
+    patience: int = 1  # epochs without a better valid loss before training stops
     lr: float = 1e-3
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -34,6 +39,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_training(self.epochs, self.lr, self.batch_size)
+        if self.patience < 1:
+            raise ValueError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
 
@@ -46,9 +53,37 @@ def answer_loss(rec: backbone.Recommender, model, samples: list[Sample], answers
     return torch.nn.functional.cross_entropy(out.logits.float(), out.targets), out
 
 
-def shuffled_batches(items: list, size: int, seed: int) -> list[list]:
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [[items[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
+def shuffled_batches(items: list, size: int, seed: int, sizes: list[int] | None = None) -> list:
+    """Seeded random batches of `items`; with `sizes` (token lengths), batches of similar length.
+
+    Bucketing: a random order is cut into windows of WINDOW batches, each window sorted by
+    length and cut into batches, and the batches are shuffled, so which samples meet in a batch
+    and the order of batches stay random while padding shrinks."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(items), generator=generator).tolist()
+    if sizes is None:
+        return [[items[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
+    cut = []
+    for start in range(0, len(order), size * WINDOW):
+        window = sorted(order[start : start + size * WINDOW], key=sizes.__getitem__)
+        cut += [window[j : j + size] for j in range(0, len(window), size)]
+    shuffled = torch.randperm(len(cut), generator=generator).tolist()
+    return [[items[i] for i in cut[b]] for b in shuffled]
+
+
+def share(batch, rank: int, world: int):
+    """This process's part of `batch` and the factor on its loss that makes the processes'
+    averaged gradient the gradient of the whole batch's mean loss (exact for equal parts)."""
+    if world == 1:
+        return batch, 1.0
+    mine = batch[rank::world] if isinstance(batch, list) else batch.part(rank, world)
+    return mine, len(mine) * world / len(batch)
+
+
+def precision() -> str:
+    if not torch.cuda.is_available():
+        return "no"  # CPU autocast to bf16 is slower than float32 on most CPUs
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def fit(
@@ -58,28 +93,42 @@ def fit(
     epochs: int,
     lr: float,
     desc: str,
-    after_epoch: Callable[[torch.nn.Module, int], None] | None = None,
+    after_epoch: Callable[[torch.nn.Module, int], bool] | None = None,
 ) -> torch.nn.Module:
-    """The one optimisation loop: AdamW over trainable parameters, via accelerate."""
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    """The one optimisation loop: AdamW over trainable parameters, via accelerate.
+
+    Under `accelerate launch` every process walks the same batches and takes its share of each,
+    so n processes make the same steps as one. `after_epoch` (validation, saving) runs on the
+    main process only; when it returns True, every process stops."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    quiet = not accelerator.is_main_process
     for epoch in range(epochs):
         model.train()
-        # Each process takes every n-th batch: `accelerate launch` splits the work across GPUs.
-        mine = list(epoch_batches(epoch))[accelerator.process_index :: accelerator.num_processes]
-        bar = tqdm(mine, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False)
-        for batch in bar:
-            optimizer.zero_grad()
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} in epoch {epoch + 1}")
-            accelerator.backward(loss)
+        total, steps = torch.zeros((), device=accelerator.device), 0
+        for batch in tqdm(epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", disable=quiet):
+            if len(batch) < world:  # too small to share: every process skips it alike
+                continue
+            mine, factor = share(batch, rank, world)
+            optimizer.zero_grad(set_to_none=True)
+            with accelerator.autocast():
+                loss = loss_fn(model, mine)
+            accelerator.backward(loss * factor)
             optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if after_epoch:
-            after_epoch(accelerator.unwrap_model(model), epoch)
+            total += loss.detach()  # no host sync per step: the loss is read once an epoch
+            steps += 1
+        mean = (total / max(1, steps)).item()
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"{desc}: loss became {mean} in epoch {epoch + 1}")
+        stop = bool(after_epoch(accelerator.unwrap_model(model), epoch)) if after_epoch else False
+        if world > 1:
+            stop = broadcast_object_list([stop])[0]
+            accelerator.wait_for_everyone()
+        if stop:
+            break
     return accelerator.unwrap_model(model)
 
 
@@ -90,7 +139,8 @@ def train(
     out: str | Path,
     config: TrainConfig | None = None,
 ) -> dict:
-    """Fine-tune `model` on `train_samples`, keep the epoch with the best valid loss in `out`."""
+    """Fine-tune `model` on `train_samples` until the valid loss has not improved for
+    `patience` epochs (at most `epochs`); the epoch with the best valid loss is kept in `out`."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     rec = backbone.load(model)
@@ -101,10 +151,13 @@ def train(
     )
     if torch.cuda.is_available():
         net = net.cuda()
+    main = PartialState().is_main_process
     best = {"valid_loss": float("inf"), "epoch": 0}
     history = []
 
-    def validate(trained, epoch):
+    def validate(trained, epoch) -> bool:
+        if not main:
+            return False
         loss = mean_loss(rec, trained, valid_samples, config.eval_batch_size)
         history.append({"epoch": epoch + 1, "valid_loss": loss})
         if loss < best["valid_loss"]:
@@ -117,13 +170,15 @@ def train(
                 trained_on=len(train_samples),
                 config=asdict(config),
             )
+        return epoch + 1 - best["epoch"] >= config.patience
 
+    sizes = lengths(rec, train_samples)
     start = time.perf_counter()
     with PeakMemory() as peak:
         fit(
             net,
             lambda m, b: answer_loss(rec, m, b)[0],
-            lambda epoch: shuffled_batches(train_samples, config.batch_size, config.seed + epoch),
+            lambda e: shuffled_batches(train_samples, config.batch_size, config.seed + e, sizes),
             config.epochs,
             config.lr,
             desc=f"train {Path(out).name}",
@@ -133,23 +188,28 @@ def train(
         "seconds": time.perf_counter() - start,
         "trainable_params": backbone.count_parameters(net),
         "peak_rss_mb": peak.mb,
+        "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "history": history,
         "config": asdict(config),
     }
-    (Path(out) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if main:
+        (Path(out) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
 @torch.no_grad()
 def mean_loss(rec, model, samples: list[Sample], batch_size: int) -> float:
+    """Mean answer loss per sample, in batches of similar length."""
     was = model.training
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        loss, _ = answer_loss(rec, model, chunk)
-        total += loss.item() * len(chunk)
-        count += len(chunk)
+    device = next(model.parameters()).device
+    order = by_length(rec, samples)
+    total = torch.zeros((), device=device)
+    for start in range(0, len(order), batch_size):
+        chunk = [samples[i] for i in order[start : start + batch_size]]
+        with autocast(device):
+            loss, _ = answer_loss(rec, model, chunk)
+        total += loss.float() * len(chunk)
     model.train(was)
-    return total / max(1, count)
+    return total.item() / max(1, len(samples))

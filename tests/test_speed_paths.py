@@ -1,0 +1,145 @@
+"""Converged training, the token cache, length batching, compact teachers, one-copy E2URec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2urec.methods import Task, get_method
+from e2urec.methods.teacher import CAP, TAIL, compact_kl, compress, exact_kl
+from e2urec.model import backbone, score
+from e2urec.model.scoring import encode, lengths
+from e2urec.model.train import TrainConfig, mean_loss, shuffled_batches, train
+
+
+def test_training_stops_when_valid_loss_stops_improving_and_keeps_the_best(
+    trained, splits, tmp_path
+):
+    config = TrainConfig(epochs=6, patience=1, lr=0.05, batch_size=16, eval_batch_size=32)
+    report = train(trained["base"], splits["train"], splits["valid"], tmp_path / "m", config)
+    losses = [h["valid_loss"] for h in report["history"]]
+    assert report["epochs_run"] == len(losses) <= 6
+    best = report["best_epoch"]
+    assert losses[best - 1] == min(losses)
+    if report["epochs_run"] < 6:  # stopped early: the last epoch did not beat the best
+        assert report["epochs_run"] == best + 1
+    saved = backbone.load(tmp_path / "m")
+    again = mean_loss(saved, saved.model, splits["valid"], 32)
+    assert again == pytest.approx(losses[best - 1], rel=1e-4)
+    on_disk = json.loads((tmp_path / "m" / "train_report.json").read_text())
+    assert on_disk["epochs_run"] == report["epochs_run"]
+
+
+def test_patience_is_checked():
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)
+
+
+def test_prompts_are_tokenised_once(trained, splits, monkeypatch):
+    rec = backbone.load(trained["original"])
+    calls = []
+    inner = rec.tokenizer.__call__
+    monkeypatch.setattr(
+        type(rec.tokenizer), "__call__", lambda self, *a, **k: calls.append(1) or inner(*a, **k)
+    )
+    first = encode(rec, splits["test"][:8])
+    n = len(calls)
+    second = encode(rec, splits["test"][:8])
+    assert n >= 1 and len(calls) == n  # the second pass reads the cache
+    for key in first:
+        assert torch.equal(first[key], second[key])
+    fresh = backbone.load(trained["original"]).tokenizer
+    by_tokenizer = fresh([s.input for s in splits["test"][:8]], padding=True, return_tensors="pt")
+    assert torch.equal(first["input_ids"], by_tokenizer["input_ids"])
+    assert torch.equal(first["attention_mask"], by_tokenizer["attention_mask"])
+
+
+def test_length_sorted_scoring_keeps_the_sample_order(trained, splits):
+    rec = backbone.load(trained["original"])
+    samples = splits["test"][:20]
+    together = score(rec, samples, batch_size=7)["p_yes"]
+    one_by_one = [score(rec, [s], batch_size=1)["p_yes"][0] for s in samples]
+    assert together == pytest.approx(one_by_one, abs=1e-5)
+
+
+def test_length_buckets_are_seeded_random_and_pad_less(trained, splits):
+    rec = backbone.load(trained["original"])
+    items = list(range(len(splits["train"])))
+    sizes = lengths(rec, splits["train"])
+    a = shuffled_batches(items, 8, seed=3, sizes=sizes)
+    assert a == shuffled_batches(items, 8, seed=3, sizes=sizes)
+    assert a != shuffled_batches(items, 8, seed=4, sizes=sizes)
+    assert sorted(sum(a, [])) == items  # every sample once per epoch
+
+    def padding(batches):
+        return sum(max(sizes[i] for i in b) * len(b) - sum(sizes[i] for i in b) for b in batches)
+
+    plain = shuffled_batches(items, 8, seed=3)
+    assert padding(a) < 0.5 * padding(plain)
+    firsts = [b[0] for b in a]
+    assert firsts != sorted(firsts, key=sizes.__getitem__)  # batches not in length order
+
+
+def test_compact_teacher_kl_is_within_1e3_of_the_exact_kl(trained, splits):
+    rec = backbone.load(trained["original"])
+    batch = encode(rec, splits["forget"][:16])
+    with torch.no_grad():
+        from e2urec.model.scoring import forward
+
+        teacher = forward(rec, rec.model.eval(), batch).logits
+    torch.manual_seed(0)
+    for temperature in (1.0, 4.0):
+        student = teacher + torch.randn_like(teacher)  # a student that differs from the teacher
+        compact = compress(teacher, temperature)
+        assert compact.ids.shape[1] <= CAP
+        got = compact_kl(compact, student, temperature)
+        want = exact_kl(teacher, student, temperature)
+        assert (got - want).abs().max().item() < 1e-3
+        assert compact_kl(compact, teacher, temperature).abs().max().item() < 1e-3
+
+
+def test_compact_form_keeps_few_tokens_of_a_peaked_row_and_notes_a_flat_one():
+    vocab = 3000
+    peaked = torch.full((1, vocab), -20.0)
+    peaked[0, :3] = torch.tensor([5.0, 3.0, 1.0])
+    compact = compress(peaked)
+    assert compact.ids.shape[1] < 10
+    assert compact.rest.exp().item() <= TAIL
+    flat = compress(torch.zeros(1, vocab))
+    assert flat.ids.shape[1] == CAP and flat.rest.exp().item() > TAIL
+
+
+def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
+    trained, splits, tmp_path, monkeypatch
+):
+    import copy
+
+    copies = []
+    real = copy.deepcopy
+    monkeypatch.setattr(copy, "deepcopy", lambda x, *a: copies.append(type(x)) or real(x, *a))
+    method = get_method(
+        "e2urec",
+        {"epochs": 2, "forget_epochs": 1, "lr": 3e-3, "aug_lr": 1e-2, "aug_epochs": 2},
+    )
+    method.config.lora_rank, method.config.lora_alpha = 4, 8
+    task = Task(
+        trained["original"],
+        splits["retain"],
+        splits["forget"],
+        splits["valid"],
+        tmp_path / "e2urec",
+        base=trained["base"],
+        train_config=trained["train"],
+    )
+    result = method.unlearn(task)
+    assert not [c for c in copies if issubclass(c, torch.nn.Module)]
+    info = result.info
+    assert info["aug_forget_loss"] < info["orig_forget_loss"]
+    # Teachers cover only what training draws: the retain half of one epoch's paired batches.
+    _, drawn = method.drawn(task, [1])
+    assert info["teacher_samples"]["retain"] == len(drawn) < len(splits["retain"])
+    assert Path(result.model, "adapter_config.json").exists()
+    assert not Path(result.model, "augmented").exists()  # only the student adapter is saved
