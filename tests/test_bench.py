@@ -31,7 +31,7 @@ def sequential_run(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return out, run_bench(smoke(sequential=2), out)
+        return out, run_bench(smoke(sequential=2, requests=1), out)
     finally:
         torch.set_num_threads(before)
 
@@ -61,6 +61,10 @@ def test_results_have_every_field_for_every_row(sequential_run):
     assert on_disk["methods"]["retrain"]["privleak"] == 0
     assert on_disk["methods"]["history_mean"]["jsd"] is None
     assert on_disk["methods"]["original"]["epochs_run"] >= 1
+    requests = on_disk["requests"]
+    assert requests["method"] == "e2urec" and requests["n"] == 1
+    assert 0 < requests["p50_seconds"] <= requests["p95_seconds"]
+    assert requests["retrain_seconds"] == on_disk["methods"]["retrain"]["seconds"]
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == list(on_disk["methods"])
@@ -150,3 +154,24 @@ def test_forget_retrains_a_bench_original_from_its_recorded_backbone(sequential_
     report = forget(out / "data", out / "original", tmp_path / "new", "retrain", users=[user])
     assert report["removed"]["users"] == [user] and report["removed"]["samples"] > 0
     assert (tmp_path / "new" / "forget_report.json").exists()
+
+
+def test_a_bench_started_again_reuses_finished_stages_and_redoes_what_changed(tmp_path, capsys):
+    def markers():
+        return {str(p.parent.relative_to(tmp_path)): p.stat().st_mtime_ns for p in tmp_path.rglob(".stage.json")}  # fmt: skip
+
+    bench = smoke(methods=["retrain", "neggrad"])
+    first = run_bench(bench, tmp_path)
+    done = markers()
+    assert {"data", "base", "original", "methods/neggrad", "eval/neggrad"} <= done.keys()
+    capsys.readouterr()
+    again = run_bench(bench, tmp_path)
+    assert markers() == done and "reused" in capsys.readouterr().out
+    assert again["methods"] == json.loads(json.dumps(first["methods"]))
+    # An interrupted stage (no marker) and a changed option are redone, and only they: the
+    # redone Retrain has the same config and inputs, so its evaluation stands.
+    (tmp_path / "methods" / "retrain_b" / ".stage.json").unlink()
+    run_bench(smoke(methods=["retrain", "neggrad"], method_options={"neggrad": {"lr": 0.01}}), tmp_path)  # fmt: skip
+    now = markers()
+    redone = {k for k in done if now.get(k) != done[k]}
+    assert redone == {"methods/retrain_b", "methods/neggrad", "eval/neggrad"}

@@ -20,6 +20,7 @@ from e2urec.data import load_splits, prepare
 from e2urec.data.protocol import Protocol
 from e2urec.evaluation import EvalSets, evaluate, history_mean_scorer, model_scorer
 from e2urec.functional import js_divergence
+from e2urec.latency import time_requests
 from e2urec.methods import Task, get_method
 from e2urec.metrics import closeness, jsd_verdict
 from e2urec.mia import privleak
@@ -28,6 +29,7 @@ from e2urec.model.train import TrainConfig, train
 from e2urec.plots import plot_results, plot_sequential
 from e2urec.report import write_results
 from e2urec.requests import DeletionRequest, sample_key, select, split_users
+from e2urec.stages import stage
 
 SECTIONS = {"protocol": Protocol, "tiny": TinyT5, "train": TrainConfig}
 NOISE_SEED = 1000  # retrain_b's training seed is Retrain's plus this
@@ -49,6 +51,7 @@ class Bench:
     # Seeds run side by side in this many single-thread processes: on few cores, two
     # one-thread trainings finish sooner than one two-thread training.
     workers: int = 1
+    requests: int = 0  # > 0: also time this many single-user E2URec requests
     sequential: int = 0  # > 1: also forget the users in this many successive requests
     mia_seed: int = 0  # which test samples train the attack and which are held out
 
@@ -168,21 +171,33 @@ class Run:
 
 
 def setup(bench: Bench, out: Path) -> Run:
-    """Prepare the data, build the backbone, train the original."""
-    manifest = prepare(out / "data", bench.dataset, bench.raw, bench.protocol)
-    splits = load_splits(out / "data")
-    base = str(out / "base")
-    if bench.model == "tiny":
-        build_tiny_t5([s.input for s in splits["train"]], base, bench.tiny)
-    else:
-        base = bench.model
+    """Prepare the data, build the backbone, train the original: each a resumable stage."""
+    data = out / "data"
+    inputs = [bench.raw] if bench.raw else []
+    config = {"dataset": bench.dataset, "raw": bench.raw, "protocol": asdict(bench.protocol)}
+    manifest = stage(
+        data, config, inputs, lambda f: prepare(f, bench.dataset, bench.raw, bench.protocol)
+    )
+    splits = load_splits(data)
     if bench.sequential > 1:  # refuse too many requests before training
         split_users(manifest["forgotten_users"], bench.sequential)
+    base = bench.model
+    if bench.model == "tiny":
+        base = str(out / "base")
+
+        def build(folder: Path) -> None:
+            build_tiny_t5([s.input for s in splits["train"]], folder, bench.tiny)
+
+        stage(base, asdict(bench.tiny), [data], build)
+
+    def train_original(folder: Path) -> dict:
+        report = train(base, splits["train"], splits["valid"], folder, bench.train)
+        _record_base(folder, base)
+        row = _row(report["seconds"], report["trainable_params"], report["peak_rss_mb"])
+        return {**row, "epochs_run": _epochs_run(folder)}
+
     original = out / "original"
-    report = train(base, splits["train"], splits["valid"], original, bench.train)
-    _record_base(original, base)
-    rows = {"original": _row(report["seconds"], report["trainable_params"], report["peak_rss_mb"])}
-    rows["original"]["epochs_run"] = _epochs_run(original)
+    rows = {"original": stage(original, asdict(bench.train), [data, *_local(base)], train_original)}
     models = {"original": str(original)}
     if bench.model != "tiny":  # a pretrained backbone: how it does untuned, for reference
         rows = {"zero-shot": {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}, **rows}
@@ -190,13 +205,25 @@ def setup(bench: Bench, out: Path) -> Run:
     return Run(out, manifest, splits, base, str(original), rows, models)
 
 
+def _local(model: str) -> list[str]:
+    """A model that is a local folder is an input whose change redoes what uses it."""
+    return [model] if Path(model).exists() else []
+
+
 def unlearn(run: Run, row: str, method: str, options: dict | None, config: TrainConfig) -> None:
-    """Apply `method` to the run's original; its row and model go into the run."""
-    result = get_method(method, options).unlearn(run.task(row, config))
-    run.rows[row] = _row(result.seconds, result.trainable_params, result.peak_rss_mb)
-    run.rows[row].update({k: result.info[k] for k in INFO if k in result.info})
-    run.rows[row]["epochs_run"] = _epochs_run(result.model)
-    run.models[row] = result.model
+    """Apply `method` to the run's original (a resumable stage); its row and model go into
+    the run."""
+
+    def work(folder: Path) -> dict:
+        result = get_method(method, options).unlearn(run.task(row, config))
+        out = _row(result.seconds, result.trainable_params, result.peak_rss_mb)
+        out.update({k: result.info[k] for k in INFO if k in result.info})
+        return {**out, "epochs_run": _epochs_run(result.model)}
+
+    folder = run.out / "methods" / row
+    settings = {"method": method, "options": options or {}, "train": asdict(config)}
+    run.rows[row] = stage(folder, settings, [run.original], work)
+    run.models[row] = str(folder)
 
 
 def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
@@ -209,15 +236,31 @@ def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
             again = replace(bench.train, seed=bench.train.seed + NOISE_SEED)
             unlearn(run, "retrain_b", name, bench.method_options.get(name), again)
     sets = EvalSets.make(run.splits, run.reported(run.splits["forget"]), bench.mia_seed)
-    evaluate_all(run.models, run.rows, sets, bench)
+    evaluate_all(run.models, run.rows, sets, bench, run.out / "eval")
     results = {
         "methods": run.rows,
         "data": run.manifest["counts"],
         "forget_reported": len(sets.forget),
     }
+    if bench.requests and "e2urec" in bench.methods and "retrain" in run.rows:
+        results["requests"] = time_single_requests(bench, run)
     if bench.sequential > 1:
         results["sequential"] = run_sequential(bench, run)
     return results
+
+
+def time_single_requests(bench: Bench, run: Run) -> dict:
+    """`bench.requests` single-user E2URec requests one after another, against one Retrain."""
+    users = run.manifest["forgotten_halves"]["eval"]
+    settings = {"n": bench.requests, "options": bench.method_options.get("e2urec") or {}}
+
+    def work(folder: Path) -> dict:
+        return time_requests(
+            run.out / "data", run.original, users, folder, run.rows["retrain"]["seconds"],
+            "e2urec", settings["options"], min(bench.requests, len(users)),
+        )  # fmt: skip
+
+    return stage(run.out / "requests", settings, [run.original], work)
 
 
 def run_sequential(bench: Bench, run: Run) -> dict:
@@ -276,15 +319,16 @@ def _row(seconds: float, params: int, rss: float) -> dict:
     return {"seconds": round(seconds, 2), "trainable_params": params, "peak_rss_mb": rss}
 
 
-def evaluate_all(models: dict[str, str], rows: dict, sets: EvalSets, bench: Bench) -> None:
+def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=None) -> None:
     """Every model and the no-training rule on the same sets; then, against Retrain: closeness
-    on the forget set with paired bootstrap intervals and verdicts, and PrivLeak."""
+    on the forget set with paired bootstrap intervals and verdicts, and PrivLeak. With `cache`
+    (a folder), each model's evaluation is a resumable stage there."""
     dists = {}
     for name, model in models.items():
-        metrics, dists[name] = evaluate(
-            model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed
+        rows[name].update(_evaluate(model, sets, bench, cache and Path(cache) / name))
+        dists[name] = dict(
+            np.load(Path(cache) / name / FORGET) if cache else rows[name].pop(FORGET)
         )
-        rows[name].update(metrics)
     if "original" in models:  # a full run (not a sequential step): the reference rule too
         rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
         rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
@@ -302,6 +346,25 @@ def evaluate_all(models: dict[str, str], rows: dict, sets: EvalSets, bench: Benc
         for name, jsd in per_sample.items():
             floor = per_sample["retrain_b"]
             rows[name].update(jsd_verdict(jsd, per_sample["original"], floor, bench.mia_seed))
+
+
+FORGET = "forget_scores.npz"
+
+
+def _evaluate(model: str, sets: EvalSets, bench: Bench, folder: Path | None) -> dict:
+    def work(out: Path | None) -> dict:
+        scorer = model_scorer(model, bench.eval_batch_size)
+        metrics, forget = evaluate(scorer, sets, bench.mia_seed)
+        if out is None:
+            return {**metrics, FORGET: forget}
+        np.savez(out / FORGET, **forget)
+        return metrics
+
+    if folder is None:
+        return work(None)
+    settings = {"mia_seed": bench.mia_seed, "eval_batch_size": bench.eval_batch_size}
+    data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
+    return stage(folder, settings, [data, *_local(model)], work)
 
 
 def aggregate(trees: list):
