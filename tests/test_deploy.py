@@ -286,3 +286,18 @@ def test_the_four_commands(tmp_path, source, model, capsys):
     assert json.loads(capsys.readouterr().out)["ok"] is True
     assert main(["request", "--deploy", root, "--users", HIDDEN]) == 2
     assert "already forgotten" in capsys.readouterr().err
+
+
+def test_a_lora_recommender_is_copied_with_a_base_it_can_still_find(
+    tmp_path, source, splits, trained
+):
+    from e2urec.model.train import TrainConfig, train
+
+    lora = tmp_path / "runs" / "lora"
+    config = TrainConfig(epochs=1, batch_size=16, lora=True, lora_rank=2, lora_alpha=4)
+    train(trained["base"], splits["train"][:16], splits["valid"][:8], lora, config)
+    assert backbone.read_meta(lora)["base"].startswith("..")  # relative: a copy would lose it
+    root = tmp_path / "elsewhere" / "d"
+    init(source, lora, root)
+    assert backbone.load(live_model(root)).model is not None
+    assert verify(root)["ok"]
