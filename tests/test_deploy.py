@@ -210,10 +210,15 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_apply_completes(
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
 
 
-def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model):
+def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch):
     root = tmp_path / "d"
     init(source, model, root, options=OPTIONS)
     rid = request(root, users=[HIDDEN])
+    # The unlearning in this process (quicker); the process killed in the purge resumes it.
+    monkeypatch.setattr(dep, "_checkpoint", _crash_at("recorded"))
+    with pytest.raises(Crash):
+        apply(root)
+    monkeypatch.undo()
     code = f"from e2urec.deploy import apply; apply({str(root)!r})"
     src = str(Path(e2urec.__file__).parents[1])
     env = {**os.environ, dep.CRASH_ENV: "purging", "PYTHONPATH": src}

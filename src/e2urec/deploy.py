@@ -23,17 +23,14 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
 from e2urec.data.prepare import load_splits
 from e2urec.layout import Layout, tree_hash, write_atomic
 from e2urec.ledger import Ledger, versions
-from e2urec.methods import Task, get_method
-from e2urec.model import backbone
-from e2urec.model.train import TrainConfig
 from e2urec.purge import Eraser, purge_folder, read_split, shown
 from e2urec.requests import DeletionRequest, select, target_title, unknown
-from e2urec.verification import Bounds, verify
 
 CRASH_ENV = "E2UREC_CRASH_AT"  # fault injection for the crash tests: the step to die after
 STEPS = (
@@ -50,6 +47,11 @@ STEPS = (
 # Files a model folder made by `e2urec forget` carries: they list forgotten ids in clear.
 LEAKY = ("forget_report.json",)
 VERSION = re.compile(r"^v\d+$")
+# Modules that load torch are imported inside `init` and the unlearning run only, so that
+# `request`, `status` and rolling a crashed run forward start in a fraction of the time.
+if TYPE_CHECKING:
+    from e2urec.methods import Task
+    from e2urec.verification import Bounds
 
 
 class Busy(RuntimeError):
@@ -100,6 +102,9 @@ def init(data, model, out, method: str = "e2urec", options=None) -> dict:
 
 def _settings(method: str, options: dict) -> dict:
     """Method, its options and the verification bounds, each checked now rather than at apply."""
+    from e2urec.methods import get_method
+    from e2urec.verification import Bounds
+
     bounds = from_dict(Bounds, options.pop("verify", None), "verify")
     get_method(method, options)
     return {"method": method, "options": options, "verify": asdict(bounds)}
@@ -139,6 +144,8 @@ def _train_report(model: Path) -> dict:
 
 def _copy_model(src: Path, dst: Path) -> None:
     """Copy a model folder; an adapter whose base lies outside it gets the base's absolute path."""
+    from e2urec.model import backbone
+
     shutil.copytree(src, dst)
     meta = backbone.read_meta(dst)
     if meta.get("kind") == "lora":
@@ -151,6 +158,8 @@ def _copy_model(src: Path, dst: Path) -> None:
 def _locate_base(model: Path, base: str | None, layout: Layout) -> str | None:
     """The backbone Retrain and SISA train from: inside the deployment when it was inside the
     model folder (the tiny model's case), else an absolute path or a hub name."""
+    from e2urec.model import backbone
+
     if base is None:
         return None
     found = Path(backbone.resolve(model, base))
@@ -327,6 +336,8 @@ def _states(rows: list[dict]) -> dict[str, dict]:
 
 
 def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
+    from e2urec.verification import Bounds
+
     opts = dict(options) if options is not None else None
     if opts is None:
         opts = dict(config["options"]) if method in (None, config["method"]) else {}
@@ -335,70 +346,85 @@ def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict,
 
 
 def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[dict]:
+    """A fresh run for requests only received: unlearn, verify, then promote or fail."""
+    from e2urec.methods import get_method
+    from e2urec.verification import verify
+
     config = layout.config()
     method, opts, bounds = _run_settings(config, method, options)
     unlearner = get_method(method, opts)
-    bodies = ledger.pending()
-    eraser = Eraser.of(bodies[r] for r in ids)
-    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
-    data = layout.data
-    train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
-    held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
-    holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
-    chosen = select(train, union)
-    _checkpoint("selected")
     before = layout.live()
-    staging = layout.models / f".staging-{uuid.uuid4().hex[:8]}"
-    task = Task(
-        str(layout.version(before)),
-        chosen.retain,
-        chosen.forget,
-        valid,
-        staging,
-        base=_base(layout, config),
-        train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
-    )
+    task, held_name, holdout = _task(layout, config, Eraser.of(ledger.pending()[r] for r in ids))
+    _checkpoint("selected")
     result = unlearner.unlearn(task)
     _checkpoint("unlearned")
     reference = _reference(task) if bounds.retrain else None
-    args = (chosen.forget, chosen.retain, holdout, held_name, bounds, reference)
+    args = (task.forget, task.retain, holdout, held_name, bounds, reference)
     numbers = verify(task.original, result.model, *args)
     if reference is not None:
         shutil.rmtree(reference)
     _checkpoint("checked")
-    states = _states(ledger.records())
-    run = {
-        "requests": len(ids),
-        "forget": len(chosen.forget),
-        "retain": len(chosen.retain),
-        "unlearning_seconds": round(result.seconds, 2),
-        "options": opts,
+    received = _states(ledger.records())
+    details = {
+        "verification": numbers,
+        "run": {
+            "requests": len(ids),
+            "forget": len(task.forget),
+            "retain": len(task.retain),
+            "unlearning_seconds": round(result.seconds, 2),
+            "options": opts,
+        },
     }
+    recorded = versions(ledger.records())
 
     def event(rid: str, kind: str, **extra) -> dict:
-        got = states[rid]["received"]
+        got = received[rid]["received"]
         return {
             "event": kind,
             "request": rid,
             "method": method,
             "users": got["users"],
             "samples": got["samples"],
-            "model_before": versions(ledger.records())[before]["hash"],
-            "details": {"verification": numbers, "run": run},
+            "model_before": recorded[before]["hash"],
+            "details": details,
             **extra,
         }
 
     if not numbers["passed"]:
         ledger.append([event(r, "failed") for r in ids], drop_pending=ids)
-        shutil.rmtree(staging)
+        shutil.rmtree(task.out)
         return [_view(ledger, r) for r in ids]
-    version = f"v{len(versions(ledger.records()))}"
-    os.replace(staging, layout.version(version))
+    version = f"v{len(recorded)}"
+    os.replace(task.out, layout.version(version))
     _checkpoint("promoted")
     digest = tree_hash(layout.version(version))
     ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
     _checkpoint("recorded")
     return _finish(layout, ledger, ids, version)
+
+
+def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list]:
+    """The unlearning task on the live version and data, and the held-out samples (their
+    file's name too) for verification, without any the requests erase."""
+    from e2urec.methods import Task
+    from e2urec.model.train import TrainConfig
+
+    data = layout.data
+    train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
+    held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
+    holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
+    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
+    chosen = select(train, union)
+    task = Task(
+        str(layout.version(layout.live())),
+        chosen.retain,
+        chosen.forget,
+        valid,
+        layout.models / f".staging-{uuid.uuid4().hex[:8]}",
+        base=_base(layout, config),
+        train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
+    )
+    return task, held_name, holdout
 
 
 def _base(layout: Layout, config: dict) -> str | None:
@@ -411,6 +437,8 @@ def _base(layout: Layout, config: dict) -> str | None:
 
 def _reference(task: Task) -> str:
     """Retrain on the retain set, beside the staging folder (tidied away with it)."""
+    from e2urec.methods import get_method
+
     out = task.out.with_name(task.out.name + "-retrain")
     return get_method("retrain").unlearn(replace(task, out=out)).model
 
