@@ -9,6 +9,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -306,3 +308,30 @@ def test_a_lora_recommender_is_copied_with_a_base_it_can_still_find(
     init(source, lora, root)
     assert backbone.load(live_model(root)).model is not None
     assert verify(root)["ok"]
+
+
+def test_two_requests_at_once_for_the_same_user_one_is_refused(applied, tmp_path, monkeypatch):
+    root = _copy(applied, tmp_path)
+    other = next(s.user for s in read_jsonl(root / "data" / "train.jsonl"))
+    start, results, checks = threading.Barrier(2), [], dep._refuse
+
+    def slow_checks(*args):  # widen the window between checking and recording
+        checks(*args)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(dep, "_refuse", slow_checks)
+
+    def submit():
+        start.wait()
+        try:
+            results.append(request(root, users=[other]))
+        except ValueError as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(type(r).__name__ for r in results) == ["Refused", "str"]
+    assert len(Ledger(root / "ledger.sqlite").pending()) == 1

@@ -197,7 +197,8 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
     users = tuple(dict.fromkeys(str(u).strip() for u in users if str(u).strip()))
     pairs = tuple(dict.fromkeys((str(u).strip(), str(i).strip()) for u, i in interactions))
     rid = f"r-{uuid.uuid4().hex[:12]}"
-    with Ledger(layout.ledger) as ledger:
+    # Requests queue for a moment (not behind `apply`): two at once cannot both pass the checks.
+    with _locked(layout.request_lock, wait=True), Ledger(layout.ledger) as ledger:
         try:
             if not users and not pairs:
                 raise Refused("empty", "a deletion request needs users or (user, item) pairs")
@@ -277,14 +278,14 @@ def _forgotten_keys(ledger: Ledger) -> tuple[set[str], set[str]]:
 
 
 @contextmanager
-def _locked(layout: Layout):
-    # The lock goes with the descriptor, so also when the process is killed.
-    with open(layout.lock_file, "w") as fh:
+def _locked(path: Path, wait: bool = False):
+    """An exclusive lock on `path`; it goes with the descriptor, so also when the process dies."""
+    with open(path, "w") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise Busy(
-                f"{layout.root}: another `apply` is running; try again when it ends"
+                f"{path.parent}: another `apply` is running; try again when it ends"
             ) from None
         yield
 
@@ -293,7 +294,7 @@ def apply(deploy, method: str | None = None, options=None) -> list[dict]:
     """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
     version, purge the data. Requests a crash left half done are completed first."""
     layout = Layout.of(deploy)
-    with _locked(layout), Ledger(layout.ledger) as ledger:
+    with _locked(layout.lock_file), Ledger(layout.ledger) as ledger:
         _tidy(layout, ledger)
         states = _states(ledger.records())
         pending = list(ledger.pending())
