@@ -71,8 +71,11 @@ def _pair_with_history(train):
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory, source, model):
     """A deployment after one `apply` of two requests: a user's, and one rating of another."""
-    root = tmp_path_factory.mktemp("deploy") / "d"
-    init(source, model, root, options=OPTIONS)
+    data = tmp_path_factory.mktemp("deploy") / "data"
+    shutil.copytree(source, data)
+    shutil.copy(data / "test.jsonl", data / "holdout.jsonl")  # as `prepare` may write one
+    root = data.parent / "d"
+    init(data, model, root, options=OPTIONS)
     rated = _pair_with_history(read_jsonl(root / "data" / "train.jsonl"))
     first = request(root, users=[HIDDEN])
     second = request(root, interactions=[(rated.user, rated.item)])
@@ -98,7 +101,8 @@ def test_a_request_end_to_end(applied, source):
     assert {o["id"] for o in applied["outcomes"]} == set(applied["ids"])
     for outcome in applied["outcomes"]:
         assert outcome["state"] == "purged" and outcome["version"] == "v1"
-        assert outcome["verification"]["passed"] and outcome["verification"]["holdout"]
+        assert outcome["verification"]["passed"]
+        assert outcome["verification"]["holdout"] == "holdout.jsonl"
     # Every file: no HIDDEN in clear (split files, manifest, ledger, model folders).
     assert _files_with(root, HIDDEN) == []
     shown = shown_as(rated)
@@ -119,6 +123,9 @@ def test_a_request_end_to_end(applied, source):
     with Ledger(root / "ledger.sqlite") as ledger:
         events = [r["event"] for r in ledger.records() if r["request"] == applied["ids"][0]]
         assert events == ["received", "verified", "applied", "purged"]
+        purged = next(r for r in ledger.records() if r["event"] == "purged")
+        assert set(purged["details"]["removed"]) == {p.name for p in root.glob("data/*.jsonl")}
+        assert "holdout.jsonl" in purged["details"]["removed"]
         assert ledger.pending() == {}
     catalogue = json.loads((root / "catalogue.json").read_text())
     assert catalogue["kind"] == "movie" and catalogue["items"][rated.item] == target_title(rated)
@@ -208,6 +215,7 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_apply_completes(
     monkeypatch.setattr(dep, "_checkpoint", lambda name: None)
     [outcome] = apply(root)
     assert outcome["state"] == "purged" and outcome["version"] == "v1"
+    assert outcome["verification"]["holdout"] == "test.jsonl"  # the data has no holdout split
     assert sorted(p.name for p in (root / "models").iterdir()) == ["v0", "v1"]
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
 
