@@ -19,6 +19,7 @@ import pytest
 
 import e2urec
 from e2urec import deploy as dep
+from e2urec import rollout
 from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, live_model, request, status
@@ -188,7 +189,7 @@ class Crash(BaseException):
 
 def _crash_at(step):
     def checkpoint(name):
-        assert name in dep.STEPS
+        assert name in rollout.STEPS
         if name == step:
             raise Crash(step)
 
@@ -203,16 +204,16 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_apply_completes(
     rid = request(root, users=[HIDDEN])
     # Each run dies one step later than the one before, so each run starts from the state the
     # previous crash left (before "recorded" it starts over, after it rolls forward).
-    for step in dep.STEPS:
-        monkeypatch.setattr(dep, "_checkpoint", _crash_at(step))
+    for step in rollout.STEPS:
+        monkeypatch.setattr(rollout, "_checkpoint", _crash_at(step))
         with pytest.raises(Crash):
             apply(root)
         assert verify(root)["ok"], (step, verify(root))
         assert status(root, rid)["requests"][0]["state"] != "purged"
         assert rid in Ledger(root / "ledger.sqlite").pending()
-        if dep.STEPS.index(step) < dep.STEPS.index("switched"):
+        if rollout.STEPS.index(step) < rollout.STEPS.index("switched"):
             assert status(root)["live"] == "v0", step
-    monkeypatch.setattr(dep, "_checkpoint", lambda name: None)
+    monkeypatch.setattr(rollout, "_checkpoint", lambda name: None)
     [outcome] = apply(root)
     assert outcome["state"] == "purged" and outcome["version"] == "v1"
     assert outcome["verification"]["holdout"] == "test.jsonl"  # the data has no holdout split
@@ -225,13 +226,13 @@ def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch)
     init(source, model, root, options=OPTIONS)
     rid = request(root, users=[HIDDEN])
     # The unlearning in this process (quicker); the process killed in the purge resumes it.
-    monkeypatch.setattr(dep, "_checkpoint", _crash_at("recorded"))
+    monkeypatch.setattr(rollout, "_checkpoint", _crash_at("recorded"))
     with pytest.raises(Crash):
         apply(root)
     monkeypatch.undo()
     code = f"from e2urec.deploy import apply; apply({str(root)!r})"
     src = str(Path(e2urec.__file__).parents[1])
-    env = {**os.environ, dep.CRASH_ENV: "purging", "PYTHONPATH": src}
+    env = {**os.environ, rollout.CRASH_ENV: "purging", "PYTHONPATH": src}
     killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
     assert killed.returncode == 137, killed.stderr.decode()[-2000:]
     assert _files_with(root / "data", HIDDEN)  # it died with the purge half done

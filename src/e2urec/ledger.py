@@ -151,6 +151,43 @@ def versions(rows: list[dict]) -> dict[str, dict]:
     return found
 
 
+def states(rows: list[dict]) -> dict[str, dict]:
+    """Per request: its last event, its row of each event, and the version it went to."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        if row["request"]:
+            state = found.setdefault(row["request"], {})
+            state["event"] = row["event"]
+            state[row["event"]] = row
+            if row["version"]:
+                state["version"] = row["version"]
+    return found
+
+
+def request_views(rows: list[dict]) -> dict[str, dict]:
+    """What `status` shows of each request: state, times, counts, hashes, verification."""
+    views: dict[str, dict] = {}
+    for row in rows:
+        rid, kind = row["request"], row["event"]
+        if not rid:
+            continue
+        view = views.setdefault(rid, {"id": rid, "received": None, "applied": None, "purged": None})
+        view["state"] = kind
+        if kind in ("received", "refused"):
+            view.update(received=row["time"], users=row["users"], samples=row["samples"])
+            view["interactions"] = row["details"].get("interactions")
+            if kind == "refused":
+                view["reason"] = row["details"]["reason"]
+        if kind in ("verified", "failed"):
+            view["method"] = row["method"]
+            view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
+            view["verification"] = row["details"]["verification"]
+        if kind in ("applied", "purged"):
+            view[kind] = row["time"]
+            view["version"] = row["version"]
+    return views
+
+
 def verify(deploy: str | Path) -> dict:
     """Check the chain, then re-hash the live and every recorded model version against it."""
     layout = Layout.of(deploy)
