@@ -32,6 +32,22 @@ FIELDS = (
 )
 EVENTS = ("created", "received", "refused", "verified", "applied", "purged", "failed")
 GENESIS = "0" * 64
+# A request as `status` shows it. state: its last event; received/applied/purged: times.
+VIEW = (
+    "state",
+    "received",
+    "applied",
+    "purged",
+    "users",
+    "samples",
+    "interactions",
+    "method",
+    "version",
+    "model_before",
+    "model_after",
+    "verification",
+    "reason",
+)
 SCHEMA = f"""
 CREATE TABLE ledger (seq INTEGER PRIMARY KEY, {", ".join(FIELDS)}, prev_hash TEXT, hash TEXT);
 CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), rows INTEGER, hash TEXT);
@@ -165,13 +181,13 @@ def states(rows: list[dict]) -> dict[str, dict]:
 
 
 def request_views(rows: list[dict]) -> dict[str, dict]:
-    """What `status` shows of each request: state, times, counts, hashes, verification."""
+    """What `status` shows of each request (VIEW; None where it has not got that far)."""
     views: dict[str, dict] = {}
     for row in rows:
         rid, kind = row["request"], row["event"]
         if not rid:
             continue
-        view = views.setdefault(rid, {"id": rid, "received": None, "applied": None, "purged": None})
+        view = views.setdefault(rid, {"id": rid, **dict.fromkeys(VIEW)})
         view["state"] = kind
         if kind in ("received", "refused"):
             view.update(received=row["time"], users=row["users"], samples=row["samples"])
