@@ -45,7 +45,8 @@ def source(tmp_path_factory, data_dir, splits):
         samples = [replace(s, user=HIDDEN) if s.user == user else s for s in read_jsonl(path)]
         write_jsonl(samples, path)
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["forgotten_users"] = [HIDDEN if u == user else u for u in manifest["forgotten_users"]]
+    # The manifest names the benchmark's forgotten users: make sure the purge must edit it.
+    manifest["forgotten_users"] = [u for u in manifest["forgotten_users"] if u != user] + [HIDDEN]
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -237,6 +238,8 @@ def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch)
     assert killed.returncode == 137, killed.stderr.decode()[-2000:]
     assert _files_with(root / "data", HIDDEN)  # it died with the purge half done
     assert verify(root)["ok"] and rid in Ledger(root / "ledger.sqlite").pending()
+    # A write the kill cut short leaves its temporary file (write_jsonl's naming).
+    (root / "data" / ".train.jsonl.k9x").write_text(f'{{"user": "{HIDDEN}"')
     [outcome] = apply(root)
     assert outcome["id"] == rid and outcome["state"] == "purged"
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
