@@ -24,7 +24,7 @@ from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, live_model, request, status
 from e2urec.layout import tree_hash
-from e2urec.ledger import Ledger, verify
+from e2urec.ledger import GENESIS, Ledger, row_hash, verify
 from e2urec.model import backbone
 from e2urec.requests import shown_as, shown_ratings, target_title
 
@@ -169,6 +169,8 @@ def _edit(db: Path, sql: str) -> None:
         ("DELETE FROM ledger WHERE seq = 3", "row 3: missing"),
         ("DELETE FROM ledger WHERE seq = (SELECT MAX(seq) FROM ledger)", "rows were removed"),
         ("swap", "models/v1: its files do not match"),
+        # A rewritten chain still has to tell a consistent story.
+        ("rechain", "events out of order: received, verified, purged"),
     ],
 )
 def test_ledger_verify_detects_tampering(applied, tmp_path, tamper, problem):
@@ -176,12 +178,31 @@ def test_ledger_verify_detects_tampering(applied, tmp_path, tamper, problem):
     if tamper == "swap":
         weights = root / "models" / "v1" / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[::-1])
+    elif tamper == "rechain":
+        _rechain_without(root / "ledger.sqlite", "applied")
     else:
         _edit(root / "ledger.sqlite", tamper)
     result = verify(root)
     assert not result["ok"]
     assert any(problem in p for p in result["problems"]), result["problems"]
     assert main(["ledger", "verify", "--deploy", str(root)]) == 2
+
+
+def _rechain_without(db: Path, event: str) -> None:
+    """Delete the first `event` row and rewrite every hash after it, as a forger would."""
+    with Ledger(db) as book:
+        rows = book.rows()
+    victim = next(r for r in rows if r["event"] == event)
+    rows = [r for r in rows if r is not victim]
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM ledger")
+        prev = GENESIS
+        for seq, row in enumerate(rows, 1):
+            row.update(seq=seq, prev_hash=prev)
+            row["hash"] = prev = row_hash(prev, row)
+            marks = ", ".join("?" * len(row))
+            conn.execute(f"INSERT INTO ledger VALUES ({marks})", list(row.values()))
+        conn.execute("UPDATE head SET rows = ?, hash = ?", (len(rows), prev))
 
 
 class Crash(BaseException):

@@ -204,11 +204,34 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
     return views
 
 
+# The event sequences a request may have: refused; received then failed; or a prefix of
+# received, verified, applied, purged.
+PATH = ("received", "verified", "applied", "purged")
+SEQUENCES = [("refused",), ("received", "failed")] + [PATH[:n] for n in range(1, len(PATH) + 1)]
+
+
+def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
+    """Requests whose events skip or repeat a step, or whose ids are kept when the request is
+    finished (or gone when it is not)."""
+    problems = []
+    for rid, state in states(rows).items():
+        events = tuple(r["event"] for r in rows if r["request"] == rid)
+        finished = events[-1] in ("purged", "failed", "refused")
+        if events not in SEQUENCES:
+            problems.append(f"request {rid}: events out of order: {', '.join(events)}")
+        elif finished == (rid in pending):
+            kept = "still keeps" if finished else "no longer has"
+            problems.append(f"request {rid}: {state['event']}, but the ledger {kept} its ids")
+    return problems
+
+
 def verify(deploy: str | Path) -> dict:
-    """Check the chain, then re-hash the live and every recorded model version against it."""
+    """Check the chain and each request's events, then re-hash the live and every recorded
+    model version against the ledger."""
     layout = Layout.of(deploy)
     with Ledger(layout.ledger) as ledger:
         rows, problems = ledger.chain_problems()
+        problems += order_problems(rows, set(ledger.pending()))
     recorded = versions(rows)
     live = layout.live()
     if live not in recorded:
