@@ -158,7 +158,12 @@ def test_refusals_leave_one_refused_row_and_change_nothing(applied, source, tmp_
 
 
 def _edit(db: Path, sql: str) -> None:
+    """Run `sql` on the ledger as someone who drops its append-only triggers first."""
     with sqlite3.connect(db) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(sql)
+        conn.execute("DROP TRIGGER ledger_no_update")
+        conn.execute("DROP TRIGGER ledger_no_delete")
         conn.execute(sql)
 
 
@@ -195,6 +200,7 @@ def _rechain_without(db: Path, event: str) -> None:
     victim = next(r for r in rows if r["event"] == event)
     rows = [r for r in rows if r is not victim]
     with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER ledger_no_delete")
         conn.execute("DELETE FROM ledger")
         prev = GENESIS
         for seq, row in enumerate(rows, 1):
