@@ -197,6 +197,90 @@ def run_bench_cli(args) -> None:
     print(f"wrote {out}/results.json, results.csv, results.md, results.png")
 
 
+def add_init(sub) -> None:
+    p = sub.add_parser("init", help="create a deployment: live data, model versions, ledger")
+    p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
+    p.add_argument("--model", required=True, help="the trained recommender's folder")
+    p.add_argument("--out", required=True, help="new deployment folder")
+    p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
+    p.add_argument("--config", help="YAML file with the method's options (and a verify: section)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. epochs=1 verify.samples=100")
+    p.set_defaults(run=run_init)
+
+
+def run_init(args) -> None:
+    from e2urec.deploy import init
+
+    print(json.dumps(init(args.data, args.model, args.out, args.method, _options(args)), indent=2))
+
+
+def add_request(sub) -> None:
+    p = sub.add_parser("request", help="submit a deletion request to a deployment; prints its id")
+    p.add_argument("--deploy", required=True, help="folder made by `e2urec init`")
+    p.add_argument("--users", help="comma-separated user ids: all their data goes")
+    p.add_argument("--interactions", help="CSV with columns user,item: those ratings go")
+    p.set_defaults(run=run_request)
+
+
+def run_request(args) -> None:
+    from e2urec.deploy import request
+    from e2urec.requests import parse_users, read_interactions
+
+    users = parse_users(args.users) if args.users else ()
+    pairs = read_interactions(args.interactions) if args.interactions else ()
+    print(request(args.deploy, users, pairs))
+
+
+def add_apply(sub) -> None:
+    p = sub.add_parser("apply", help="unlearn, verify and purge every pending request")
+    p.add_argument("--deploy", required=True, help="folder made by `e2urec init`")
+    p.add_argument("--method", help="unlearning method (default: the deployment's)")
+    p.add_argument("--config", help="YAML file with the method's options (and a verify: section)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. alpha=1 verify.retrain=true")
+    p.set_defaults(run=run_apply)
+
+
+def run_apply(args) -> None:
+    from e2urec.deploy import Busy, apply
+
+    options = _options(args) if args.config or args.set else None
+    try:
+        outcomes = apply(args.deploy, args.method, options)
+    except Busy as err:
+        raise ValueError(str(err)) from None
+    print(json.dumps(outcomes, indent=2) if outcomes else "no pending requests")
+
+
+def add_status(sub) -> None:
+    p = sub.add_parser("status", help="requests, model versions and the live one")
+    p.add_argument("--deploy", required=True, help="folder made by `e2urec init`")
+    p.add_argument("id", nargs="?", help="one request's id")
+    p.set_defaults(run=run_status)
+
+
+def run_status(args) -> None:
+    from e2urec.deploy import status
+
+    print(json.dumps(status(args.deploy, args.id), indent=2))
+
+
+def add_ledger(sub) -> None:
+    p = sub.add_parser("ledger", help="check the deployment's ledger")
+    actions = p.add_subparsers(dest="action", required=True)
+    v = actions.add_parser("verify", help="check the hash chain and re-hash the model versions")
+    v.add_argument("--deploy", required=True, help="folder made by `e2urec init`")
+    v.set_defaults(run=run_ledger_verify)
+
+
+def run_ledger_verify(args) -> None:
+    from e2urec.ledger import verify
+
+    result = verify(args.deploy)
+    print(json.dumps(result, indent=2))
+    if not result["ok"]:
+        raise ValueError(f"the ledger check found {len(result['problems'])} problem(s)")
+
+
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="HTTP service: score, take deletion requests, status page")
     p.add_argument("--deploy", required=True, help="deployment folder (from `e2urec init`)")
@@ -227,7 +311,9 @@ def run_serve(args) -> None:
     serve(args.deploy, args.host, args.port, args.token_file, open_score=args.open_score, **options)
 
 
-COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench, add_serve]
+COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench]
+COMMANDS += [add_init, add_request, add_apply, add_status, add_ledger]
+COMMANDS += [add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -176,3 +176,9 @@ def split_users(users: Sequence[str], n: int) -> list[list[str]]:
         out.append(list(users[start:stop]))
         start = stop
     return out
+
+
+def target_title(sample: Sample) -> str | None:
+    """The title the prompt asks about (between *** ***)."""
+    found = _TARGET.search(sample.input)
+    return found.group(1) if found else None

@@ -1,0 +1,493 @@
+"""A deployment: live data, model versions and a ledger, against which deletion requests are
+submitted (`request`), carried out in one unlearning run, verified and purged (`apply`), and
+shown (`status`).
+
+`apply` goes through named steps; a crash after any of them leaves a state the next `apply`
+completes. Until the "verified" rows are written the new version is not recorded and the next
+run starts over (removing the unrecorded folder); from then on it rolls forward: switch the live
+pointer, write "applied" rows, purge the data (idempotent), then write "purged" rows and drop the
+request's ids in one transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from e2urec.config import from_dict
+from e2urec.data.prepare import load_splits
+from e2urec.layout import Layout, tree_hash, write_atomic
+from e2urec.ledger import Ledger, versions
+from e2urec.methods import Task, get_method
+from e2urec.model import backbone
+from e2urec.model.train import TrainConfig
+from e2urec.purge import Eraser, purge_folder, read_split, shown
+from e2urec.requests import DeletionRequest, select, target_title, unknown
+from e2urec.verification import Bounds, verify
+
+CRASH_ENV = "E2UREC_CRASH_AT"  # fault injection for the crash tests: the step to die after
+STEPS = (
+    "selected",
+    "unlearned",
+    "checked",
+    "promoted",
+    "recorded",
+    "switched",
+    "applied",
+    "purging",
+    "purged-data",
+)
+# Files a model folder made by `e2urec forget` carries: they list forgotten ids in clear.
+LEAKY = ("forget_report.json",)
+VERSION = re.compile(r"^v\d+$")
+
+
+class Busy(RuntimeError):
+    """Another `apply` holds the deployment."""
+
+
+class Refused(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # what the ledger keeps: the message names ids
+
+
+def _checkpoint(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os._exit(137)  # as kill -9: no cleanup, no finally blocks
+
+
+# ---- init ---------------------------------------------------------------------------------
+
+
+def init(data, model, out, method: str = "e2urec", options=None) -> dict:
+    """Create the deployment folder `out` from a prepared data folder and a trained model."""
+    data, model, out = Path(data), Path(model), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not empty; give a new folder for the deployment")
+    splits = load_splits(data)
+    if not model.is_dir():
+        raise FileNotFoundError(f"{model}: no such model folder")
+    leaky = [name for name in LEAKY if (model / name).exists()]
+    if leaky:
+        raise ValueError(
+            f"{model} was made by `e2urec forget` ({leaky[0]} lists forgotten ids in clear); "
+            "start from the original model and submit those deletions as requests"
+        )
+    settings = _settings(method, dict(options or {}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        _build(Layout(tmp), data, model, settings, splits["train"])
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return status(out)
+
+
+def _settings(method: str, options: dict) -> dict:
+    """Method, its options and the verification bounds, each checked now rather than at apply."""
+    bounds = from_dict(Bounds, options.pop("verify", None), "verify")
+    get_method(method, options)
+    return {"method": method, "options": options, "verify": asdict(bounds)}
+
+
+def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list) -> None:
+    shutil.copytree(data, layout.data)
+    v0 = layout.version("v0")
+    _copy_model(model, v0)
+    layout.secret_file.write_bytes(secrets.token_bytes(32))
+    layout.secret_file.chmod(0o600)
+    report = _train_report(model)
+    config = {
+        **settings,
+        "base": _locate_base(model, report.get("base"), layout),
+        "train_config": report.get("config"),
+    }
+    write_atomic(layout.config_file, json.dumps(config, indent=2) + "\n")
+    write_atomic(layout.catalogue, json.dumps(catalogue(layout.data), indent=1) + "\n")
+    event = {
+        "event": "created",
+        "version": "v0",
+        "model_after": tree_hash(v0),
+        "users": len({s.user for s in train}),
+        "samples": len(train),
+        "details": {"method": settings["method"], "verify": settings["verify"]},
+    }
+    with Ledger.create(layout.ledger) as ledger:
+        ledger.append([event])
+    layout.set_live("v0")
+
+
+def _train_report(model: Path) -> dict:
+    path = model / "train_report.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Copy a model folder; an adapter whose base lies outside it gets the base's absolute path."""
+    shutil.copytree(src, dst)
+    meta = backbone.read_meta(dst)
+    if meta.get("kind") == "lora":
+        base = Path(backbone.resolve(src, meta["base"]))
+        if base.exists() and not base.resolve().is_relative_to(src.resolve()):
+            meta["base"] = str(base.resolve())
+            (dst / backbone.META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _locate_base(model: Path, base: str | None, layout: Layout) -> str | None:
+    """The backbone Retrain and SISA train from: inside the deployment when it was inside the
+    model folder (the tiny model's case), else an absolute path or a hub name."""
+    if base is None:
+        return None
+    found = Path(backbone.resolve(model, base))
+    if not found.exists():
+        return base
+    found = found.resolve()
+    if found.is_relative_to(model.resolve()):
+        return str(Path("models/v0") / found.relative_to(model.resolve()))
+    return str(found)
+
+
+def catalogue(data: Path) -> dict:
+    """{"kind": "movie" | "book", "items": {item: title}} from the prompts' targets."""
+    items: dict[str, str] = {}
+    kind = "movie"
+    for path in sorted(data.glob("*.jsonl")):
+        for s in read_split(path):
+            title = target_title(s)
+            if title is not None:
+                items.setdefault(s.item, title)
+            if "the following books" in s.input:
+                kind = "book"
+    return {"kind": kind, "items": items}
+
+
+# ---- request ------------------------------------------------------------------------------
+
+
+def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
+    """Record a deletion request for `users` and/or (user, item) `interactions`; its id.
+
+    Refusals (an empty request, ids not in the live training data, already forgotten or already
+    pending) raise `Refused` (a ValueError) naming the ids and leave only a "refused" row."""
+    layout = Layout.of(deploy)
+    users = tuple(dict.fromkeys(str(u).strip() for u in users if str(u).strip()))
+    pairs = tuple(dict.fromkeys((str(u).strip(), str(i).strip()) for u, i in interactions))
+    rid = f"r-{uuid.uuid4().hex[:12]}"
+    with Ledger(layout.ledger) as ledger:
+        try:
+            if not users and not pairs:
+                raise Refused("empty", "a deletion request needs users or (user, item) pairs")
+            req = DeletionRequest(users, pairs)
+            train = read_split(layout.data / "train.jsonl")
+            _refuse(layout, ledger, req, train)
+            chosen = select(train, req)
+        except Refused as err:
+            counts = {"users": len(users), "samples": 0}
+            details = {"reason": err.reason, "interactions": len(pairs)}
+            ledger.append([{"event": "refused", "request": rid, **counts, "details": details}])
+            raise
+        keys = {
+            "users": [layout.keyed(u) for u in users],
+            "interactions": [layout.keyed(u, i) for u, i in pairs],
+        }
+        body = {
+            "users": list(users),
+            "interactions": [list(p) for p in pairs],
+            "shown": shown(train, pairs),
+        }
+        event = {
+            "event": "received",
+            "request": rid,
+            "users": len(chosen.users),
+            "samples": len(chosen.forget),
+            "details": {"keys": keys, "interactions": len(pairs), "history": chosen.history},
+        }
+        ledger.append([event], add_pending=(rid, body))
+    return rid
+
+
+def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -> None:
+    done_users, done_pairs = _forgotten_keys(ledger)
+    pending = ledger.pending().values()
+    wait_users = {u for b in pending for u in b["users"]}
+    wait_pairs = {tuple(p) for b in pending for p in b["interactions"]}
+    found: dict[str, list[str]] = {"already forgotten": [], "pending": [], "unknown": []}
+    for u in req.users:
+        if layout.keyed(u) in done_users:
+            found["already forgotten"].append(u)
+        elif u in wait_users:
+            found["pending"].append(u)
+    for u, i in req.interactions:
+        if layout.keyed(u) in done_users or layout.keyed(u, i) in done_pairs:
+            found["already forgotten"].append(f"{u}/{i}")
+        elif u in wait_users or (u, i) in wait_pairs:
+            found["pending"].append(f"{u}/{i}")
+    named = set(found["already forgotten"] + found["pending"])
+    bad_users, bad_pairs = unknown(req, train)
+    found["unknown"] = [u for u in bad_users if u not in named]
+    found["unknown"] += [f"{u}/{i}" for u, i in bad_pairs if f"{u}/{i}" not in named]
+    what = {
+        "unknown": "not in the live training data",
+        "already forgotten": "already forgotten by an earlier request",
+        "pending": "already in a request waiting for `apply`",
+    }
+    problems = [f"{what[k]}: {', '.join(v)}" for k, v in found.items() if v]
+    if problems:
+        reason = ", ".join(k for k, v in found.items() if v)
+        raise Refused(reason, "; ".join(problems) + ". Nothing was changed.")
+
+
+def _forgotten_keys(ledger: Ledger) -> tuple[set[str], set[str]]:
+    """HMACs of the users and pairs of purged requests."""
+    rows = ledger.records()
+    purged = {r["request"] for r in rows if r["event"] == "purged"}
+    users, pairs = set(), set()
+    for r in rows:
+        if r["event"] == "received" and r["request"] in purged:
+            users.update(r["details"]["keys"]["users"])
+            pairs.update(r["details"]["keys"]["interactions"])
+    return users, pairs
+
+
+# ---- apply --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _locked(layout: Layout):
+    # The lock goes with the descriptor, so also when the process is killed.
+    with open(layout.lock_file, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(
+                f"{layout.root}: another `apply` is running; try again when it ends"
+            ) from None
+        yield
+
+
+def apply(deploy, method: str | None = None, options=None) -> list[dict]:
+    """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
+    version, purge the data. Requests a crash left half done are completed first."""
+    layout = Layout.of(deploy)
+    with _locked(layout), Ledger(layout.ledger) as ledger:
+        _tidy(layout, ledger)
+        states = _states(ledger.records())
+        pending = list(ledger.pending())
+        outcomes = []
+        started: dict[str, list[str]] = {}  # version -> requests already verified into it
+        for rid in pending:
+            if states[rid]["event"] in ("verified", "applied"):
+                started.setdefault(states[rid]["version"], []).append(rid)
+        for version, ids in started.items():
+            outcomes += _finish(layout, ledger, ids, version)
+        fresh = [r for r in pending if states[r]["event"] == "received"]
+        if fresh:
+            outcomes += _run(layout, ledger, fresh, method, options)
+        return outcomes
+
+
+def _tidy(layout: Layout, ledger: Ledger) -> None:
+    """Remove what a crashed run left: staging and unrecorded version folders, temp files."""
+    recorded = versions(ledger.records())
+    for folder in layout.models.iterdir():
+        stale = folder.name.startswith(".staging-")
+        if stale or (VERSION.match(folder.name) and folder.name not in recorded):
+            shutil.rmtree(folder)
+    for folder in (layout.data, layout.root):
+        for tmp in folder.glob(".*"):
+            if tmp.is_file():
+                tmp.unlink()
+
+
+def _states(rows: list[dict]) -> dict[str, dict]:
+    states: dict[str, dict] = {}
+    for row in rows:
+        if row["request"]:
+            state = states.setdefault(row["request"], {})
+            state["event"] = row["event"]
+            state[row["event"]] = row
+            if row["version"]:
+                state["version"] = row["version"]
+    return states
+
+
+def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
+    opts = dict(options) if options is not None else None
+    if opts is None:
+        opts = dict(config["options"]) if method in (None, config["method"]) else {}
+    verify_opts = {**config["verify"], **(opts.pop("verify", None) or {})}
+    return method or config["method"], opts, from_dict(Bounds, verify_opts, "verify")
+
+
+def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[dict]:
+    config = layout.config()
+    method, opts, bounds = _run_settings(config, method, options)
+    unlearner = get_method(method, opts)
+    bodies = ledger.pending()
+    eraser = Eraser.of(bodies[r] for r in ids)
+    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
+    data = layout.data
+    train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
+    held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
+    holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
+    chosen = select(train, union)
+    _checkpoint("selected")
+    before = layout.live()
+    staging = layout.models / f".staging-{uuid.uuid4().hex[:8]}"
+    task = Task(
+        str(layout.version(before)),
+        chosen.retain,
+        chosen.forget,
+        valid,
+        staging,
+        base=_base(layout, config),
+        train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
+    )
+    result = unlearner.unlearn(task)
+    _checkpoint("unlearned")
+    reference = _reference(task) if bounds.retrain else None
+    args = (chosen.forget, chosen.retain, holdout, held_name, bounds, reference)
+    numbers = verify(task.original, result.model, *args)
+    _checkpoint("checked")
+    states = _states(ledger.records())
+    run = {
+        "requests": len(ids),
+        "forget": len(chosen.forget),
+        "retain": len(chosen.retain),
+        "unlearning_seconds": round(result.seconds, 2),
+        "options": opts,
+    }
+
+    def event(rid: str, kind: str, **extra) -> dict:
+        got = states[rid]["received"]
+        return {
+            "event": kind,
+            "request": rid,
+            "method": method,
+            "users": got["users"],
+            "samples": got["samples"],
+            "model_before": versions(ledger.records())[before]["hash"],
+            "details": {"verification": numbers, "run": run},
+            **extra,
+        }
+
+    if not numbers["passed"]:
+        ledger.append([event(r, "failed") for r in ids], drop_pending=ids)
+        shutil.rmtree(staging)
+        return [_view(ledger, r) for r in ids]
+    version = f"v{len(versions(ledger.records()))}"
+    os.replace(staging, layout.version(version))
+    _checkpoint("promoted")
+    digest = tree_hash(layout.version(version))
+    ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
+    _checkpoint("recorded")
+    return _finish(layout, ledger, ids, version)
+
+
+def _base(layout: Layout, config: dict) -> str | None:
+    base = config.get("base")
+    if base is None:
+        return None
+    inside = layout.root / base
+    return str(inside) if inside.exists() else base
+
+
+def _reference(task: Task) -> str:
+    """Retrain on the retain set, beside the staging folder (tidied away with it)."""
+    out = task.out.with_name(task.out.name + "-retrain")
+    return get_method("retrain").unlearn(replace(task, out=out)).model
+
+
+def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[dict]:
+    """Roll a verified run forward: live pointer, "applied" rows, purge, "purged" rows."""
+    layout.set_live(version)
+    _checkpoint("switched")
+    states = _states(ledger.records())
+    todo = [r for r in ids if states[r]["event"] == "verified"]
+    applied = []
+    for rid in todo:
+        row = states[rid]["verified"]
+        keep = ("method", "users", "samples", "model_before", "model_after", "version")
+        applied.append({"event": "applied", "request": rid, **{k: row[k] for k in keep}})
+    if applied:
+        ledger.append(applied)
+    _checkpoint("applied")
+    bodies = ledger.pending()
+    eraser = Eraser.of(bodies[r] for r in ids)
+    removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
+    _checkpoint("purged-data")
+    purged = [
+        {"event": "purged", "request": r, "version": version, "details": {"removed": removed}}
+        for r in ids
+    ]
+    ledger.append(purged, drop_pending=ids)
+    return [_view(ledger, r) for r in ids]
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+def _requests(rows: list[dict]) -> dict[str, dict]:
+    views: dict[str, dict] = {}
+    for row in rows:
+        rid, kind = row["request"], row["event"]
+        if not rid:
+            continue
+        view = views.setdefault(rid, {"id": rid, "received": None, "applied": None, "purged": None})
+        view["state"] = kind
+        if kind in ("received", "refused"):
+            view.update(received=row["time"], users=row["users"], samples=row["samples"])
+            view["interactions"] = row["details"].get("interactions")
+            if kind == "refused":
+                view["reason"] = row["details"]["reason"]
+        if kind in ("verified", "failed"):
+            view["method"] = row["method"]
+            view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
+            view["verification"] = row["details"]["verification"]
+        if kind in ("applied", "purged"):
+            view[kind] = row["time"]
+            view["version"] = row["version"]
+    return views
+
+
+def _view(ledger: Ledger, rid: str) -> dict:
+    return _requests(ledger.records())[rid]
+
+
+def status(deploy, request_id: str | None = None) -> dict:
+    """Requests (all, or `request_id`'s), model versions and the live one, the ledger's head."""
+    layout = Layout.of(deploy)
+    with Ledger(layout.ledger) as ledger:
+        rows, head = ledger.records(), ledger.head()
+    requests = _requests(rows)
+    if request_id is not None and request_id not in requests:
+        raise ValueError(f"{deploy}: no request {request_id!r} in the ledger")
+    live = layout.live()
+    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] == "verified"}  # fmt: skip
+    models = [
+        {**info, "id": v, "verification": checks.get(v), "live": v == live}
+        for v, info in versions(rows).items()
+    ]
+    chosen = [requests[request_id]] if request_id else list(requests.values())
+    return {"live": live, "models": models, "requests": chosen, "ledger": head}
+
+
+def live_model(deploy) -> Path:
+    """The folder of the version being served (`backbone.load` opens it)."""
+    layout = Layout.of(deploy)
+    return layout.version(layout.live())

@@ -1,0 +1,169 @@
+"""The deployment's ledger: an append-only, hash-chained SQLite table of what happened to requests.
+
+Each row carries the SHA-256 of the row before it, so editing or deleting a row breaks the chain;
+a one-row `head` table, written in the same transaction, holds the row count and last hash, so
+deleting the newest rows is caught too (publish the head hash elsewhere to anchor it against
+someone who rewrites the whole file). The `pending` table holds the ids of requests not yet
+purged: they go in the same transaction as their "received" row and leave with their "purged"
+row, and `secure_delete` overwrites them in the file when they go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from e2urec.layout import Layout, tree_hash
+
+FIELDS = (
+    "time",
+    "event",
+    "request",
+    "method",
+    "users",
+    "samples",
+    "model_before",
+    "model_after",
+    "version",
+    "details",
+)
+EVENTS = ("created", "received", "refused", "verified", "applied", "purged", "failed")
+GENESIS = "0" * 64
+SCHEMA = f"""
+CREATE TABLE ledger (seq INTEGER PRIMARY KEY, {", ".join(FIELDS)}, prev_hash TEXT, hash TEXT);
+CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), rows INTEGER, hash TEXT);
+CREATE TABLE pending (request TEXT PRIMARY KEY, body TEXT);
+INSERT INTO head VALUES (1, 0, '{GENESIS}');
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def row_hash(prev_hash: str, row: dict) -> str:
+    body = json.dumps({f: row.get(f) for f in FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{path}: no ledger")
+        # Autocommit mode: every write below opens its own BEGIN IMMEDIATE transaction.
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA secure_delete = ON")
+
+    @classmethod
+    def create(cls, path: str | Path) -> Ledger:
+        db = sqlite3.connect(path)
+        db.executescript(SCHEMA)
+        db.close()
+        return cls(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def append(self, events: list[dict], add_pending=None, drop_pending=()) -> None:
+        """Append `events` (dicts of FIELDS; details a dict) and change `pending`, all or nothing."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            count, prev = db.execute("SELECT rows, hash FROM head").fetchone()
+            for event in events:
+                if event["event"] not in EVENTS:
+                    raise ValueError(f"unknown ledger event {event['event']!r}")
+                row = {f: event.get(f) for f in FIELDS}
+                row["time"] = row["time"] or now()
+                row["details"] = json.dumps(row["details"] or {}, sort_keys=True)
+                digest = row_hash(prev, row)
+                count += 1
+                names = ", ".join(("seq", *FIELDS, "prev_hash", "hash"))
+                marks = ", ".join("?" * (len(FIELDS) + 3))
+                values = (count, *(row[f] for f in FIELDS), prev, digest)
+                db.execute(f"INSERT INTO ledger ({names}) VALUES ({marks})", values)
+                prev = digest
+            db.execute("UPDATE head SET rows = ?, hash = ?", (count, prev))
+            if add_pending:
+                request, body = add_pending
+                db.execute("INSERT INTO pending VALUES (?, ?)", (request, json.dumps(body)))
+            for request in drop_pending:
+                db.execute("DELETE FROM pending WHERE request = ?", (request,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def rows(self) -> list[dict]:
+        names = ("seq", *FIELDS, "prev_hash", "hash")
+        cur = self.db.execute(f"SELECT {', '.join(names)} FROM ledger ORDER BY seq")
+        return [dict(zip(names, r)) for r in cur]
+
+    def records(self) -> list[dict]:
+        """Rows with their details parsed."""
+        return [{**r, "details": json.loads(r["details"] or "{}")} for r in self.rows()]
+
+    def head(self) -> dict:
+        count, digest = self.db.execute("SELECT rows, hash FROM head").fetchone()
+        return {"rows": count, "hash": digest}
+
+    def pending(self) -> dict[str, dict]:
+        cur = self.db.execute("SELECT request, body FROM pending ORDER BY rowid")
+        return {r: json.loads(b) for r, b in cur}
+
+    def chain_problems(self) -> tuple[list[dict], list[str]]:
+        """Rows (details parsed) and what is wrong with the chain."""
+        rows, problems, prev = self.rows(), [], GENESIS
+        for i, row in enumerate(rows, 1):
+            if row["seq"] != i:
+                problems.append(f"row {i}: missing (the next row is numbered {row['seq']})")
+            if row["prev_hash"] != prev:
+                problems.append(f"row {row['seq']}: does not follow the row before it")
+            if row_hash(row["prev_hash"], row) != row["hash"]:
+                problems.append(f"row {row['seq']}: its content does not match its hash")
+            prev = row["hash"]
+            row["details"] = json.loads(row["details"] or "{}")
+        head = self.head()
+        if head["rows"] != len(rows) or head["hash"] != prev:
+            problems.append(
+                f"the ledger head records {head['rows']} rows ending in {head['hash'][:12]}, "
+                f"the table has {len(rows)} ending in {prev[:12]}: rows were removed or added"
+            )
+        return rows, problems
+
+
+def versions(rows: list[dict]) -> dict[str, dict]:
+    """Model versions the ledger vouches for: the initial one and each verified unlearned one."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        if row["event"] in ("created", "verified") and row["version"] not in found:
+            found[row["version"]] = {"hash": row["model_after"], "created": row["time"]}
+    return found
+
+
+def verify(deploy: str | Path) -> dict:
+    """Check the chain, then re-hash the live and every recorded model version against it."""
+    layout = Layout.of(deploy)
+    with Ledger(layout.ledger) as ledger:
+        rows, problems = ledger.chain_problems()
+    recorded = versions(rows)
+    live = layout.live()
+    if live not in recorded:
+        problems.append(f"the live model {live!r} is not a version the ledger records")
+    for version, info in recorded.items():
+        folder = layout.version(version)
+        if not folder.is_dir():
+            problems.append(f"models/{version}: recorded in the ledger but missing")
+        elif tree_hash(folder) != info["hash"]:
+            problems.append(f"models/{version}: its files do not match the hash in the ledger")
+    return {"ok": not problems, "rows": len(rows), "problems": problems}

@@ -1,0 +1,89 @@
+"""Purge: rewrite a prepared data folder without the samples deletion requests removed.
+
+Which samples go is decided per sample from the requests alone (users, (user, item) pairs, and
+the 'Title (N stars)' strings by which each deleted rating shows in later prompts, worked out
+when the request arrived), so a purge cut short by a crash is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2urec.data.sample import Sample, read_jsonl, write_jsonl
+from e2urec.layout import write_atomic
+from e2urec.requests import shown_as, shown_ratings
+
+
+@dataclass(frozen=True)
+class Eraser:
+    users: frozenset[str]
+    pairs: frozenset[tuple[str, str]]
+    shown: frozenset[tuple[str, str]]  # (user, how a deleted rating shows in a prompt's history)
+
+    @classmethod
+    def of(cls, requests: Iterable[dict]) -> Eraser:
+        """From request bodies {"users": [...], "interactions": [[u, i]], "shown": [[u, s]]}."""
+        requests = list(requests)
+        return cls(
+            frozenset(u for r in requests for u in r["users"]),
+            frozenset(tuple(p) for r in requests for p in r["interactions"]),
+            frozenset(tuple(p) for r in requests for p in r.get("shown", [])),
+        )
+
+    def erases(self, s: Sample) -> bool:
+        if s.user in self.users or (s.user, s.item) in self.pairs:
+            return True
+        return bool(self.shown) and any((s.user, r) in self.shown for r in shown_ratings(s))
+
+
+def shown(train: Iterable[Sample], pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """How the deleted ratings `pairs` show in the history of their users' later prompts."""
+    pairs = set(pairs)
+    found = {(s.user, shown_as(s)) for s in train if (s.user, s.item) in pairs}
+    return sorted([u, text] for u, text in found if text)
+
+
+def read_split(path: Path) -> list[Sample]:
+    """A split file; a purge may have emptied it."""
+    return read_jsonl(path) if path.stat().st_size else []
+
+
+def purge_folder(folder: str | Path, eraser: Eraser, after_file: Callable[[], None] = lambda: None):
+    """Rewrite every *.jsonl in `folder` without erased samples, then the manifest's counts and
+    user lists. Returns the samples removed per file."""
+    folder = Path(folder)
+    removed = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        samples = read_split(path)
+        kept = [s for s in samples if not eraser.erases(s)]
+        removed[path.name] = len(samples) - len(kept)
+        if removed[path.name]:
+            write_jsonl(kept, path)
+            after_file()
+    _rewrite_manifest(folder, eraser)
+    return removed
+
+
+def _rewrite_manifest(folder: Path, eraser: Eraser) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for name in list(manifest.get("counts", {})):
+        file = folder / f"{name}.jsonl"
+        if file.exists():
+            samples = read_split(file)
+            manifest["counts"][name] = len(samples)
+            if name in manifest.get("positive_rate", {}):
+                rate = sum(s.label for s in samples) / max(1, len(samples))
+                manifest["positive_rate"][name] = round(rate, 4)
+            if name == "train" and "train" in manifest.get("users", {}):
+                manifest["users"]["train"] = len({s.user for s in samples})
+    if "forgotten_users" in manifest:
+        manifest["forgotten_users"] = [
+            u for u in manifest["forgotten_users"] if str(u) not in eraser.users
+        ]
+        if "forgotten" in manifest.get("users", {}):
+            manifest["users"]["forgotten"] = len(manifest["forgotten_users"])
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,145 @@
+"""Checking that an unlearned model forgot, before it goes live: cheap, bounded, recorded.
+
+The work is proportional to the request: the forgotten samples are scored before and after, and
+the membership attack uses at most `samples` retain members and twice as many held-out samples,
+whatever the size of the data. Held-out samples come from `holdout.jsonl` when the data has one
+(never trained on, never tuned on), else from the test split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from e2urec.api import assess
+from e2urec.data.sample import Sample
+from e2urec.metrics import closeness
+from e2urec.model import backbone, score
+
+
+@dataclass
+class Bounds:
+    """What a request must pass before its model goes live. The defaults:
+
+    - max_mia_auc 0.7: 0.5 means the attack cannot tell forgotten samples from unseen ones
+      (Retrain sits a little off 0.5 because test samples come later in time); an attack that
+      still beats 0.7 has found the data in the model. The check uses the AUC's 95% lower bound
+      (Hanley-McNeil standard error), so a one-user request with a handful of samples is not
+      failed by chance.
+    - max_p_true_rise 0.05: unlearning must not make the model surer of the forgotten answers
+      than before; 0.05 leaves room for the retain terms, which pull shared tastes back up.
+    - max_utility_drop 0.1 (AUC on held-out samples): the paper's E2URec loses about 0.01; 0.1
+      means the model got worse for everyone, not just the forgotten.
+    - samples 200: attack members, non-members and unseen samples each; the AUC's standard error
+      is then about 0.04, and verification scores under a thousand samples.
+    - retrain False, max_jsd 0.1: a Retrain reference costs a full training run, so it is
+      opt-in; JSD (base 2, in [0, 1]) to it on the forgotten samples above 0.1 fails.
+    """
+
+    max_mia_auc: float = 0.7
+    max_p_true_rise: float = 0.05
+    max_utility_drop: float = 0.1
+    samples: int = 200
+    retrain: bool = False
+    max_jsd: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_mia_auc", "max_p_true_rise", "max_utility_drop", "max_jsd"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"verify.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.samples < 2:
+            raise ValueError(f"verify.samples must be at least 2, got {self.samples}")
+
+
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """Standard error of an AUC from `positives` and `negatives` (Hanley & McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
+    return math.sqrt(max(var, 0.0) / (positives * negatives))
+
+
+def _subset(samples: list[Sample], n: int, rng: np.random.Generator) -> list[Sample]:
+    idx = np.sort(rng.choice(len(samples), min(n, len(samples)), replace=False))
+    return [samples[i] for i in idx]
+
+
+def _p_true(samples: list[Sample], p_yes: np.ndarray) -> float:
+    labels = np.array([s.label for s in samples])
+    return float(np.where(labels == 1, p_yes, 1 - p_yes).mean())
+
+
+def _clean(value):
+    """NaN (an AUC on one class) is not JSON: None instead."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def verify(
+    before: str,
+    after: str,
+    forget: list[Sample],
+    retain: list[Sample],
+    holdout: list[Sample],
+    holdout_name: str,
+    bounds: Bounds,
+    reference: str | None = None,
+) -> dict:
+    """Verification numbers of `after` (the unlearned model) against `before`, and the verdict."""
+    if len(holdout) < 4 or len(retain) < 2:
+        raise ValueError(
+            f"verification needs at least 4 held-out and 2 retained samples, "
+            f"got {len(holdout)} in {holdout_name} and {len(retain)} retained"
+        )
+    rng = np.random.default_rng(bounds.seed)
+    held = _subset(holdout, 2 * bounds.samples, rng)
+    members = _subset(retain, bounds.samples, rng)
+    was, f_was = assess(before, held, forget, members, seed=bounds.seed)
+    now, f_now = assess(after, held, forget, members, seed=bounds.seed, full=reference is not None)
+    unseen = len(held) - len(held) // 2  # the attack's held-out half (mia.Plan)
+    se = hanley_mcneil_se(now["mia_auc"], len(forget), unseen)
+    numbers = {
+        "holdout": holdout_name,
+        "samples": {"forget": len(forget), "members": len(members), "held_out": len(held)},
+        "forget_p_true": {
+            "before": _p_true(forget, f_was["p_yes"]),
+            "after": _p_true(forget, f_now["p_yes"]),
+        },
+        "forget_shift": float(np.abs(f_now["p_yes"] - f_was["p_yes"]).mean()),
+        "mia_auc": {"before": was["mia_auc"], "after": now["mia_auc"], "se": se},
+        "holdout_auc": {"before": was["test"]["auc"], "after": now["test"]["auc"]},
+        "jsd_retrain": None,
+    }
+    if reference is not None:
+        ref = score(backbone.load(reference), forget, full=True)
+        numbers["jsd_retrain"] = closeness(f_now["dist"], ref["dist"], f_now["p_yes"], ref["p_yes"])["jsd"]  # fmt: skip
+    numbers = _clean(numbers)
+    failures = _failures(numbers, bounds)
+    return {**numbers, "bounds": asdict(bounds), "passed": not failures, "failures": failures}
+
+
+def _failures(n: dict, b: Bounds) -> list[str]:
+    failures = []
+    auc, se = n["mia_auc"]["after"], n["mia_auc"]["se"]
+    if auc - 1.96 * se > b.max_mia_auc:
+        failures.append(
+            f"membership attack AUC {auc:.3f} (95% lower bound {auc - 1.96 * se:.3f}) is above "
+            f"{b.max_mia_auc}: the model still tells the forgotten samples from unseen ones"
+        )
+    rise = n["forget_p_true"]["after"] - n["forget_p_true"]["before"]
+    if rise > b.max_p_true_rise:
+        failures.append(
+            f"the forgotten answers became more likely (+{rise:.3f} > {b.max_p_true_rise})"
+        )
+    was, now = n["holdout_auc"]["before"], n["holdout_auc"]["after"]
+    if was is not None and now is not None and was - now > b.max_utility_drop:
+        failures.append(
+            f"held-out AUC fell from {was:.3f} to {now:.3f} (more than {b.max_utility_drop})"
+        )
+    jsd = n["jsd_retrain"]
+    if jsd is not None and jsd > b.max_jsd:
+        failures.append(f"JSD to the Retrain reference {jsd:.3f} is above {b.max_jsd}")
+    return failures
