@@ -66,13 +66,34 @@ class Accepted(BaseModel):
 
 
 class DeletionStatus(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the ledger's own fields pass through
+    """A request as the ledger tells it (`deploy.status`), and whether it is being applied now."""
+
     id: str
-    state: str
-    applying: bool  # the worker is running this request's apply right now
+    state: str  # received, refused, verified, applied, purged or failed
+    received: str | None = None  # times, ISO 8601 UTC
+    applied: str | None = None
+    purged: str | None = None
+    users: int | None = None  # counts only: the ledger keeps no ids in clear
+    samples: int | None = None
+    interactions: int | None = None
+    reason: str | None = None  # why it was refused
+    method: str | None = None
+    version: str | None = None  # the model version it went live in
+    model_before: str | None = None  # content hashes
+    model_after: str | None = None
+    verification: dict | None = None
+    applying: bool = False
+
+
+class ModelVersion(BaseModel):
+    id: str
+    hash: str
+    created: str
+    live: bool
+    verification: dict | None = None
 
 
 class Models(BaseModel):
-    live: str | None  # the ledger's live version
+    live: str  # the deployment's live version
     serving: str  # the version this service scores with (it follows `live` after a swap)
-    models: list[dict]
+    models: list[ModelVersion]

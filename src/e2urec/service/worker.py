@@ -20,17 +20,27 @@ from pathlib import Path
 
 from e2urec import deploy as deployment
 from e2urec import ledger
+from e2urec.layout import Layout
+from e2urec.ledger import Ledger, versions
 from e2urec.service.live import LiveModel, load_live
 
 log = logging.getLogger("e2urec.service")
 POLL = 10.0  # seconds between looks at the ledger for requests made outside the service
 
 
+# A request waits in one of these states; the last two are left by an apply that was killed after
+# verifying, and the next apply rolls them forward.
+PENDING = ("received", "verified", "applied")
+
+
 def pending(deploy: Path) -> list[str]:
     return [r["id"] for r in deployment.status(deploy)["requests"] if r["state"] in PENDING]
 
 
-PENDING = ("received",)
+class ApplyError(RuntimeError):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind  # the exception's class name, what the ledger keeps
 
 
 def _apply_in_child(deploy: str, method: str | None, alive, result) -> None:
@@ -46,7 +56,7 @@ def _apply_in_child(deploy: str, method: str | None, alive, result) -> None:
     try:
         result.send(("ok", deployment.apply(deploy, method=method)))
     except Exception as err:  # the parent records it; the child has nowhere to show it
-        result.send(("error", f"{type(err).__name__}: {err}"))
+        result.send(("error", (type(err).__name__, str(err))))
 
 
 async def apply_in_child(deploy: Path, method: str | None) -> list[dict]:
@@ -63,14 +73,16 @@ async def apply_in_child(deploy: Path, method: str | None) -> list[dict]:
         try:
             outcome, value = await asyncio.to_thread(result_r.recv)
         except EOFError:
-            raise RuntimeError(f"the apply process died (exit code {child.exitcode})") from None
+            await asyncio.to_thread(child.join)
+            message = f"the apply process died (exit code {child.exitcode})"
+            raise ApplyError("ProcessDied", message) from None
     finally:
         alive_w.close()
         if child.is_alive():
             child.terminate()
         await asyncio.to_thread(child.join)
     if outcome == "error":
-        raise RuntimeError(value)
+        raise ApplyError(*value)
     return value
 
 
@@ -99,9 +111,13 @@ class Worker:
 
     async def run(self) -> None:
         while True:
-            if await asyncio.to_thread(pending, self.deploy):
-                await asyncio.sleep(self.window)  # let the requests of the window join
-                await self.apply_pending()
+            try:
+                if await asyncio.to_thread(pending, self.deploy):
+                    await asyncio.sleep(self.window)  # let the requests of the window join
+                    await self.apply_pending()
+                await self.refresh()  # also picks up an apply made with the CLI
+            except Exception:  # the worker outlives a bad moment; the next round tries again
+                log.exception("worker: could not read or apply the pending requests")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)
             self._wake.clear()
@@ -115,14 +131,17 @@ class Worker:
         try:
             await apply_in_child(self.deploy, self.method)
             self.last_error = None
-        except Exception as err:
-            log.error("apply failed: %s", err)
-            self.last_error = str(err)
-            await asyncio.to_thread(mark_failed, self.deploy, ids, str(err))
+        except ApplyError as err:
+            if err.kind == deployment.Busy.__name__:
+                log.info("another apply holds the deployment; trying again later")
+            else:
+                log.error("apply failed: %s", err)
+                self.last_error = f"{err.kind}: {err}"
+                method = self.method or Layout.of(self.deploy).config()["method"]
+                await asyncio.to_thread(record_failure, self.deploy, ids, method, err.kind)
         finally:
             self.applying = None
             self._check = None
-        await self.refresh()
 
     async def refresh(self) -> None:
         """Load the deployment's live version if it is not the one serving."""
@@ -132,5 +151,28 @@ class Worker:
             log.info("now serving model version %s", self.live.get().version)
 
 
-def mark_failed(deploy: Path, ids: list[str], reason: str) -> None:
-    raise NotImplementedError  # replaced once the ledger's API for it is known
+def record_failure(deploy: Path, ids: list[str], method: str, error: str) -> list[str]:
+    """Mark failed those of `ids` the failed apply left unverified (else the worker would retry
+    them forever); verified ones roll forward on the next apply. The ledger keeps the error's
+    kind only: a message may quote ids, and the ledger never holds them in clear."""
+    layout = Layout.of(deploy)
+    with Ledger(layout.ledger) as book:
+        rows = book.records()
+        last = {r["request"]: r for r in rows if r["request"]}
+        stuck = [r for r in ids if r in book.pending() and last[r]["event"] == "received"]
+        before = versions(rows)[layout.live()]["hash"]
+        events = [
+            {
+                "event": "failed",
+                "request": r,
+                "method": method,
+                "users": last[r]["users"],
+                "samples": last[r]["samples"],
+                "model_before": before,
+                "details": {"verification": None, "error": error},
+            }
+            for r in stuck
+        ]
+        if events:
+            book.append(events, drop_pending=stuck)
+    return stuck

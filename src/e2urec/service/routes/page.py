@@ -25,7 +25,8 @@ async def page(request: Request, service: ServiceDep):
     context = {
         "deploy": service.config.deploy,
         "refresh": service.config.refresh,
-        "requests": sorted(found["requests"], key=lambda r: str(r.get("id")), reverse=True),
+        "requests": sorted(found["requests"], key=lambda r: r["received"] or "", reverse=True),
+        "head": found["ledger"],
         "models": found["models"],
         "live": found["live"],
         "serving": service.live.get().version,
