@@ -17,7 +17,6 @@ import pytest
 from e2urec import deploy, ledger
 from e2urec.data import load_splits
 
-MID_APPLY = 2.0  # seconds after the apply process starts
 TOKEN = "server-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BROWSER_FLAGS = (
@@ -159,7 +158,10 @@ def test_kill_9_during_an_apply_then_restart(folder, splits, tmp_path):
     rid = server.http.post("/v1/deletions", json={"users": [user]}).json()["id"]
     wait_for(lambda: server.deletion(rid)["applying"] or None, 60, "the apply to start")
     workers = wait_for(lambda: children(server.proc.pid) or None, 30, "the apply process")
-    time.sleep(MID_APPLY)
+    # The unlearning writes into a staging folder from its first step to the switch.
+    staging = lambda: next(folder.joinpath("models").glob(".staging-*"), None)  # noqa: E731
+    wait_for(staging, 300, "the unlearning to start")
+    assert server.deletion(rid)["state"] == "received"
     server.proc.kill()
     server.proc.wait()
     server.http.close()
