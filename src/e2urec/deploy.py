@@ -363,6 +363,8 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     reference = _reference(task) if bounds.retrain else None
     args = (chosen.forget, chosen.retain, holdout, held_name, bounds, reference)
     numbers = verify(task.original, result.model, *args)
+    if reference is not None:
+        shutil.rmtree(reference)
     _checkpoint("checked")
     states = _states(ledger.records())
     run = {

@@ -28,6 +28,8 @@ class Bounds:
       still beats 0.7 has found the data in the model. The check uses the AUC's 95% lower bound
       (Hanley-McNeil standard error), so a one-user request with a handful of samples is not
       failed by chance.
+    - mia_min_forget 10: on fewer forgotten samples the AUC is recorded but not judged: on one
+      sample it can only be 0 or 1, and its standard error formula then says 0.
     - max_p_true_rise 0.05: unlearning must not make the model surer of the forgotten answers
       than before; 0.05 leaves room for the retain terms, which pull shared tastes back up.
     - max_utility_drop 0.1 (AUC on held-out samples): the paper's E2URec loses about 0.01; 0.1
@@ -39,6 +41,7 @@ class Bounds:
     """
 
     max_mia_auc: float = 0.7
+    mia_min_forget: int = 10
     max_p_true_rise: float = 0.05
     max_utility_drop: float = 0.1
     samples: int = 200
@@ -50,6 +53,8 @@ class Bounds:
         for name in ("max_mia_auc", "max_p_true_rise", "max_utility_drop", "max_jsd"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"verify.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mia_min_forget < 1:
+            raise ValueError(f"verify.mia_min_forget must be at least 1, got {self.mia_min_forget}")
         if self.samples < 2:
             raise ValueError(f"verify.samples must be at least 2, got {self.samples}")
 
@@ -124,7 +129,8 @@ def verify(
 def _failures(n: dict, b: Bounds) -> list[str]:
     failures = []
     auc, se = n["mia_auc"]["after"], n["mia_auc"]["se"]
-    if auc - 1.96 * se > b.max_mia_auc:
+    judged = n["samples"]["forget"] >= b.mia_min_forget
+    if judged and auc - 1.96 * se > b.max_mia_auc:
         failures.append(
             f"membership attack AUC {auc:.3f} (95% lower bound {auc - 1.96 * se:.3f}) is above "
             f"{b.max_mia_auc}: the model still tells the forgotten samples from unseen ones"

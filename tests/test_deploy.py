@@ -1,0 +1,303 @@
+"""The deployment folder: requests end to end, refusals, a tamper-evident ledger, crashes, locks."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import e2urec
+from e2urec import deploy as dep
+from e2urec.cli import main
+from e2urec.data.sample import read_jsonl, write_jsonl
+from e2urec.deploy import Busy, apply, init, live_model, request, status
+from e2urec.layout import tree_hash
+from e2urec.ledger import Ledger, verify
+from e2urec.model import backbone
+from e2urec.requests import shown_as, shown_ratings, target_title
+
+FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "batch_size": 16}
+OPTIONS = {**FAST, "verify": {"samples": 20}}
+HIDDEN = "zz-forget-me"  # a user id no other byte in the deployment can match by chance
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, data_dir, splits):
+    """The prepared data with a user who is in train and a later split renamed to HIDDEN."""
+    later = {s.user for s in splits["test"] + splits["valid"]}
+    counts = Counter(s.user for s in splits["train"] if s.user in later)
+    user = min(counts, key=counts.get)  # the fewest samples: the quickest unlearning
+    out = tmp_path_factory.mktemp("source") / "data"
+    shutil.copytree(data_dir, out)
+    for path in out.glob("*.jsonl"):
+        samples = [replace(s, user=HIDDEN) if s.user == user else s for s in read_jsonl(path)]
+        write_jsonl(samples, path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["forgotten_users"] = [HIDDEN if u == user else u for u in manifest["forgotten_users"]]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, trained):
+    """The trained recommender, its report naming the backbone (for the Retrain reference)."""
+    out = tmp_path_factory.mktemp("model") / "original"
+    shutil.copytree(trained["original"], out)
+    report = json.loads((out / "train_report.json").read_text())
+    (out / "train_report.json").write_text(json.dumps({**report, "base": trained["base"]}))
+    return out
+
+
+def _pair_with_history(train):
+    """A (user, item) rating of a user other than HIDDEN that later prompts show."""
+    for s in train:
+        later = [t for t in train if t.user == s.user and shown_as(s) in shown_ratings(t)]
+        if s.user != HIDDEN and later:
+            return s
+    raise AssertionError("no rating shown in a later prompt")
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory, source, model):
+    """A deployment after one `apply` of two requests: a user's, and one rating of another."""
+    root = tmp_path_factory.mktemp("deploy") / "d"
+    init(source, model, root, options=OPTIONS)
+    rated = _pair_with_history(read_jsonl(root / "data" / "train.jsonl"))
+    first = request(root, users=[HIDDEN])
+    second = request(root, interactions=[(rated.user, rated.item)])
+    return {"root": root, "ids": (first, second), "rated": rated, "outcomes": apply(root)}
+
+
+def _copy(applied, tmp_path) -> Path:
+    shutil.copytree(applied["root"], tmp_path / "d")
+    return tmp_path / "d"
+
+
+def _files_with(root: Path, text: str) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def _samples(root: Path) -> dict:
+    return {p.name: read_jsonl(p) for p in (root / "data").glob("*.jsonl") if p.stat().st_size}
+
+
+def test_a_request_end_to_end(applied, source):
+    root, rated = applied["root"], applied["rated"]
+    assert _files_with(source, HIDDEN)  # the user was there
+    assert {o["id"] for o in applied["outcomes"]} == set(applied["ids"])
+    for outcome in applied["outcomes"]:
+        assert outcome["state"] == "purged" and outcome["version"] == "v1"
+        assert outcome["verification"]["passed"] and outcome["verification"]["holdout"]
+    # Every file: no HIDDEN in clear (split files, manifest, ledger, model folders).
+    assert _files_with(root, HIDDEN) == []
+    shown = shown_as(rated)
+    for name, samples in _samples(root).items():
+        assert (rated.user, rated.item) not in {(s.user, s.item) for s in samples}, name
+        assert not any(s.user == rated.user and shown in shown_ratings(s) for s in samples), name
+    train = read_jsonl(root / "data" / "train.jsonl")
+    assert any(s.user == rated.user for s in train)  # only the rating and its echoes went
+    manifest = json.loads((root / "data" / "manifest.json").read_text())
+    assert manifest["counts"]["train"] == len(train)
+    # The ledger vouches for the live model, and the live model is the one it names.
+    assert verify(root) == {"ok": True, "rows": 9, "problems": []}
+    state = status(root)
+    assert state["live"] == "v1" and live_model(root) == root / "models" / "v1"
+    [live] = [m for m in state["models"] if m["live"]]
+    assert live["id"] == "v1" and live["hash"] == tree_hash(live_model(root))
+    assert backbone.load(live_model(root)).yes_id is not None
+    with Ledger(root / "ledger.sqlite") as ledger:
+        events = [r["event"] for r in ledger.records() if r["request"] == applied["ids"][0]]
+        assert events == ["received", "verified", "applied", "purged"]
+        assert ledger.pending() == {}
+    catalogue = json.loads((root / "catalogue.json").read_text())
+    assert catalogue["kind"] == "movie" and catalogue["items"][rated.item] == target_title(rated)
+
+
+def test_refusals_leave_one_refused_row_and_change_nothing(applied, source, tmp_path):
+    root, rated = _copy(applied, tmp_path), applied["rated"]
+    other = next(s.user for s in read_jsonl(root / "data" / "train.jsonl"))
+    pending = request(root, users=[other])
+    cases = [
+        ({}, "needs users"),
+        ({"users": ["nobody", "ghost"]}, "not in the live training data: nobody, ghost"),
+        ({"users": [HIDDEN]}, f"already forgotten by an earlier request: {HIDDEN}"),
+        ({"interactions": [(rated.user, rated.item)]}, "already forgotten"),
+        ({"users": [other]}, f"already in a request waiting for `apply`: {other}"),
+    ]
+    for kwargs, message in cases:
+        data = {p.name: p.read_bytes() for p in (root / "data").iterdir()}
+        rows = Ledger(root / "ledger.sqlite").records()
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            request(root, **kwargs)
+        after = Ledger(root / "ledger.sqlite").records()
+        assert len(after) == len(rows) + 1 and after[-1]["event"] == "refused"
+        assert data == {p.name: p.read_bytes() for p in (root / "data").iterdir()}
+    assert _files_with(root, HIDDEN) == [] and _files_with(root, "ghost") == []
+    assert list(Ledger(root / "ledger.sqlite").pending()) == [pending]
+    assert verify(root)["ok"]
+
+
+def _edit(db: Path, sql: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql)
+
+
+@pytest.mark.parametrize(
+    "tamper, problem",
+    [
+        ("UPDATE ledger SET samples = samples + 1 WHERE seq = 2", "row 2: its content"),
+        ("DELETE FROM ledger WHERE seq = 3", "row 3: missing"),
+        ("DELETE FROM ledger WHERE seq = (SELECT MAX(seq) FROM ledger)", "rows were removed"),
+        ("swap", "models/v1: its files do not match"),
+    ],
+)
+def test_ledger_verify_detects_tampering(applied, tmp_path, tamper, problem):
+    root = _copy(applied, tmp_path)
+    if tamper == "swap":
+        weights = root / "models" / "v1" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[::-1])
+    else:
+        _edit(root / "ledger.sqlite", tamper)
+    result = verify(root)
+    assert not result["ok"]
+    assert any(problem in p for p in result["problems"]), result["problems"]
+    assert main(["ledger", "verify", "--deploy", str(root)]) == 2
+
+
+class Crash(BaseException):
+    pass
+
+
+def _crash_at(step):
+    def checkpoint(name):
+        assert name in dep.STEPS
+        if name == step:
+            raise Crash(step)
+
+    return checkpoint
+
+
+def test_a_crash_after_any_step_leaves_a_state_the_next_apply_completes(
+    tmp_path, source, model, monkeypatch
+):
+    root = tmp_path / "d"
+    init(source, model, root, options=OPTIONS)
+    rid = request(root, users=[HIDDEN])
+    # Each run dies one step later than the one before, so each run starts from the state the
+    # previous crash left (before "recorded" it starts over, after it rolls forward).
+    for step in dep.STEPS:
+        monkeypatch.setattr(dep, "_checkpoint", _crash_at(step))
+        with pytest.raises(Crash):
+            apply(root)
+        assert verify(root)["ok"], (step, verify(root))
+        assert status(root, rid)["requests"][0]["state"] != "purged"
+        assert rid in Ledger(root / "ledger.sqlite").pending()
+        if dep.STEPS.index(step) < dep.STEPS.index("switched"):
+            assert status(root)["live"] == "v0", step
+    monkeypatch.setattr(dep, "_checkpoint", lambda name: None)
+    [outcome] = apply(root)
+    assert outcome["state"] == "purged" and outcome["version"] == "v1"
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["v0", "v1"]
+    assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
+
+
+def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model):
+    root = tmp_path / "d"
+    init(source, model, root, options=OPTIONS)
+    rid = request(root, users=[HIDDEN])
+    code = f"from e2urec.deploy import apply; apply({str(root)!r})"
+    src = str(Path(e2urec.__file__).parents[1])
+    env = {**os.environ, dep.CRASH_ENV: "purging", "PYTHONPATH": src}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert killed.returncode == 137, killed.stderr.decode()[-2000:]
+    assert _files_with(root / "data", HIDDEN)  # it died with the purge half done
+    assert verify(root)["ok"] and rid in Ledger(root / "ledger.sqlite").pending()
+    [outcome] = apply(root)
+    assert outcome["id"] == rid and outcome["state"] == "purged"
+    assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
+
+
+def test_a_second_apply_refuses_and_loses_nothing(applied, tmp_path):
+    root = _copy(applied, tmp_path)
+    other = next(s.user for s in read_jsonl(root / "data" / "train.jsonl"))
+    rid = request(root, users=[other])
+    rows = len(Ledger(root / "ledger.sqlite").rows())
+    with open(root / "apply.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running apply holds it
+        with pytest.raises(Busy, match="another `apply` is running"):
+            apply(root)
+    assert len(Ledger(root / "ledger.sqlite").rows()) == rows
+    assert rid in Ledger(root / "ledger.sqlite").pending()
+
+
+def test_failed_verification_keeps_the_previous_model(tmp_path, source, model):
+    root = tmp_path / "d"
+    init(source, model, root, options=OPTIONS)
+    request(root, users=[HIDDEN])
+    train = (root / "data" / "train.jsonl").read_bytes()
+    # Any two models differ, so a JSD bound of 0 to the Retrain reference always fails.
+    strict = {**FAST, "verify": {"samples": 20, "retrain": True, "max_jsd": 0.0}}
+    [outcome] = apply(root, options=strict)
+    assert outcome["state"] == "failed"
+    assert outcome["verification"]["jsd_retrain"] > 0
+    assert any("Retrain reference" in f for f in outcome["verification"]["failures"])
+    assert status(root)["live"] == "v0" and [p.name for p in (root / "models").iterdir()] == ["v0"]
+    assert (root / "data" / "train.jsonl").read_bytes() == train
+    assert verify(root)["ok"] and Ledger(root / "ledger.sqlite").pending() == {}
+    request(root, users=[HIDDEN])  # not forgotten: it may be asked again
+
+
+def test_init_checks_its_inputs(tmp_path, source, model, applied):
+    with pytest.raises(ValueError, match="not empty"):
+        init(source, model, applied["root"])
+    with pytest.raises(ValueError, match="verify.max_mia_auc must be in"):
+        init(source, model, tmp_path / "d", options={"verify": {"max_mia_auc": 2}})
+    leaky = tmp_path / "leaky"
+    shutil.copytree(model, leaky)
+    (leaky / "forget_report.json").write_text("{}")
+    with pytest.raises(ValueError, match="made by `e2urec forget`"):
+        init(source, leaky, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_four_commands(tmp_path, source, model, capsys):
+    root = str(tmp_path / "d")
+    settings = [f"{k}={v}" for k, v in FAST.items()] + ["verify.samples=20"]
+    init_args = ["--data", str(source), "--model", str(model), "--out", root]
+    assert main(["init", *init_args, "--set", *settings]) == 0
+    capsys.readouterr()
+    assert main(["request", "--deploy", root, "--users", HIDDEN]) == 0
+    rid = capsys.readouterr().out.strip()
+    assert main(["apply", "--deploy", root]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["state"] == "purged"
+    assert main(["status", "--deploy", root, rid]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["live"] == "v1" and shown["requests"][0]["id"] == rid
+    assert main(["ledger", "verify", "--deploy", root]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert main(["request", "--deploy", root, "--users", HIDDEN]) == 2
+    assert "already forgotten" in capsys.readouterr().err
+
+
+def test_a_lora_recommender_is_copied_with_a_base_it_can_still_find(
+    tmp_path, source, splits, trained
+):
+    from e2urec.model.train import TrainConfig, train
+
+    lora = tmp_path / "runs" / "lora"
+    config = TrainConfig(epochs=1, batch_size=16, lora=True, lora_rank=2, lora_alpha=4)
+    train(trained["base"], splits["train"][:16], splits["valid"][:8], lora, config)
+    assert backbone.read_meta(lora)["base"].startswith("..")  # relative: a copy would lose it
+    root = tmp_path / "elsewhere" / "d"
+    init(source, lora, root)
+    assert backbone.load(live_model(root)).model is not None
+    assert verify(root)["ok"]
