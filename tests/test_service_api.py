@@ -17,6 +17,8 @@ from e2urec.model.scoring import score
 from e2urec.service.app import create_app
 from e2urec.service.config import ServiceConfig
 
+# A quick unlearning run and a small verification: these tests are about the service.
+FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "verify": {"samples": 20}}
 TOKEN = "t0ken-for-tests-only-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -25,13 +27,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def read_only(tmp_path_factory, data_dir, trained):
     """A deployment no test here applies a request to."""
     out = tmp_path_factory.mktemp("deploy") / "d"
-    deploy.init(data_dir, trained["original"], out)
+    deploy.init(data_dir, trained["original"], options=FAST, out=out)
     return out
 
 
 @pytest.fixture
 def fresh(tmp_path, data_dir, trained):
-    deploy.init(data_dir, trained["original"], tmp_path / "d")
+    deploy.init(data_dir, trained["original"], options=FAST, out=tmp_path / "d")
     return tmp_path / "d"
 
 

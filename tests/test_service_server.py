@@ -17,6 +17,8 @@ import pytest
 from e2urec import deploy, ledger
 from e2urec.data import load_splits
 
+# A quick unlearning run and a small verification: these tests are about the service.
+FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "verify": {"samples": 20}}
 TOKEN = "server-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BROWSER_FLAGS = (
@@ -80,7 +82,7 @@ def wait_for(check, timeout: float, what: str):
 
 @pytest.fixture
 def folder(tmp_path, data_dir, trained):
-    deploy.init(data_dir, trained["original"], tmp_path / "deploy")
+    deploy.init(data_dir, trained["original"], options=FAST, out=tmp_path / "deploy")
     return tmp_path / "deploy"
 
 
@@ -122,6 +124,7 @@ def test_page_in_a_browser_after_a_request(folder, splits, tmp_path):
         )
     finally:
         server.stop()
+    assert TOKEN not in (tmp_path / "server.log").read_text()
     assert f'<tr id="request-{rid}" data-state="purged">' in dom
     assert f'<strong id="live">{live}</strong>' in dom
     assert f'<tr id="model-{live}" class="live" data-live="true">' in dom
