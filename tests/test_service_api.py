@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,9 @@ def client(folder, **options) -> TestClient:
 def expected_scores(folder, version, req) -> dict[str, float]:
     """P(Yes) per candidate from `version`'s model, built and scored outside the service."""
     _, titles = items(folder, 0)
-    past = [(titles[h["item"]], h["rating"]) for h in req["history"]]
+    # Prompts show the last K rated items, K being the one the data was prepared with.
+    k = json.loads((folder / "data" / "manifest.json").read_text())["protocol"]["history"]
+    past = [(titles[h["item"]], h["rating"]) for h in req["history"][-k:]]
     profile = Profile(**req["user"])
     samples = [
         Sample(build_prompt(past, titles[c], profile, MOVIE), YES, "", c, 0, 0)
@@ -78,6 +81,24 @@ def test_score_ranks_with_the_one_prompt_builder_and_scorer(read_only):
     expected = expected_scores(read_only, out["model"], req)
     for s in out["scores"]:
         assert s["p_yes"] == pytest.approx(expected[s["item"]], abs=1e-5)
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_scores(read_only):
+    ids, _ = items(read_only, 40)
+    bodies = [
+        {"history": [{"item": i, "rating": 1 + k % 5} for k, i in enumerate(ids[k : k + 4])],
+         "candidates": ids[10 + k : 13 + 2 * k]}
+        for k in range(8)
+    ]  # fmt: skip
+    with client(read_only) as c, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: c.post("/v1/score", json=b, headers=AUTH), bodies))
+    for req, got in zip(bodies, answers):
+        assert got.status_code == 200, got.text
+        req = {"user": {}, **req}
+        expected = expected_scores(read_only, got.json()["model"], req)
+        assert {
+            s["item"]: pytest.approx(s["p_yes"], abs=1e-5) for s in got.json()["scores"]
+        } == expected
 
 
 def test_tokens(read_only, tmp_path):
