@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -86,7 +87,14 @@ async def run(folder: Path, url: str, token: str, args) -> dict:
     end = time.monotonic() + args.seconds
     before = await phase(url, token, body, args.clients, lambda: time.monotonic() > end)
 
-    user = load_splits(folder / "data")["train"][0].user
+    # The user with the fewest training samples: the request a privacy desk sees most often.
+    user = (
+        args.user
+        or min(
+            Counter(s.user for s in load_splits(folder / "data")["train"]).items(),
+            key=lambda kv: kv[1],
+        )[0]
+    )
     admin = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"})
     posted = await admin.post("/v1/deletions", json={"users": [user]})
     posted.raise_for_status()
@@ -106,7 +114,7 @@ async def run(folder: Path, url: str, token: str, args) -> dict:
     during = await phase(url, token, body, args.clients, watcher.done)
     await watcher
     await admin.aclose()
-    return {"before": before, "during_apply": during, "apply": done}
+    return {"before": before, "during_apply": during, "apply": done, "user": user}
 
 
 def main() -> None:
@@ -117,6 +125,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", dest="max_seconds", type=float, default=900)
     parser.add_argument("--history", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--user", help="user to delete (default: the one with fewest samples)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
