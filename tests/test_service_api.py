@@ -16,7 +16,7 @@ from e2urec.data.sample import YES, Sample
 from e2urec.model import backbone
 from e2urec.model.scoring import score
 from e2urec.service.app import create_app
-from e2urec.service.config import ServiceConfig
+from e2urec.service.config import TOKEN_FILE, ServiceConfig, read_token
 
 # A quick unlearning run and a small verification: these tests are about the service.
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "verify": {"samples": 20}}
@@ -231,3 +231,18 @@ def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, spli
         assert "no-such-method" in c.get("/", headers=AUTH).text
     assert after.status_code == 200 and after.json() == before
     assert deploy.status(fresh)["live"] == before["model"]
+
+
+def test_token_file_or_the_deployments_own(tmp_path):
+    given = tmp_path / "token"
+    given.write_text("  secret-from-the-file-0123  \n")
+    assert read_token(given, tmp_path) == "secret-from-the-file-0123"
+    given.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        read_token(given, tmp_path)
+    with pytest.raises(ValueError, match="no such file"):
+        read_token(tmp_path / "missing", tmp_path)
+    made = read_token(None, tmp_path)  # first start: made once, owner-only, then reused
+    assert len(made) >= 32 and read_token(None, tmp_path) == made
+    assert (tmp_path / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
