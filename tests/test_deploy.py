@@ -9,6 +9,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 import e2urec
 from e2urec import deploy as dep
+from e2urec import rollout
 from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, live_model, request, status
@@ -69,8 +72,11 @@ def _pair_with_history(train):
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory, source, model):
     """A deployment after one `apply` of two requests: a user's, and one rating of another."""
-    root = tmp_path_factory.mktemp("deploy") / "d"
-    init(source, model, root, options=OPTIONS)
+    data = tmp_path_factory.mktemp("deploy") / "data"
+    shutil.copytree(source, data)
+    shutil.copy(data / "test.jsonl", data / "holdout.jsonl")  # as `prepare` may write one
+    root = data.parent / "d"
+    init(data, model, root, options=OPTIONS)
     rated = _pair_with_history(read_jsonl(root / "data" / "train.jsonl"))
     first = request(root, users=[HIDDEN])
     second = request(root, interactions=[(rated.user, rated.item)])
@@ -96,7 +102,8 @@ def test_a_request_end_to_end(applied, source):
     assert {o["id"] for o in applied["outcomes"]} == set(applied["ids"])
     for outcome in applied["outcomes"]:
         assert outcome["state"] == "purged" and outcome["version"] == "v1"
-        assert outcome["verification"]["passed"] and outcome["verification"]["holdout"]
+        assert outcome["verification"]["passed"]
+        assert outcome["verification"]["holdout"] == "holdout.jsonl"
     # Every file: no HIDDEN in clear (split files, manifest, ledger, model folders).
     assert _files_with(root, HIDDEN) == []
     shown = shown_as(rated)
@@ -117,6 +124,9 @@ def test_a_request_end_to_end(applied, source):
     with Ledger(root / "ledger.sqlite") as ledger:
         events = [r["event"] for r in ledger.records() if r["request"] == applied["ids"][0]]
         assert events == ["received", "verified", "applied", "purged"]
+        purged = next(r for r in ledger.records() if r["event"] == "purged")
+        assert set(purged["details"]["removed"]) == {p.name for p in root.glob("data/*.jsonl")}
+        assert "holdout.jsonl" in purged["details"]["removed"]
         assert ledger.pending() == {}
     catalogue = json.loads((root / "catalogue.json").read_text())
     assert catalogue["kind"] == "movie" and catalogue["items"][rated.item] == target_title(rated)
@@ -179,7 +189,7 @@ class Crash(BaseException):
 
 def _crash_at(step):
     def checkpoint(name):
-        assert name in dep.STEPS
+        assert name in rollout.STEPS
         if name == step:
             raise Crash(step)
 
@@ -194,29 +204,35 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_apply_completes(
     rid = request(root, users=[HIDDEN])
     # Each run dies one step later than the one before, so each run starts from the state the
     # previous crash left (before "recorded" it starts over, after it rolls forward).
-    for step in dep.STEPS:
-        monkeypatch.setattr(dep, "_checkpoint", _crash_at(step))
+    for step in rollout.STEPS:
+        monkeypatch.setattr(rollout, "_checkpoint", _crash_at(step))
         with pytest.raises(Crash):
             apply(root)
         assert verify(root)["ok"], (step, verify(root))
         assert status(root, rid)["requests"][0]["state"] != "purged"
         assert rid in Ledger(root / "ledger.sqlite").pending()
-        if dep.STEPS.index(step) < dep.STEPS.index("switched"):
+        if rollout.STEPS.index(step) < rollout.STEPS.index("switched"):
             assert status(root)["live"] == "v0", step
-    monkeypatch.setattr(dep, "_checkpoint", lambda name: None)
+    monkeypatch.setattr(rollout, "_checkpoint", lambda name: None)
     [outcome] = apply(root)
     assert outcome["state"] == "purged" and outcome["version"] == "v1"
+    assert outcome["verification"]["holdout"] == "test.jsonl"  # the data has no holdout split
     assert sorted(p.name for p in (root / "models").iterdir()) == ["v0", "v1"]
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
 
 
-def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model):
+def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch):
     root = tmp_path / "d"
     init(source, model, root, options=OPTIONS)
     rid = request(root, users=[HIDDEN])
+    # The unlearning in this process (quicker); the process killed in the purge resumes it.
+    monkeypatch.setattr(rollout, "_checkpoint", _crash_at("recorded"))
+    with pytest.raises(Crash):
+        apply(root)
+    monkeypatch.undo()
     code = f"from e2urec.deploy import apply; apply({str(root)!r})"
     src = str(Path(e2urec.__file__).parents[1])
-    env = {**os.environ, dep.CRASH_ENV: "purging", "PYTHONPATH": src}
+    env = {**os.environ, rollout.CRASH_ENV: "purging", "PYTHONPATH": src}
     killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
     assert killed.returncode == 137, killed.stderr.decode()[-2000:]
     assert _files_with(root / "data", HIDDEN)  # it died with the purge half done
@@ -301,3 +317,30 @@ def test_a_lora_recommender_is_copied_with_a_base_it_can_still_find(
     init(source, lora, root)
     assert backbone.load(live_model(root)).model is not None
     assert verify(root)["ok"]
+
+
+def test_two_requests_at_once_for_the_same_user_one_is_refused(applied, tmp_path, monkeypatch):
+    root = _copy(applied, tmp_path)
+    other = next(s.user for s in read_jsonl(root / "data" / "train.jsonl"))
+    start, results, checks = threading.Barrier(2), [], dep._refuse
+
+    def slow_checks(*args):  # widen the window between checking and recording
+        checks(*args)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(dep, "_refuse", slow_checks)
+
+    def submit():
+        start.wait()
+        try:
+            results.append(request(root, users=[other]))
+        except ValueError as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(type(r).__name__ for r in results) == ["Refused", "str"]
+    assert len(Ledger(root / "ledger.sqlite").pending()) == 1

@@ -1,70 +1,41 @@
-"""A deployment: live data, model versions and a ledger, against which deletion requests are
-submitted (`request`), carried out in one unlearning run, verified and purged (`apply`), and
-shown (`status`).
+"""A deployment: live data, model versions and a ledger (`init`), against which deletion
+requests are submitted (`request`), carried out in one unlearning run, verified and purged
+(`apply`, in e2urec.rollout), and shown (`status`).
 
-`apply` goes through named steps; a crash after any of them leaves a state the next `apply`
-completes. Until the "verified" rows are written the new version is not recorded and the next
-run starts over (removing the unrecorded folder); from then on it rolls forward: switch the live
-pointer, write "applied" rows, purge the data (idempotent), then write "purged" rows and drop the
-request's ids in one transaction.
+Modules that load torch are imported inside `init` only (and the unlearning run), so that
+`request` and `status` start in a fraction of a second.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable
-from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from e2urec.config import from_dict
 from e2urec.data.prepare import load_splits
 from e2urec.layout import Layout, tree_hash, write_atomic
-from e2urec.ledger import Ledger, versions
-from e2urec.methods import Task, get_method
-from e2urec.model import backbone
-from e2urec.model.train import TrainConfig
-from e2urec.purge import Eraser, purge_folder, read_split, shown
+from e2urec.ledger import Ledger, request_views, versions
+from e2urec.purge import read_split, shown
 from e2urec.requests import DeletionRequest, select, target_title, unknown
-from e2urec.verification import Bounds, verify
+from e2urec.rollout import Busy, apply, locked
 
-CRASH_ENV = "E2UREC_CRASH_AT"  # fault injection for the crash tests: the step to die after
-STEPS = (
-    "selected",
-    "unlearned",
-    "checked",
-    "promoted",
-    "recorded",
-    "switched",
-    "applied",
-    "purging",
-    "purged-data",
-)
+__all__ = ["Busy", "Refused", "apply", "catalogue", "init", "live_model", "request", "status"]
+
 # Files a model folder made by `e2urec forget` carries: they list forgotten ids in clear.
 LEAKY = ("forget_report.json",)
-VERSION = re.compile(r"^v\d+$")
-
-
-class Busy(RuntimeError):
-    """Another `apply` holds the deployment."""
 
 
 class Refused(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason  # what the ledger keeps: the message names ids
-
-
-def _checkpoint(step: str) -> None:
-    if os.environ.get(CRASH_ENV) == step:
-        os._exit(137)  # as kill -9: no cleanup, no finally blocks
 
 
 # ---- init ---------------------------------------------------------------------------------
@@ -100,6 +71,9 @@ def init(data, model, out, method: str = "e2urec", options=None) -> dict:
 
 def _settings(method: str, options: dict) -> dict:
     """Method, its options and the verification bounds, each checked now rather than at apply."""
+    from e2urec.methods import get_method
+    from e2urec.verification import Bounds
+
     bounds = from_dict(Bounds, options.pop("verify", None), "verify")
     get_method(method, options)
     return {"method": method, "options": options, "verify": asdict(bounds)}
@@ -139,6 +113,8 @@ def _train_report(model: Path) -> dict:
 
 def _copy_model(src: Path, dst: Path) -> None:
     """Copy a model folder; an adapter whose base lies outside it gets the base's absolute path."""
+    from e2urec.model import backbone
+
     shutil.copytree(src, dst)
     meta = backbone.read_meta(dst)
     if meta.get("kind") == "lora":
@@ -151,6 +127,8 @@ def _copy_model(src: Path, dst: Path) -> None:
 def _locate_base(model: Path, base: str | None, layout: Layout) -> str | None:
     """The backbone Retrain and SISA train from: inside the deployment when it was inside the
     model folder (the tiny model's case), else an absolute path or a hub name."""
+    from e2urec.model import backbone
+
     if base is None:
         return None
     found = Path(backbone.resolve(model, base))
@@ -188,7 +166,8 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
     users = tuple(dict.fromkeys(str(u).strip() for u in users if str(u).strip()))
     pairs = tuple(dict.fromkeys((str(u).strip(), str(i).strip()) for u, i in interactions))
     rid = f"r-{uuid.uuid4().hex[:12]}"
-    with Ledger(layout.ledger) as ledger:
+    # Requests queue for a moment (not behind `apply`): two at once cannot both pass the checks.
+    with locked(layout.request_lock, wait=True), Ledger(layout.ledger) as ledger:
         try:
             if not users and not pairs:
                 raise Refused("empty", "a deletion request needs users or (user, item) pairs")
@@ -264,211 +243,7 @@ def _forgotten_keys(ledger: Ledger) -> tuple[set[str], set[str]]:
     return users, pairs
 
 
-# ---- apply --------------------------------------------------------------------------------
-
-
-@contextmanager
-def _locked(layout: Layout):
-    # The lock goes with the descriptor, so also when the process is killed.
-    with open(layout.lock_file, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(
-                f"{layout.root}: another `apply` is running; try again when it ends"
-            ) from None
-        yield
-
-
-def apply(deploy, method: str | None = None, options=None) -> list[dict]:
-    """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
-    version, purge the data. Requests a crash left half done are completed first."""
-    layout = Layout.of(deploy)
-    with _locked(layout), Ledger(layout.ledger) as ledger:
-        _tidy(layout, ledger)
-        states = _states(ledger.records())
-        pending = list(ledger.pending())
-        outcomes = []
-        started: dict[str, list[str]] = {}  # version -> requests already verified into it
-        for rid in pending:
-            if states[rid]["event"] in ("verified", "applied"):
-                started.setdefault(states[rid]["version"], []).append(rid)
-        for version, ids in started.items():
-            outcomes += _finish(layout, ledger, ids, version)
-        fresh = [r for r in pending if states[r]["event"] == "received"]
-        if fresh:
-            outcomes += _run(layout, ledger, fresh, method, options)
-        return outcomes
-
-
-def _tidy(layout: Layout, ledger: Ledger) -> None:
-    """Remove what a crashed run left: staging and unrecorded version folders, temp files."""
-    recorded = versions(ledger.records())
-    for folder in layout.models.iterdir():
-        stale = folder.name.startswith(".staging-")
-        if stale or (VERSION.match(folder.name) and folder.name not in recorded):
-            shutil.rmtree(folder)
-    for folder in (layout.data, layout.root):
-        for tmp in folder.glob(".*"):
-            if tmp.is_file():
-                tmp.unlink()
-
-
-def _states(rows: list[dict]) -> dict[str, dict]:
-    states: dict[str, dict] = {}
-    for row in rows:
-        if row["request"]:
-            state = states.setdefault(row["request"], {})
-            state["event"] = row["event"]
-            state[row["event"]] = row
-            if row["version"]:
-                state["version"] = row["version"]
-    return states
-
-
-def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
-    opts = dict(options) if options is not None else None
-    if opts is None:
-        opts = dict(config["options"]) if method in (None, config["method"]) else {}
-    verify_opts = {**config["verify"], **(opts.pop("verify", None) or {})}
-    return method or config["method"], opts, from_dict(Bounds, verify_opts, "verify")
-
-
-def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[dict]:
-    config = layout.config()
-    method, opts, bounds = _run_settings(config, method, options)
-    unlearner = get_method(method, opts)
-    bodies = ledger.pending()
-    eraser = Eraser.of(bodies[r] for r in ids)
-    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
-    data = layout.data
-    train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
-    held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
-    holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
-    chosen = select(train, union)
-    _checkpoint("selected")
-    before = layout.live()
-    staging = layout.models / f".staging-{uuid.uuid4().hex[:8]}"
-    task = Task(
-        str(layout.version(before)),
-        chosen.retain,
-        chosen.forget,
-        valid,
-        staging,
-        base=_base(layout, config),
-        train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
-    )
-    result = unlearner.unlearn(task)
-    _checkpoint("unlearned")
-    reference = _reference(task) if bounds.retrain else None
-    args = (chosen.forget, chosen.retain, holdout, held_name, bounds, reference)
-    numbers = verify(task.original, result.model, *args)
-    if reference is not None:
-        shutil.rmtree(reference)
-    _checkpoint("checked")
-    states = _states(ledger.records())
-    run = {
-        "requests": len(ids),
-        "forget": len(chosen.forget),
-        "retain": len(chosen.retain),
-        "unlearning_seconds": round(result.seconds, 2),
-        "options": opts,
-    }
-
-    def event(rid: str, kind: str, **extra) -> dict:
-        got = states[rid]["received"]
-        return {
-            "event": kind,
-            "request": rid,
-            "method": method,
-            "users": got["users"],
-            "samples": got["samples"],
-            "model_before": versions(ledger.records())[before]["hash"],
-            "details": {"verification": numbers, "run": run},
-            **extra,
-        }
-
-    if not numbers["passed"]:
-        ledger.append([event(r, "failed") for r in ids], drop_pending=ids)
-        shutil.rmtree(staging)
-        return [_view(ledger, r) for r in ids]
-    version = f"v{len(versions(ledger.records()))}"
-    os.replace(staging, layout.version(version))
-    _checkpoint("promoted")
-    digest = tree_hash(layout.version(version))
-    ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
-    _checkpoint("recorded")
-    return _finish(layout, ledger, ids, version)
-
-
-def _base(layout: Layout, config: dict) -> str | None:
-    base = config.get("base")
-    if base is None:
-        return None
-    inside = layout.root / base
-    return str(inside) if inside.exists() else base
-
-
-def _reference(task: Task) -> str:
-    """Retrain on the retain set, beside the staging folder (tidied away with it)."""
-    out = task.out.with_name(task.out.name + "-retrain")
-    return get_method("retrain").unlearn(replace(task, out=out)).model
-
-
-def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[dict]:
-    """Roll a verified run forward: live pointer, "applied" rows, purge, "purged" rows."""
-    layout.set_live(version)
-    _checkpoint("switched")
-    states = _states(ledger.records())
-    todo = [r for r in ids if states[r]["event"] == "verified"]
-    applied = []
-    for rid in todo:
-        row = states[rid]["verified"]
-        keep = ("method", "users", "samples", "model_before", "model_after", "version")
-        applied.append({"event": "applied", "request": rid, **{k: row[k] for k in keep}})
-    if applied:
-        ledger.append(applied)
-    _checkpoint("applied")
-    bodies = ledger.pending()
-    eraser = Eraser.of(bodies[r] for r in ids)
-    removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
-    _checkpoint("purged-data")
-    purged = [
-        {"event": "purged", "request": r, "version": version, "details": {"removed": removed}}
-        for r in ids
-    ]
-    ledger.append(purged, drop_pending=ids)
-    return [_view(ledger, r) for r in ids]
-
-
 # ---- status -------------------------------------------------------------------------------
-
-
-def _requests(rows: list[dict]) -> dict[str, dict]:
-    views: dict[str, dict] = {}
-    for row in rows:
-        rid, kind = row["request"], row["event"]
-        if not rid:
-            continue
-        view = views.setdefault(rid, {"id": rid, "received": None, "applied": None, "purged": None})
-        view["state"] = kind
-        if kind in ("received", "refused"):
-            view.update(received=row["time"], users=row["users"], samples=row["samples"])
-            view["interactions"] = row["details"].get("interactions")
-            if kind == "refused":
-                view["reason"] = row["details"]["reason"]
-        if kind in ("verified", "failed"):
-            view["method"] = row["method"]
-            view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
-            view["verification"] = row["details"]["verification"]
-        if kind in ("applied", "purged"):
-            view[kind] = row["time"]
-            view["version"] = row["version"]
-    return views
-
-
-def _view(ledger: Ledger, rid: str) -> dict:
-    return _requests(ledger.records())[rid]
 
 
 def status(deploy, request_id: str | None = None) -> dict:
@@ -476,7 +251,7 @@ def status(deploy, request_id: str | None = None) -> dict:
     layout = Layout.of(deploy)
     with Ledger(layout.ledger) as ledger:
         rows, head = ledger.records(), ledger.head()
-    requests = _requests(rows)
+    requests = request_views(rows)
     if request_id is not None and request_id not in requests:
         raise ValueError(f"{deploy}: no request {request_id!r} in the ledger")
     live = layout.live()

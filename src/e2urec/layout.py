@@ -39,6 +39,7 @@ class Layout:
     config_file = property(lambda self: self.root / "config.json")
     catalogue = property(lambda self: self.root / "catalogue.json")
     lock_file = property(lambda self: self.root / "apply.lock")
+    request_lock = property(lambda self: self.root / "request.lock")
 
     def version(self, version_id: str) -> Path:
         return self.models / version_id

@@ -32,6 +32,22 @@ FIELDS = (
 )
 EVENTS = ("created", "received", "refused", "verified", "applied", "purged", "failed")
 GENESIS = "0" * 64
+# A request as `status` shows it. state: its last event; received/applied/purged: times.
+VIEW = (
+    "state",
+    "received",
+    "applied",
+    "purged",
+    "users",
+    "samples",
+    "interactions",
+    "method",
+    "version",
+    "model_before",
+    "model_after",
+    "verification",
+    "reason",
+)
 SCHEMA = f"""
 CREATE TABLE ledger (seq INTEGER PRIMARY KEY, {", ".join(FIELDS)}, prev_hash TEXT, hash TEXT);
 CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), rows INTEGER, hash TEXT);
@@ -149,6 +165,43 @@ def versions(rows: list[dict]) -> dict[str, dict]:
         if row["event"] in ("created", "verified") and row["version"] not in found:
             found[row["version"]] = {"hash": row["model_after"], "created": row["time"]}
     return found
+
+
+def states(rows: list[dict]) -> dict[str, dict]:
+    """Per request: its last event, its row of each event, and the version it went to."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        if row["request"]:
+            state = found.setdefault(row["request"], {})
+            state["event"] = row["event"]
+            state[row["event"]] = row
+            if row["version"]:
+                state["version"] = row["version"]
+    return found
+
+
+def request_views(rows: list[dict]) -> dict[str, dict]:
+    """What `status` shows of each request (VIEW; None where it has not got that far)."""
+    views: dict[str, dict] = {}
+    for row in rows:
+        rid, kind = row["request"], row["event"]
+        if not rid:
+            continue
+        view = views.setdefault(rid, {"id": rid, **dict.fromkeys(VIEW)})
+        view["state"] = kind
+        if kind in ("received", "refused"):
+            view.update(received=row["time"], users=row["users"], samples=row["samples"])
+            view["interactions"] = row["details"].get("interactions")
+            if kind == "refused":
+                view["reason"] = row["details"]["reason"]
+        if kind in ("verified", "failed"):
+            view["method"] = row["method"]
+            view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
+            view["verification"] = row["details"]["verification"]
+        if kind in ("applied", "purged"):
+            view[kind] = row["time"]
+            view["version"] = row["version"]
+    return views
 
 
 def verify(deploy: str | Path) -> dict:

@@ -1,0 +1,240 @@
+"""`apply`: carry out every pending deletion request of a deployment in one unlearning run.
+
+It goes through named steps; a crash after any of them leaves a state the next `apply`
+completes. Until the "verified" rows are written the new version is not recorded and the next
+run starts over (removing the unrecorded folder); from then on it rolls forward: switch the live
+pointer, write "applied" rows, purge the data (idempotent), then write "purged" rows and drop the
+requests' ids in one transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from e2urec.config import from_dict
+from e2urec.layout import Layout, tree_hash
+from e2urec.ledger import Ledger, request_views, states, versions
+from e2urec.purge import Eraser, purge_folder, read_split
+from e2urec.requests import DeletionRequest, select
+
+# Modules that load torch are imported inside the unlearning run only, so that rolling a crashed
+# run forward (and `request` and `status`, which import this module) start quickly.
+if TYPE_CHECKING:
+    from e2urec.methods import Task
+    from e2urec.verification import Bounds
+
+CRASH_ENV = "E2UREC_CRASH_AT"  # fault injection for the crash tests: the step to die after
+STEPS = (
+    "selected",
+    "unlearned",
+    "checked",
+    "promoted",
+    "recorded",
+    "switched",
+    "applied",
+    "purging",
+    "purged-data",
+)
+VERSION = re.compile(r"^v\d+$")
+
+
+class Busy(RuntimeError):
+    """Another `apply` holds the deployment."""
+
+
+def _checkpoint(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os._exit(137)  # as kill -9: no cleanup, no finally blocks
+
+
+@contextmanager
+def locked(path: Path, wait: bool = False):
+    """An exclusive lock on `path`; it goes with the descriptor, so also when the process dies."""
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(
+                f"{path.parent}: another `apply` is running; try again when it ends"
+            ) from None
+        yield
+
+
+def apply(deploy, method: str | None = None, options=None) -> list[dict]:
+    """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
+    version, purge the data. Requests a crash left half done are completed first."""
+    layout = Layout.of(deploy)
+    with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
+        _tidy(layout, ledger)
+        state = states(ledger.records())
+        pending = list(ledger.pending())
+        outcomes = []
+        started: dict[str, list[str]] = {}  # version -> requests already verified into it
+        for rid in pending:
+            if state[rid]["event"] in ("verified", "applied"):
+                started.setdefault(state[rid]["version"], []).append(rid)
+        for version, ids in started.items():
+            outcomes += _finish(layout, ledger, ids, version)
+        fresh = [r for r in pending if state[r]["event"] == "received"]
+        if fresh:
+            outcomes += _run(layout, ledger, fresh, method, options)
+        return outcomes
+
+
+def _tidy(layout: Layout, ledger: Ledger) -> None:
+    """Remove what a crashed run left: staging and unrecorded version folders, temp files."""
+    recorded = versions(ledger.records())
+    for folder in layout.models.iterdir():
+        stale = folder.name.startswith(".staging-")
+        if stale or (VERSION.match(folder.name) and folder.name not in recorded):
+            shutil.rmtree(folder)
+    for folder in (layout.data, layout.root):
+        for tmp in folder.glob(".*"):
+            if tmp.is_file():
+                tmp.unlink()
+
+
+def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
+    from e2urec.verification import Bounds
+
+    opts = dict(options) if options is not None else None
+    if opts is None:
+        opts = dict(config["options"]) if method in (None, config["method"]) else {}
+    verify_opts = {**config["verify"], **(opts.pop("verify", None) or {})}
+    return method or config["method"], opts, from_dict(Bounds, verify_opts, "verify")
+
+
+def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[dict]:
+    """A fresh run for requests only received: unlearn, verify, then promote or fail."""
+    from e2urec.methods import get_method
+    from e2urec.verification import verify
+
+    config = layout.config()
+    method, opts, bounds = _run_settings(config, method, options)
+    unlearner = get_method(method, opts)
+    before = layout.live()
+    task, held_name, holdout = _task(layout, config, Eraser.of(ledger.pending()[r] for r in ids))
+    _checkpoint("selected")
+    result = unlearner.unlearn(task)
+    _checkpoint("unlearned")
+    reference = _reference(task) if bounds.retrain else None
+    args = (task.forget, task.retain, holdout, held_name, bounds, reference)
+    numbers = verify(task.original, result.model, *args)
+    if reference is not None:
+        shutil.rmtree(reference)
+    _checkpoint("checked")
+    received = states(ledger.records())
+    details = {
+        "verification": numbers,
+        "run": {
+            "requests": len(ids),
+            "forget": len(task.forget),
+            "retain": len(task.retain),
+            "unlearning_seconds": round(result.seconds, 2),
+            "options": opts,
+        },
+    }
+    recorded = versions(ledger.records())
+
+    def event(rid: str, kind: str, **extra) -> dict:
+        got = received[rid]["received"]
+        return {
+            "event": kind,
+            "request": rid,
+            "method": method,
+            "users": got["users"],
+            "samples": got["samples"],
+            "model_before": recorded[before]["hash"],
+            "details": details,
+            **extra,
+        }
+
+    if not numbers["passed"]:
+        ledger.append([event(r, "failed") for r in ids], drop_pending=ids)
+        shutil.rmtree(task.out)
+        return [_view(ledger, r) for r in ids]
+    version = f"v{len(recorded)}"
+    os.replace(task.out, layout.version(version))
+    _checkpoint("promoted")
+    digest = tree_hash(layout.version(version))
+    ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
+    _checkpoint("recorded")
+    return _finish(layout, ledger, ids, version)
+
+
+def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list]:
+    """The unlearning task on the live version and data, and the held-out samples (their
+    file's name too) for verification, without any the requests erase."""
+    from e2urec.methods import Task
+    from e2urec.model.train import TrainConfig
+
+    data = layout.data
+    train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
+    held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
+    holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
+    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
+    chosen = select(train, union)
+    task = Task(
+        str(layout.version(layout.live())),
+        chosen.retain,
+        chosen.forget,
+        valid,
+        layout.models / f".staging-{uuid.uuid4().hex[:8]}",
+        base=_base(layout, config),
+        train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
+    )
+    return task, held_name, holdout
+
+
+def _base(layout: Layout, config: dict) -> str | None:
+    base = config.get("base")
+    if base is None:
+        return None
+    inside = layout.root / base
+    return str(inside) if inside.exists() else base
+
+
+def _reference(task: Task) -> str:
+    """Retrain on the retain set, beside the staging folder (tidied away with it)."""
+    from e2urec.methods import get_method
+
+    out = task.out.with_name(task.out.name + "-retrain")
+    return get_method("retrain").unlearn(replace(task, out=out)).model
+
+
+def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[dict]:
+    """Roll a verified run forward: live pointer, "applied" rows, purge, "purged" rows."""
+    layout.set_live(version)
+    _checkpoint("switched")
+    state = states(ledger.records())
+    todo = [r for r in ids if state[r]["event"] == "verified"]
+    applied = []
+    for rid in todo:
+        row = state[rid]["verified"]
+        keep = ("method", "users", "samples", "model_before", "model_after", "version")
+        applied.append({"event": "applied", "request": rid, **{k: row[k] for k in keep}})
+    if applied:
+        ledger.append(applied)
+    _checkpoint("applied")
+    bodies = ledger.pending()
+    eraser = Eraser.of(bodies[r] for r in ids)
+    removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
+    _checkpoint("purged-data")
+    purged = [
+        {"event": "purged", "request": r, "version": version, "details": {"removed": removed}}
+        for r in ids
+    ]
+    ledger.append(purged, drop_pending=ids)
+    return [_view(ledger, r) for r in ids]
+
+
+def _view(ledger: Ledger, rid: str) -> dict:
+    return request_views(ledger.records())[rid]
