@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from e2urec import __version__
+from e2urec.layout import Layout
 from e2urec.service.config import ServiceConfig, read_token
 from e2urec.service.limits import BodyLimit
 from e2urec.service.live import LiveModel, load_live
@@ -77,6 +78,7 @@ def serve(
 
     # Progress bars from scoring would land in the service's log once per request.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    Layout.of(deploy)  # "not a deployment folder" before a token is made in it
     token = read_token(token_file, deploy)
     config = ServiceConfig(deploy=Path(deploy), token=token, **options)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
