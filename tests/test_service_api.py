@@ -119,6 +119,16 @@ def test_tokens(read_only, tmp_path):
     assert deploy.status(read_only)["requests"] == []
 
 
+def test_openapi_describes_the_versioned_routes_and_the_bearer_scheme(read_only):
+    with client(read_only) as c:
+        spec = c.get("/openapi.json").json()
+    assert {"/v1/score", "/v1/deletions", "/v1/deletions/{request_id}", "/v1/models"} <= set(
+        spec["paths"]
+    )
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/deletions"]["post"]["responses"].keys() >= {"202", "422"}
+
+
 @pytest.mark.parametrize(
     ("change", "status", "field"),
     [
