@@ -24,7 +24,7 @@ from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, live_model, request, status
 from e2urec.layout import tree_hash
-from e2urec.ledger import Ledger, verify
+from e2urec.ledger import GENESIS, Ledger, row_hash, verify
 from e2urec.model import backbone
 from e2urec.requests import shown_as, shown_ratings, target_title
 
@@ -45,7 +45,8 @@ def source(tmp_path_factory, data_dir, splits):
         samples = [replace(s, user=HIDDEN) if s.user == user else s for s in read_jsonl(path)]
         write_jsonl(samples, path)
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["forgotten_users"] = [HIDDEN if u == user else u for u in manifest["forgotten_users"]]
+    # The manifest names the benchmark's forgotten users: make sure the purge must edit it.
+    manifest["forgotten_users"] = [u for u in manifest["forgotten_users"] if u != user] + [HIDDEN]
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -157,7 +158,12 @@ def test_refusals_leave_one_refused_row_and_change_nothing(applied, source, tmp_
 
 
 def _edit(db: Path, sql: str) -> None:
+    """Run `sql` on the ledger as someone who drops its append-only triggers first."""
     with sqlite3.connect(db) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(sql)
+        conn.execute("DROP TRIGGER ledger_no_update")
+        conn.execute("DROP TRIGGER ledger_no_delete")
         conn.execute(sql)
 
 
@@ -168,6 +174,8 @@ def _edit(db: Path, sql: str) -> None:
         ("DELETE FROM ledger WHERE seq = 3", "row 3: missing"),
         ("DELETE FROM ledger WHERE seq = (SELECT MAX(seq) FROM ledger)", "rows were removed"),
         ("swap", "models/v1: its files do not match"),
+        # A rewritten chain still has to tell a consistent story.
+        ("rechain", "events out of order: received, verified, purged"),
     ],
 )
 def test_ledger_verify_detects_tampering(applied, tmp_path, tamper, problem):
@@ -175,12 +183,32 @@ def test_ledger_verify_detects_tampering(applied, tmp_path, tamper, problem):
     if tamper == "swap":
         weights = root / "models" / "v1" / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[::-1])
+    elif tamper == "rechain":
+        _rechain_without(root / "ledger.sqlite", "applied")
     else:
         _edit(root / "ledger.sqlite", tamper)
     result = verify(root)
     assert not result["ok"]
     assert any(problem in p for p in result["problems"]), result["problems"]
     assert main(["ledger", "verify", "--deploy", str(root)]) == 2
+
+
+def _rechain_without(db: Path, event: str) -> None:
+    """Delete the first `event` row and rewrite every hash after it, as a forger would."""
+    with Ledger(db) as book:
+        rows = book.rows()
+    victim = next(r for r in rows if r["event"] == event)
+    rows = [r for r in rows if r is not victim]
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER ledger_no_delete")
+        conn.execute("DELETE FROM ledger")
+        prev = GENESIS
+        for seq, row in enumerate(rows, 1):
+            row.update(seq=seq, prev_hash=prev)
+            row["hash"] = prev = row_hash(prev, row)
+            marks = ", ".join("?" * len(row))
+            conn.execute(f"INSERT INTO ledger VALUES ({marks})", list(row.values()))
+        conn.execute("UPDATE head SET rows = ?, hash = ?", (len(rows), prev))
 
 
 class Crash(BaseException):
@@ -237,6 +265,8 @@ def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch)
     assert killed.returncode == 137, killed.stderr.decode()[-2000:]
     assert _files_with(root / "data", HIDDEN)  # it died with the purge half done
     assert verify(root)["ok"] and rid in Ledger(root / "ledger.sqlite").pending()
+    # A write the kill cut short leaves its temporary file (write_jsonl's naming).
+    (root / "data" / ".train.jsonl.k9x").write_text(f'{{"user": "{HIDDEN}"')
     [outcome] = apply(root)
     assert outcome["id"] == rid and outcome["state"] == "purged"
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]

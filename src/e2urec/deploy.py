@@ -42,7 +42,9 @@ class Refused(ValueError):
 
 
 def init(data, model, out, method: str = "e2urec", options=None) -> dict:
-    """Create the deployment folder `out` from a prepared data folder and a trained model."""
+    """Create the deployment folder `out` from a prepared data folder and a trained model;
+    returns `status`. `options` holds the method's options and, under "verify", the
+    verification bounds (`e2urec.verification.Bounds`); `apply` uses them unless told otherwise."""
     data, model, out = Path(data), Path(model), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not empty; give a new folder for the deployment")

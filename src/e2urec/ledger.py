@@ -1,11 +1,13 @@
 """The deployment's ledger: an append-only, hash-chained SQLite table of what happened to requests.
 
-Each row carries the SHA-256 of the row before it, so editing or deleting a row breaks the chain;
-a one-row `head` table, written in the same transaction, holds the row count and last hash, so
-deleting the newest rows is caught too (publish the head hash elsewhere to anchor it against
-someone who rewrites the whole file). The `pending` table holds the ids of requests not yet
-purged: they go in the same transaction as their "received" row and leave with their "purged"
-row, and `secure_delete` overwrites them in the file when they go.
+Triggers refuse UPDATE and DELETE on it (against mistakes: whoever can write the file can drop
+them). Each row carries the SHA-256 of the row before it, so editing or deleting a row breaks
+the chain; a one-row `head` table, written in the same transaction, holds the row count and last
+hash, so deleting the newest rows is caught too. Someone who rewrites the whole chain is caught
+only by `verify`'s consistency checks, or by comparing the head with a copy kept elsewhere.
+The `pending` table holds the ids of requests not yet purged: they go in the same transaction
+as their "received" row and leave with their "purged" (or "failed") row, and `secure_delete`
+overwrites them in the file when they go.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ CREATE TABLE ledger (seq INTEGER PRIMARY KEY, {", ".join(FIELDS)}, prev_hash TEX
 CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), rows INTEGER, hash TEXT);
 CREATE TABLE pending (request TEXT PRIMARY KEY, body TEXT);
 INSERT INTO head VALUES (1, 0, '{GENESIS}');
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 """
 
 
@@ -204,11 +210,34 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
     return views
 
 
+# The event sequences a request may have: refused; received then failed; or a prefix of
+# received, verified, applied, purged.
+PATH = ("received", "verified", "applied", "purged")
+SEQUENCES = [("refused",), ("received", "failed")] + [PATH[:n] for n in range(1, len(PATH) + 1)]
+
+
+def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
+    """Requests whose events skip or repeat a step, or whose ids are kept when the request is
+    finished (or gone when it is not)."""
+    problems = []
+    for rid, state in states(rows).items():
+        events = tuple(r["event"] for r in rows if r["request"] == rid)
+        finished = events[-1] in ("purged", "failed", "refused")
+        if events not in SEQUENCES:
+            problems.append(f"request {rid}: events out of order: {', '.join(events)}")
+        elif finished == (rid in pending):
+            kept = "still keeps" if finished else "no longer has"
+            problems.append(f"request {rid}: {state['event']}, but the ledger {kept} its ids")
+    return problems
+
+
 def verify(deploy: str | Path) -> dict:
-    """Check the chain, then re-hash the live and every recorded model version against it."""
+    """Check the chain and each request's events, then re-hash the live and every recorded
+    model version against the ledger."""
     layout = Layout.of(deploy)
     with Ledger(layout.ledger) as ledger:
         rows, problems = ledger.chain_problems()
+        problems += order_problems(rows, set(ledger.pending()))
     recorded = versions(rows)
     live = layout.live()
     if live not in recorded:

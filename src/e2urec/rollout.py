@@ -70,7 +70,9 @@ def locked(path: Path, wait: bool = False):
 
 def apply(deploy, method: str | None = None, options=None) -> list[dict]:
     """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
-    version, purge the data. Requests a crash left half done are completed first."""
+    version, purge the data. Requests a crash left half done are completed first. `method` and
+    `options` (with an optional "verify" mapping over the deployment's bounds) replace the
+    deployment's for this run. Returns what `status` shows of each request carried out."""
     layout = Layout.of(deploy)
     with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
         _tidy(layout, ledger)
