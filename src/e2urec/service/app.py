@@ -61,6 +61,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     """422 with one readable line per problem, each starting with the field's path."""
     lines = []
     for error in exc.errors():
+        if error["type"] == "json_invalid":  # its loc holds a character position, not a field
+            reason = error.get("ctx", {}).get("error", "")
+            lines.append(f"body: invalid JSON at character {error['loc'][-1]} ({reason})")
+            continue
         where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
         lines.append(f"{where}: {error['msg']}")
     return JSONResponse(status_code=422, content={"detail": "; ".join(lines)})
