@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -256,3 +257,16 @@ def test_token_file_or_the_deployments_own(tmp_path):
     assert len(made) >= 32 and read_token(None, tmp_path) == made
     assert (tmp_path / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_apply_held_off_by_another_is_retried_not_failed(fresh, splits):
+    user = splits["train"][0].user
+    with client(fresh, window=0) as c, open(fresh / "apply.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as `e2urec apply` in another shell holds it
+        rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
+        follow = lambda: c.get(f"/v1/deletions/{rid}", headers=AUTH).json()  # noqa: E731
+        wait_for(lambda: follow()["applying"] or None)
+        wait_for(lambda: not follow()["applying"] or None)
+        assert follow()["state"] == "received"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        wait_for(lambda: follow()["state"] == "purged" or None)
