@@ -12,7 +12,6 @@ from pathlib import Path
 
 from e2urec import deploy as deployment
 from e2urec.data.prompt import BOOK, MOVIE, ItemKind
-from e2urec.data.protocol import Protocol
 from e2urec.model import backbone
 from e2urec.model.backbone import Recommender
 
@@ -44,12 +43,9 @@ def read_catalogue(deploy: str | Path) -> Catalogue:
 
 
 def history_length(deploy: str | Path) -> int:
-    """K from the protocol the live data was prepared with; the default when none is kept."""
+    """K, the items a prompt shows, from the protocol the live data was prepared with."""
     manifest = Path(deploy) / "data" / "manifest.json"
-    if manifest.exists():
-        protocol = json.loads(manifest.read_text(encoding="utf-8")).get("protocol", {})
-        return int(protocol.get("history", Protocol.history))
-    return Protocol.history
+    return int(json.loads(manifest.read_text(encoding="utf-8"))["protocol"]["history"])
 
 
 def load_live(deploy: str | Path) -> Live:
