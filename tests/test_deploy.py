@@ -26,6 +26,7 @@ from e2urec.deploy import Busy, apply, init, live_model, request, status
 from e2urec.layout import tree_hash
 from e2urec.ledger import GENESIS, Ledger, row_hash, verify
 from e2urec.model import backbone
+from e2urec.model.ensemble import save_ensemble
 from e2urec.requests import shown_as, shown_ratings, target_title
 
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "batch_size": 16}
@@ -334,9 +335,7 @@ def test_the_four_commands(tmp_path, source, model, capsys):
     assert "already forgotten" in capsys.readouterr().err
 
 
-def test_a_lora_recommender_is_copied_with_a_base_it_can_still_find(
-    tmp_path, source, splits, trained
-):
+def test_models_are_copied_with_what_they_build_on_still_found(tmp_path, source, splits, trained):
     from e2urec.model.train import TrainConfig, train
 
     lora = tmp_path / "runs" / "lora"
@@ -347,6 +346,11 @@ def test_a_lora_recommender_is_copied_with_a_base_it_can_still_find(
     init(source, lora, root)
     assert backbone.load(live_model(root)).model is not None
     assert verify(root)["ok"]
+    # An ensemble (SISA, RecEraser) names its shards relatively too.
+    ensemble = tmp_path / "runs" / "ensemble"
+    save_ensemble(ensemble, [lora, trained["original"]])
+    init(source, ensemble, tmp_path / "elsewhere" / "e")
+    assert backbone.load(live_model(tmp_path / "elsewhere" / "e")).model is not None
 
 
 def test_two_requests_at_once_for_the_same_user_one_is_refused(applied, tmp_path, monkeypatch):

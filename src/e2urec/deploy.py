@@ -90,7 +90,7 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list)
     report = _train_report(model)
     config = {
         **settings,
-        "base": _locate_base(model, report.get("base"), layout),
+        "base": _locate_base(model, report.get("base")),
         "train_config": report.get("config"),
     }
     write_atomic(layout.config_file, json.dumps(config, indent=2) + "\n")
@@ -114,19 +114,27 @@ def _train_report(model: Path) -> dict:
 
 
 def _copy_model(src: Path, dst: Path) -> None:
-    """Copy a model folder; an adapter whose base lies outside it gets the base's absolute path."""
+    """Copy a model folder; what it builds on (an adapter's base, an ensemble's shards) outside
+    the folder is then named by absolute path, as the relative one no longer leads there."""
     from e2urec.model import backbone
 
     shutil.copytree(src, dst)
-    meta = backbone.read_meta(dst)
+    meta, was = backbone.read_meta(dst), backbone.read_meta(dst)
+
+    def outside(name: str) -> str:
+        found = Path(backbone.resolve(src, name))
+        inside = not found.exists() or found.resolve().is_relative_to(src.resolve())
+        return name if inside else str(found.resolve())
+
     if meta.get("kind") == "lora":
-        base = Path(backbone.resolve(src, meta["base"]))
-        if base.exists() and not base.resolve().is_relative_to(src.resolve()):
-            meta["base"] = str(base.resolve())
-            (dst / backbone.META).write_text(json.dumps(meta, indent=2) + "\n")
+        meta["base"] = outside(meta["base"])
+    if meta.get("kind") == "ensemble":
+        meta["shards"] = [outside(s) for s in meta["shards"]]
+    if meta != was:
+        (dst / backbone.META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _locate_base(model: Path, base: str | None, layout: Layout) -> str | None:
+def _locate_base(model: Path, base: str | None) -> str | None:
     """The backbone Retrain and SISA train from: inside the deployment when it was inside the
     model folder (the tiny model's case), else an absolute path or a hub name."""
     from e2urec.model import backbone
