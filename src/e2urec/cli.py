@@ -335,8 +335,38 @@ def run_ledger_verify(args) -> None:
         raise ValueError(f"the ledger check found {len(result['problems'])} problem(s)")
 
 
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP service: score, take deletion requests, status page")
+    p.add_argument("--deploy", required=True, help="deployment folder (from `e2urec init`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument(
+        "--token-file",
+        dest="token_file",
+        help="file holding the bearer token (default: DEPLOY/service-token, made on first start)",
+    )
+    p.add_argument(
+        "--open-score",
+        dest="open_score",
+        action="store_true",
+        help="let /v1/score answer without the token (deletions and admin routes always need it)",
+    )
+    p.add_argument(
+        "--window", type=float, help="seconds a request waits for others to join (default 30)"
+    )
+    p.add_argument("--method", help="unlearning method for applies (default: the deployment's)")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> None:
+    from e2urec.service.app import serve
+
+    options = {k: getattr(args, k) for k in ("window", "method") if getattr(args, k) is not None}
+    serve(args.deploy, args.host, args.port, args.token_file, open_score=args.open_score, **options)
+
+
 COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench, add_tune]
-COMMANDS += [add_init, add_request, add_apply, add_status, add_ledger]
+COMMANDS += [add_init, add_request, add_apply, add_status, add_ledger, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

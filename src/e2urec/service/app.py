@@ -1,0 +1,89 @@
+"""The FastAPI app: lifespan (load the live model, start the scorer and the worker), error
+messages that name the field, and `serve`, the library function behind `e2urec serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from e2urec import __version__
+from e2urec.layout import Layout
+from e2urec.service.config import ServiceConfig, read_token
+from e2urec.service.limits import BodyLimit
+from e2urec.service.live import LiveModel, load_live
+from e2urec.service.routes import deletions, models, page, score
+from e2urec.service.scorer import Batcher
+from e2urec.service.state import Service
+from e2urec.service.worker import Worker
+
+log = logging.getLogger("e2urec.service")
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        live = LiveModel(await asyncio.to_thread(load_live, config.deploy))
+        scorer = Batcher(live, config.batch_size, max_prompts=4 * config.batch_size)
+        worker = Worker(config.deploy, config.window, config.method, live)
+        app.state.service = Service(config, live, scorer, worker)
+        task = asyncio.create_task(worker.run(), name="deletion worker")
+        log.info("serving model version %s from %s", live.get().version, config.deploy)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(scorer.close)
+
+    app = FastAPI(
+        title="e2urec",
+        version=__version__,
+        description="Score items with the live recommender; take deletion requests.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_body=config.max_body)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for module in (score, deletions, models, page):
+        app.include_router(module.router)
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable line per problem, each starting with the field's path."""
+    lines = []
+    for error in exc.errors():
+        if error["type"] == "json_invalid":  # its loc holds a character position, not a field
+            reason = error.get("ctx", {}).get("error", "")
+            lines.append(f"body: invalid JSON at character {error['loc'][-1]} ({reason})")
+            continue
+        where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+        lines.append(f"{where}: {error['msg']}")
+    return JSONResponse(status_code=422, content={"detail": "; ".join(lines)})
+
+
+def serve(
+    deploy: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token_file: str | Path | None = None,
+    **options,
+) -> None:
+    """Run the service until interrupted; `options` are ServiceConfig fields."""
+    import uvicorn
+
+    # Progress bars from scoring would land in the service's log once per request.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    Layout.of(deploy)  # "not a deployment folder" before a token is made in it
+    token = read_token(token_file, deploy)
+    config = ServiceConfig(deploy=Path(deploy), token=token, **options)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info")

@@ -1,0 +1,1 @@
+"""One router per resource: each validates, calls a library function, and returns."""

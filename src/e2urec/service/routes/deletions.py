@@ -1,0 +1,40 @@
+"""Deletion requests: POST /v1/deletions, GET /v1/deletions/{id}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.concurrency import run_in_threadpool
+
+from e2urec import deploy as deployment
+from e2urec.service.auth import require_token
+from e2urec.service.schemas import Accepted, DeletionRequest, DeletionStatus
+from e2urec.service.state import ServiceDep
+
+router = APIRouter(
+    prefix="/v1/deletions", tags=["deletions"], dependencies=[Depends(require_token)]
+)
+
+
+@router.post("", status_code=202, response_model=Accepted)
+async def submit(req: DeletionRequest, service: ServiceDep) -> Accepted:
+    pairs = tuple((i.user, i.item) for i in req.interactions)
+    try:
+        request_id = await run_in_threadpool(
+            deployment.request, service.config.deploy, tuple(req.users), pairs
+        )
+    except ValueError as err:  # refused: the ledger has a "refused" row, nothing else changed
+        fields = [name for name in ("users", "interactions") if getattr(req, name)]
+        raise HTTPException(status_code=422, detail=f"{', '.join(fields)}: {err}") from None
+    service.worker.wake()
+    return Accepted(id=request_id, status=f"/v1/deletions/{request_id}")
+
+
+@router.get("/{request_id}", response_model=DeletionStatus)
+async def status(request_id: str, service: ServiceDep) -> DeletionStatus:
+    try:
+        found = await run_in_threadpool(deployment.status, service.config.deploy, request_id)
+    except ValueError:
+        raise HTTPException(status_code=404, detail=f"no deletion request {request_id!r}") from None
+    row = next(r for r in found["requests"] if r["id"] == request_id)
+    applying = service.worker.applying
+    return DeletionStatus(**row, applying=bool(applying and request_id in applying.ids))

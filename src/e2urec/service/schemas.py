@@ -1,0 +1,99 @@
+"""Request and response bodies: a bad body is refused by pydantic with the field's name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Id = Field(min_length=1, max_length=200)
+IdStr = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    # Unknown fields are refused: a typo ("candidate") must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserProfile(Strict):
+    gender: Literal["male", "female"] | None = None
+    age: str | None = Field(default=None, max_length=50)
+    job: str | None = Field(default=None, max_length=100)
+
+
+class Rated(Strict):
+    item: str = Id
+    rating: float = Field(ge=0, le=10)
+
+
+class ScoreRequest(Strict):
+    user: UserProfile = Field(default_factory=UserProfile)
+    history: list[Rated] = Field(min_length=1, description="oldest first")
+    candidates: list[IdStr] = Field(min_length=1)
+
+
+class Scored(BaseModel):
+    item: str
+    p_yes: float
+
+
+class ScoreResponse(BaseModel):
+    model: str  # the version that scored, so a client sees when forgetting took effect
+    scores: list[Scored]  # highest p_yes first
+
+
+class Interaction(Strict):
+    user: str = Id
+    item: str = Id
+
+
+class DeletionRequest(Strict):
+    users: list[IdStr] = Field(default_factory=list)
+    interactions: list[Interaction] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def not_empty(self):
+        if not self.users and not self.interactions:
+            raise ValueError("give users or interactions (both lists are empty)")
+        if any(not u.strip() for u in self.users):
+            raise ValueError("users: an id is empty")
+        return self
+
+
+class Accepted(BaseModel):
+    id: str
+    status: str  # where to follow it
+
+
+class DeletionStatus(BaseModel):
+    """A request as the ledger tells it (`deploy.status`), and whether it is being applied now."""
+
+    id: str
+    state: str  # received, refused, verified, applied, purged or failed
+    received: str | None = None  # times, ISO 8601 UTC
+    applied: str | None = None
+    purged: str | None = None
+    users: int | None = None  # counts only: the ledger keeps no ids in clear
+    samples: int | None = None
+    interactions: int | None = None
+    reason: str | None = None  # why it was refused
+    method: str | None = None
+    version: str | None = None  # the model version it went live in
+    model_before: str | None = None  # content hashes
+    model_after: str | None = None
+    verification: dict | None = None
+    applying: bool = False
+
+
+class ModelVersion(BaseModel):
+    id: str
+    hash: str
+    created: str
+    live: bool
+    verification: dict | None = None
+
+
+class Models(BaseModel):
+    live: str  # the deployment's live version
+    serving: str  # the version this service scores with (it follows `live` after a swap)
+    models: list[ModelVersion]

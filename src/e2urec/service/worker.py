@@ -1,0 +1,178 @@
+"""The background worker: waits for pending deletion requests, applies them in a child process,
+then swaps the live model when the deployment has switched versions.
+
+The apply runs in its own process so that scoring keeps its cores' worth of Python (no shared
+GIL) and a crash inside the unlearning cannot take the service down. The child dies with the
+service: the deployment's lock and ledger make a killed apply safe to redo, an orphan would
+hold the lock against the restarted service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2urec import deploy as deployment
+from e2urec import ledger
+from e2urec.layout import Layout
+from e2urec.ledger import Ledger, versions
+from e2urec.service.live import LiveModel, load_live
+
+log = logging.getLogger("e2urec.service")
+POLL = 10.0  # seconds between looks at the ledger for requests made outside the service
+
+
+# A request waits in one of these states; the last two are left by an apply that was killed after
+# verifying, and the next apply rolls them forward.
+PENDING = ("received", "verified", "applied")
+
+
+def pending(deploy: Path) -> list[str]:
+    return [r["id"] for r in deployment.status(deploy)["requests"] if r["state"] in PENDING]
+
+
+class ApplyError(RuntimeError):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind  # the exception's class name, what the ledger keeps
+
+
+def _apply_in_child(deploy: str, method: str | None, alive, result) -> None:
+    import threading
+
+    def die_with_parent():
+        with contextlib.suppress(EOFError, OSError):
+            alive.recv()  # never sent: returns (EOFError) only when the service is gone
+        os._exit(1)
+
+    threading.Thread(target=die_with_parent, daemon=True).start()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        result.send(("ok", deployment.apply(deploy, method=method)))
+    except Exception as err:  # the parent records it; the child has nowhere to show it
+        result.send(("error", (type(err).__name__, str(err))))
+
+
+async def apply_in_child(deploy: Path, method: str | None) -> list[dict]:
+    ctx = multiprocessing.get_context("spawn")  # fork would copy the scorer thread's locks
+    alive_r, alive_w = ctx.Pipe(duplex=False)
+    result_r, result_w = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_apply_in_child, args=(str(deploy), method, alive_r, result_w), daemon=True
+    )
+    child.start()
+    result_w.close()  # so that recv() sees EOF if the child dies without answering
+    alive_r.close()
+    try:
+        try:
+            outcome, value = await asyncio.to_thread(result_r.recv)
+        except EOFError:
+            await asyncio.to_thread(child.join)
+            message = f"the apply process died (exit code {child.exitcode})"
+            raise ApplyError("ProcessDied", message) from None
+    finally:
+        alive_w.close()
+        if child.is_alive():
+            child.terminate()
+        await asyncio.to_thread(child.join)
+    if outcome == "error":
+        raise ApplyError(*value)
+    return value
+
+
+@dataclass
+class Applying:
+    ids: tuple[str, ...]
+    since: float
+
+
+class Worker:
+    def __init__(self, deploy: Path, window: float, method: str | None, live: LiveModel):
+        self.deploy, self.window, self.method, self.live = deploy, window, method, live
+        self.applying: Applying | None = None
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._check: tuple[float, dict] | None = None
+
+    async def ledger_check(self, max_age: float) -> tuple[float, dict]:
+        """`ledger.verify` re-hashes the model files: cached for `max_age` s, redone after applies."""
+        if self._check is None or time.time() - self._check[0] > max_age:
+            self._check = (time.time(), await asyncio.to_thread(ledger.verify, self.deploy))
+        return self._check
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await asyncio.to_thread(pending, self.deploy):
+                    await asyncio.sleep(self.window)  # let the requests of the window join
+                    await self.apply_pending()
+                await self.refresh()  # also picks up an apply made with the CLI
+            except Exception:  # the worker outlives a bad moment; the next round tries again
+                log.exception("worker: could not read or apply the pending requests")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL)
+            self._wake.clear()
+
+    async def apply_pending(self) -> None:
+        ids = await asyncio.to_thread(pending, self.deploy)
+        if not ids:
+            return
+        self.applying = Applying(tuple(ids), time.time())
+        log.info("applying %d request(s)", len(ids))
+        try:
+            await apply_in_child(self.deploy, self.method)
+            self.last_error = None
+        except ApplyError as err:
+            if err.kind == deployment.Busy.__name__:
+                log.info("another apply holds the deployment; trying again later")
+            else:
+                log.error("apply failed: %s", err)
+                self.last_error = f"{err.kind}: {err}"
+                method = self.method or Layout.of(self.deploy).config()["method"]
+                await asyncio.to_thread(record_failure, self.deploy, ids, method, err.kind)
+        finally:
+            self.applying = None
+            self._check = None
+
+    async def refresh(self) -> None:
+        """Load the deployment's live version if it is not the one serving."""
+        live = await asyncio.to_thread(deployment.status, self.deploy)
+        if str(live["live"]) != self.live.get().version:
+            self.live.set(await asyncio.to_thread(load_live, self.deploy))
+            log.info("now serving model version %s", self.live.get().version)
+
+
+def record_failure(deploy: Path, ids: list[str], method: str, error: str) -> list[str]:
+    """Mark failed those of `ids` the failed apply left unverified (else the worker would retry
+    them forever); verified ones roll forward on the next apply. The ledger keeps the error's
+    kind only: a message may quote ids, and the ledger never holds them in clear."""
+    layout = Layout.of(deploy)
+    with Ledger(layout.ledger) as book:
+        rows = book.records()
+        last = {r["request"]: r for r in rows if r["request"]}
+        stuck = [r for r in ids if r in book.pending() and last[r]["event"] == "received"]
+        before = versions(rows)[layout.live()]["hash"]
+        events = [
+            {
+                "event": "failed",
+                "request": r,
+                "method": method,
+                "users": last[r]["users"],
+                "samples": last[r]["samples"],
+                "model_before": before,
+                "details": {"verification": None, "error": error},
+            }
+            for r in stuck
+        ]
+        if events:
+            book.append(events, drop_pending=stuck)
+    return stuck
