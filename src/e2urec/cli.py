@@ -34,6 +34,10 @@ def add_prepare(sub) -> None:
     p.add_argument("--forget-ratio", dest="forget_ratio", type=float, help="default 0.2")
     p.add_argument("--seed", type=int, help="seed choosing forgotten users (default 42)")
     p.add_argument("--threshold", type=float, help='rating > threshold is "Yes." (default 3)')
+    p.add_argument(
+        "--memory-limit",
+        help="memory for the data engine, e.g. 2GB (default: an eighth of the machine's RAM)",
+    )
     log = p.add_argument_group("--dataset interactions (a CSV or Parquet log)")
     log.add_argument("--user-col", help="user column (default: user)")
     log.add_argument("--item-col", help="item column (default: item)")
@@ -50,7 +54,12 @@ def run_prepare(args) -> None:
     names = ("user_col", "item_col", "rating_col", "time_col", "titles")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     manifest = prepare(
-        args.out, dataset=args.dataset, raw=args.raw, protocol=_protocol(args), **options
+        args.out,
+        dataset=args.dataset,
+        raw=args.raw,
+        protocol=_protocol(args),
+        memory_limit=args.memory_limit,
+        **options,
     )
     print(json.dumps({k: manifest[k] for k in ("dataset", "counts", "users")}, indent=2))
     print(f"wrote {args.out}")

@@ -63,44 +63,33 @@ def _rank(db, p: Protocol) -> None:
     user, item = _key(db, "user"), _key(db, "item")
     # Ties in time are broken by user then item, then file order, as the paper's stable sort does.
     db.execute(
-        "CREATE OR REPLACE TABLE ranked AS SELECT seq, \"user\", \"timestamp\" AS t, "
+        'CREATE OR REPLACE TABLE ranked AS SELECT seq, "user", "timestamp" AS t, '
         f"{user} AS u, {item} AS i, row_number() OVER "
         f'(PARTITION BY "user" ORDER BY "timestamp", {item}, seq) - 1 AS pos FROM interactions'
     )
     db.execute(
-        "CREATE OR REPLACE TABLE chosen AS SELECT seq, \"user\", pos, "
+        'CREATE OR REPLACE TABLE chosen AS SELECT seq, "user", pos, '
         "row_number() OVER (ORDER BY t, u, i, seq) - 1 AS k FROM (SELECT * FROM ranked "
         "WHERE pos >= $min ORDER BY t DESC, u DESC, i DESC, seq DESC LIMIT $last)",
         {"min": p.min_history, "last": p.last},
     )
 
 
-def _fetch(db, p: Protocol, profile: list[str]) -> tuple[dict, list, dict]:
-    """The chosen rows by k, their histories' seqs (oldest first), and every needed row by seq."""
-    chosen = db.execute("SELECT k, seq, pos FROM chosen ORDER BY k").fetchall()
-    db.execute(
-        "CREATE OR REPLACE TABLE past AS SELECT c.k, h.seq, h.pos FROM (SELECT * FROM chosen, "
-        'range(1, $k + 1) d(back)) c JOIN ranked h ON h."user" = c."user" AND h.pos = c.pos - c.back',
+def _kept(db, p: Protocol, profile: list[str]) -> list[tuple]:
+    """Per chosen sample in time order: user, item, rating, timestamp, title, profile values,
+    and its history's titles and ratings, oldest first."""
+    extra = "".join(f', r."{c}"' for c in profile)
+    return db.execute(
+        "WITH past AS (SELECT c.k, h.seq, h.pos FROM (SELECT * FROM chosen, range(1, $k + 1) "
+        'd(back)) c JOIN ranked h ON h."user" = c."user" AND h.pos = c.pos - c.back), '
+        "rows AS (SELECT * FROM interactions WHERE seq IN "
+        "(SELECT seq FROM chosen UNION ALL SELECT seq FROM past)), "
+        "hist AS (SELECT p.k, list(r.title ORDER BY p.pos) AS titles, "
+        "list(r.rating ORDER BY p.pos) AS ratings FROM past p JOIN rows r USING (seq) GROUP BY p.k) "
+        f'SELECT r."user", r.item, r.rating, r."timestamp", r.title{extra}, h.titles, h.ratings '
+        "FROM chosen c JOIN rows r USING (seq) LEFT JOIN hist h USING (k) ORDER BY c.k",
         {"k": p.history},
-    )
-    past: dict[int, list[tuple[int, int]]] = {}
-    for k, seq, pos in db.execute("SELECT k, seq, pos FROM past").fetchall():
-        past.setdefault(k, []).append((pos, seq))
-    extra = "".join(f', "{c}"' for c in profile)
-    rows = db.execute(
-        f'SELECT seq, "user", item, rating, "timestamp", title{extra} FROM interactions '
-        "WHERE seq IN (SELECT seq FROM chosen UNION ALL SELECT seq FROM past)"
     ).fetchall()
-    by_seq = {row[0]: row for row in rows}
-    histories = {k: [seq for _, seq in sorted(v)] for k, v in past.items()}
-    return histories, chosen, by_seq
-
-
-def _profile(row: tuple, profile: list[str]) -> Profile | None:
-    if not profile:
-        return None
-    values = dict(zip(profile, row[6:]))
-    return Profile(*(None if values.get(k) is None else str(values[k]) for k in PROFILE))
 
 
 def build_samples(data: Interactions, p: Protocol) -> tuple[list[Sample], int]:
@@ -114,17 +103,15 @@ def build_samples(data: Interactions, p: Protocol) -> tuple[list[Sample], int]:
         "SELECT count(*) FROM ranked WHERE pos >= ?", [p.min_history]
     ).fetchall()[0][0]
     profile = [c for c in PROFILE if c in data.columns()]
-    histories, chosen, rows = _fetch(db, p, profile)
     samples = []
-    for k, seq, _ in chosen:
-        _, user, item, rating, time, title, *_ = row = rows[seq]
-        past = [rows[s] for s in histories.get(k, [])]
-        prompt = build_prompt(
-            [(h[5], h[3]) for h in past], title, _profile(row, profile), data.kind
-        )
+    for user, item, rating, time, title, *rest in _kept(db, p, profile):
+        *values, titles, ratings = rest
+        shown = dict(zip(profile, values))
+        person = Profile(*(shown.get(k) for k in PROFILE)) if profile else None
+        history = list(zip(titles or [], ratings or []))
         samples.append(
             Sample(
-                input=prompt,
+                input=build_prompt(history, title, person, data.kind),
                 output=YES if rating > p.threshold else NO,
                 user=user,
                 item=item,

@@ -39,7 +39,7 @@ class Interactions:
     @property
     def frame(self) -> pd.DataFrame:
         """Everything in memory, in file order: for small data and tests."""
-        query = 'SELECT * EXCLUDE (seq) FROM interactions ORDER BY seq'
+        query = "SELECT * EXCLUDE (seq) FROM interactions ORDER BY seq"
         return self.db.execute(query).df()
 
     def columns(self) -> list[str]:

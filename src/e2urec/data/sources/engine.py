@@ -35,7 +35,9 @@ def default_memory_limit() -> str:
     return f"{max(256, total // 8 >> 20)}MB"
 
 
-def connect(folder: Path | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    folder: Path | None = None, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """A database in `folder` (spilling there too), or in memory for small data."""
     limit = memory_limit or default_memory_limit()
     if not LIMIT.fullmatch(limit.strip()):
@@ -50,7 +52,9 @@ def connect(folder: Path | None = None, memory_limit: str | None = None) -> duck
 
 
 @contextmanager
-def workspace(out: str | Path, memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def workspace(
+    out: str | Path, memory_limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A database in a temporary folder beside `out`, removed afterwards whatever happens."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,3 +160,8 @@ def first_duplicate(db, path: Path, table: str, key: str, name: str, unit: str =
     if found:
         fail_at(path, found[0], f"{name} {found[1]} appears a second time", unit)
 
+
+def first_row(db, sql: str) -> tuple | None:
+    """The first row or None; fetching all keeps the connection free for the next statement."""
+    rows = db.execute(sql).fetchall()
+    return rows[0] if rows else None

@@ -65,14 +65,20 @@ def shape(names: tuple[str, ...]) -> Check:
 
 
 def whole_number(i: int, name: str) -> Check:
-    return f"NOT {whole(f'f[{i}]')}", f"'{name} ' || {quoted(f'f[{i}]')} || ' is not a whole number'"
+    return (
+        f"NOT {whole(f'f[{i}]')}",
+        f"'{name} ' || {quoted(f'f[{i}]')} || ' is not a whole number'",
+    )
 
 
 def coded(i: int, names: dict, field: str) -> tuple[Check, str]:
     """The check that f[i] is one of the codes, and the SQL for its name."""
     code = f"TRY_CAST(f[{i}] AS BIGINT)"
     listed = ", ".join(map(str, names))
-    check = f"{code} NOT IN ({listed})", f"'{field} ' || {code} || ' is not one of the codes {listed}'"
+    check = (
+        f"{code} NOT IN ({listed})",
+        f"'{field} ' || {code} || ' is not one of the codes {listed}'",
+    )
     cases = " ".join(f"WHEN {k} THEN {literal(v)}" for k, v in names.items())
     return check, f"CASE {code} {cases} END"
 
@@ -97,7 +103,9 @@ def read_users(db, path: Path) -> None:
         whole_number(4, "Occupation"),
         job,
     ]
-    db.execute("CREATE OR REPLACE TABLE users (n BIGINT, id BIGINT, gender TEXT, age TEXT, job TEXT)")
+    db.execute(
+        "CREATE OR REPLACE TABLE users (n BIGINT, id BIGINT, gender TEXT, age TEXT, job TEXT)"
+    )
     gender = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in GENDERS.items())
     load_table(
         db, path, "utf-8", checks,
