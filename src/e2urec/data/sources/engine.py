@@ -48,6 +48,7 @@ def connect(
         db.execute(f"SET temp_directory = '{folder / 'spill'}'")
     # Every result is ordered explicitly, so DuckDB need not buffer rows to keep their order.
     db.execute("SET preserve_insertion_order = false")
+    db.execute("SET enable_progress_bar = false")  # it would write into `prepare`'s output
     return db
 
 
@@ -99,12 +100,25 @@ def line_blocks(
 def split_lines(
     path: Path, piece: bytes, first: int, encoding: str, explain: Callable[[int, str], str]
 ) -> pa.Array:
+    """Lines of `piece` (whole lines, the first being line `first`) as Arrow strings."""
+
+    def decoded() -> str:
+        try:
+            return piece.decode(encoding)
+        except UnicodeDecodeError as err:
+            line = first + piece.count(b"\n", 0, err.start)
+            fail_at(path, line, explain(piece[err.start], encoding))
+
+    # Plain UTF-8 is split and checked by Arrow without making Python strings.
+    if encoding != "utf-8" or b"\r" in piece:
+        piece = decoded().replace("\r\n", "\n").encode("utf-8")
+    lines = pc.split_pattern(pa.array([piece], pa.binary()), b"\n").flatten()
     try:
-        text = piece.decode(encoding)
-    except UnicodeDecodeError as err:
-        fail_at(path, first + piece.count(b"\n", 0, err.start), explain(piece[err.start], encoding))
+        lines = lines.cast(pa.string())
+    except pa.ArrowInvalid:
+        decoded()  # raises at the bad byte's line
+        raise
     # not splitlines(): it also breaks on \x85, which is a letter in ISO-8859-1
-    lines = pc.split_pattern(pa.array([text.replace("\r\n", "\n")]), "\n").flatten()
     return lines.slice(0, len(lines) - 1) if lines[-1].as_py() == "" else lines
 
 
@@ -126,14 +140,17 @@ def ingest(
     db, path: Path, blocks: Iterator[pa.Table], rows: str, checks: list[Check], insert: str,
     unit: str = "line",
 ) -> None:  # fmt: skip
-    """Per block: raise at its first bad row, else run `insert` (both read `rows` over `block`)."""
+    """Per block: parse it with `rows` (a query over `block`) once, raise at its first bad row,
+    else run `insert`, which reads the parsed rows as {rows}."""
     for block in blocks:
         db.register("block", block)
         try:
-            first_error(db, path, rows, checks, unit)
-            db.execute(insert.replace("{rows}", f"({rows})"))
+            db.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {rows}")
         finally:
             db.unregister("block")
+        first_error(db, path, "SELECT * FROM parsed", checks, unit)
+        db.execute(insert.replace("{rows}", "parsed"))
+    db.execute("DROP TABLE IF EXISTS parsed")
 
 
 def quoted(sql: str) -> str:

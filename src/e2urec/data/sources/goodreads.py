@@ -39,31 +39,26 @@ def find(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
-def objects(fields: tuple[str, ...]) -> str:
-    """Each non-blank line of `block`, with `fields` as JSON texts in struct j (NULL: missing)."""
-    shape = json.dumps({f: "JSON" for f in fields})
-    # One parse per line for the fields; CASE keeps invalid lines away from from_json.
+def objects(fields: dict[str, str]) -> str:
+    """Each non-blank line of `block` as struct j of `fields` (name: type; NULL where missing)."""
+    shape = json.dumps(fields)
+    # One parse a line; TRY leaves j NULL where the line is not JSON at all. Lines are trimmed
+    # (to skip blank ones, to see an object's brace) only where they do not start with a brace.
+    bare = "starts_with(line, '{')"
     return (
-        "SELECT n, json_valid(line) AS valid, CASE WHEN valid THEN json_type(line) END AS type, "
-        f"CASE WHEN type = 'OBJECT' THEN from_json(line, '{shape}') END AS j "
-        "FROM block WHERE trim(line, ' \t\r\n') != ''"
+        f"SELECT n, {bare} OR starts_with(ltrim(line), '{{') AS object, "
+        f"TRY(from_json(line, '{shape}')) AS j FROM block "
+        f"WHERE {bare} OR trim(line, ' \t\r\n') != ''"
     )
 
 
 def json_checks(required: tuple[str, ...], where: str = "true") -> list[Check]:
-    """Valid JSON objects holding every field of `required` (on the rows where `where` holds)."""
-    return [
-        ("NOT valid", "'not valid JSON'"),
-        ("type != 'OBJECT'", "'expected a JSON object'"),
-        *(
-            (f"({where}) AND coalesce(j.{f} = 'null', true)", literal(f"missing field '{f}'"))
-            for f in required
-        ),
-    ]
-
-
-def value(field: str) -> str:
-    return f"(j.{field} ->> '$')"
+    """JSON objects holding every field of `required` (on the rows where `where` holds)."""
+    missing = [(f"({where}) AND j.{f} IS NULL", literal(f"missing field '{f}'")) for f in required]
+    if where != "true":
+        return missing
+    # from_json reads a non-object as an object without fields: tell the two apart here.
+    return [("j IS NULL", "'not valid JSON'"), ("NOT object", "'expected a JSON object'"), *missing]
 
 
 def bad_json(byte: int, encoding: str) -> str:
@@ -72,9 +67,9 @@ def bad_json(byte: int, encoding: str) -> str:
 
 def read_ratings(db, path: Path) -> None:
     """Table rated(n, user, item, rating, timestamp): the ratings above 0, n their lines."""
-    rating = "j.rating"
-    shown = f"CASE json_type({rating}) WHEN 'VARCHAR' THEN {quoted(value('rating'))} ELSE CAST({rating} AS TEXT) END"
-    when = f"strptime({value(TIME_FIELD)}, '{TIME_FORMAT}')"
+    rating, text = "j.rating", "(j.rating ->> '$')"
+    shown = f"CASE json_type({rating}) WHEN 'VARCHAR' THEN {quoted(text)} ELSE {rating}::TEXT END"
+    when = f"strptime(j.{TIME_FIELD}, '{TIME_FORMAT}')"
     rated = f"CAST({rating} AS BIGINT) != 0"
     checks = [
         *json_checks(("rating",)),
@@ -82,10 +77,10 @@ def read_ratings(db, path: Path) -> None:
             f"json_type({rating}) NOT IN ('UBIGINT', 'BIGINT') OR CAST({rating} AS BIGINT) > 5",
             f"'rating ' || {shown} || ' is not a whole number 0-5'",
         ),
-        *json_checks(("user_id", "book_id", TIME_FIELD), rated)[2:],
+        *json_checks(("user_id", "book_id", TIME_FIELD), rated),
         (
             f"{rated} AND try_{when} IS NULL",
-            f"'{TIME_FIELD} ' || {quoted(value(TIME_FIELD))} || {literal(f' is not like {LIKE!r}')}",
+            f"'{TIME_FIELD} ' || {quoted(f'j.{TIME_FIELD}')} || {literal(f' is not like {LIKE!r}')}",
         ),
     ]
     db.execute(
@@ -94,8 +89,9 @@ def read_ratings(db, path: Path) -> None:
     )
     ingest(
         db, path, line_blocks(path, "utf-8", bad_json),
-        objects(("user_id", "book_id", "rating", TIME_FIELD)), checks,
-        f"INSERT INTO rated SELECT n, {value('user_id')}, {value('book_id')}, "
+        objects({"user_id": "VARCHAR", "book_id": "VARCHAR", "rating": "JSON", TIME_FIELD: "VARCHAR"}),
+        checks,
+        "INSERT INTO rated SELECT n, j.user_id, j.book_id, "
         f"CAST({rating} AS DOUBLE), CAST(epoch({when}) AS BIGINT) FROM {{rows}} WHERE {rated}",
     )  # fmt: skip
     if db.execute("SELECT count(*) FROM rated").fetchall()[0][0] == 0:
@@ -106,10 +102,10 @@ def read_titles(db, path: Path) -> None:
     """Table titles(n, item, title): each rated book's first entry, which must have a title."""
     db.execute("CREATE OR REPLACE TABLE books (n BIGINT, item TEXT, title JSON)")
     ingest(
-        db, path, line_blocks(path, "utf-8", bad_json), objects(("book_id", "title")),
-        json_checks(("book_id",)),
-        f"INSERT INTO books SELECT n, {value('book_id')}, j.title FROM {{rows}} "
-        f"WHERE {value('book_id')} IN (SELECT item FROM rated)",
+        db, path, line_blocks(path, "utf-8", bad_json),
+        objects({"book_id": "VARCHAR", "title": "JSON"}), json_checks(("book_id",)),
+        "INSERT INTO books SELECT n, j.book_id, j.title FROM {rows} "
+        "WHERE j.book_id IN (SELECT item FROM rated)",
     )  # fmt: skip
     db.execute(
         "CREATE OR REPLACE TABLE titles AS SELECT n, item, title FROM (SELECT *, row_number() "
@@ -117,7 +113,7 @@ def read_titles(db, path: Path) -> None:
     )
     found = first_row(
         db,
-        "SELECT n, item, title FROM titles WHERE coalesce(title = 'null', true) "
+        "SELECT n, item, title FROM titles WHERE title IS NULL "
         "OR json_type(title) != 'VARCHAR' OR trim(title ->> '$') = '' ORDER BY n LIMIT 1",
     )
     if found:
