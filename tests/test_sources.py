@@ -15,6 +15,7 @@ import pytest
 
 from e2urec.cli import main
 from e2urec.data import Protocol, load_splits, prepare
+from e2urec.data.protocol import build_samples
 from e2urec.data.sources import engine, load
 
 SMALL = Protocol(history=2, min_history=1, last=100)
@@ -556,3 +557,13 @@ def test_cli_memory_limit(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "p"), "--memory-limit", "256"]) == 2
     assert "memory limit '256' is not a size" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_fractional_ids_tie_break_as_numbers(tmp_path):
+    # Same second: item 9.7 before 10.2 (as numbers; as text "10.2" sorts first).
+    (tmp_path / "log.csv").write_text(
+        "user,item,rating,timestamp\na,10.2,4,100\na,9.7,2,100\na,3,5,200\n"
+    )
+    data = load("interactions", tmp_path / "log.csv")
+    [sample], _ = build_samples(data, Protocol(history=2, min_history=2, last=100))
+    assert sample.input.split("\n")[1] == "['0. 9.7 (2 stars)', '1. 10.2 (4 stars)']"

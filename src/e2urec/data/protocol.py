@@ -52,7 +52,7 @@ class Splits:
 def _key(db, column: str) -> str:
     """Numeric ids compare as numbers (the paper sorts ML-1M's int ids: 593 before 2384)."""
     whole, numeric = db.execute(
-        f'SELECT bool_and(TRY_CAST("{column}" AS BIGINT) IS NOT NULL), '
+        f"SELECT bool_and(regexp_full_match(\"{column}\", '\\s*-?[0-9]{{1,18}}\\s*')), "
         f'bool_and(TRY_CAST("{column}" AS DOUBLE) IS NOT NULL) FROM interactions'
     ).fetchall()[0]
     return f'CAST("{column}" AS {"BIGINT" if whole else "DOUBLE"})' if numeric else f'"{column}"'
