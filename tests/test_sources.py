@@ -15,7 +15,8 @@ import pytest
 
 from e2urec.cli import main
 from e2urec.data import Protocol, load_splits, prepare
-from e2urec.data.sources import load
+from e2urec.data.protocol import build_samples
+from e2urec.data.sources import engine, load
 
 SMALL = Protocol(history=2, min_history=1, last=100)
 
@@ -483,3 +484,86 @@ def test_cli_refuses_an_option_of_another_loader(tmp_path, capsys):
     argv = ["prepare", "--dataset", "ml-1m", "--raw", str(raw), "--out", str(tmp_path / "o")]
     assert main([*argv, "--titles", "t.csv"]) == 2
     assert "ml-1m: unknown option(s) titles" in capsys.readouterr().err
+
+
+# --- the out-of-core engine ---------------------------------------------------------------
+
+
+def prompts(out):
+    return {key: (s.input, s.output) for key, s in samples_by_key(out).items()}
+
+
+def test_small_blocks_give_the_same_samples_and_line_numbers(tmp_path, monkeypatch):
+    """Files cut into many blocks: the same prompts, and errors still name the right line."""
+    raw = write_ml1m(tmp_path / "raw")
+    prepare(tmp_path / "whole", dataset="ml-1m", raw=raw, protocol=SMALL)
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 16)  # one or two lines a block
+    prepare(tmp_path / "cut", dataset="ml-1m", raw=raw, protocol=SMALL)
+    assert prompts(tmp_path / "cut") == prompts(tmp_path / "whole")
+    write_ml1m(raw, ratings=replace_line(RATINGS, 8, "3::1::2::soon\n"))
+    with pytest.raises(ValueError, match=re.escape(f"{raw / 'ratings.dat'}, line 8: Timestamp")):
+        prepare(tmp_path / "bad", dataset="ml-1m", raw=raw, protocol=SMALL)
+    gr = write_goodreads(tmp_path / "gr")
+    books = gr / "goodreads_books_comics_graphic.json"
+    books.write_bytes(books.read_bytes().replace(b'"Dune', b'"\xffDune'))
+    with pytest.raises(ValueError, match=re.escape(f"{books}, line 3: not valid JSON (byte 0xff")):
+        load("goodreads", gr)
+
+
+def test_goodreads_blank_lines_crlf_and_a_line_that_is_not_an_object(tmp_path):
+    raw = write_goodreads(tmp_path)
+    path = raw / "goodreads_interactions_comics_graphic.json.gz"
+    lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    path.write_bytes(gzip.compress(b"\r\n".join([lines[0], b"", b"  ", *lines[1:]])))
+    assert len(load("goodreads", raw).frame) == 7  # blank lines skipped, CRLF read
+    path.write_bytes(gzip.compress(b"\n".join([lines[0], b'["u1", "10"]', *lines[1:]])))
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: expected a JSON object")):
+        load("goodreads", raw)
+
+
+def test_interactions_gzipped_csv(tmp_path):
+    log, titles = write_log(tmp_path)
+    packed = tmp_path / "log.csv.gz"
+    packed.write_bytes(gzip.compress(log.read_bytes()))
+    plain = load("interactions", log, titles=titles, **COLUMNS).frame
+    pd.testing.assert_frame_equal(
+        load("interactions", packed, titles=titles, **COLUMNS).frame, plain
+    )
+
+
+def test_memory_limit_is_set_and_the_engine_folder_removed(tmp_path):
+    out = tmp_path / "out"
+    with engine.workspace(out, "300MB") as db:
+        limit = db.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        spill = db.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+        assert limit.startswith("286") and spill.startswith(str(tmp_path / ".out.engine-"))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="memory limit 'lots' is not a size such as 2GB"):
+        prepare(out, dataset="ml-1m", raw=write_ml1m(tmp_path / "raw"), memory_limit="lots")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_a_small_memory_limit_gives_the_same_samples(tmp_path):
+    raw = write_ml1m(tmp_path / "raw")
+    prepare(tmp_path / "roomy", dataset="ml-1m", raw=raw, protocol=SMALL)
+    prepare(tmp_path / "tight", dataset="ml-1m", raw=raw, protocol=SMALL, memory_limit="32MB")
+    assert prompts(tmp_path / "tight") == prompts(tmp_path / "roomy")
+
+
+def test_cli_memory_limit(tmp_path, capsys):
+    raw = write_ml1m(tmp_path / "raw")
+    argv = ["prepare", "--dataset", "ml-1m", "--raw", str(raw), "--min-history", "1"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--memory-limit", "256MB"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "p"), "--memory-limit", "256"]) == 2
+    assert "memory limit '256' is not a size" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_fractional_ids_tie_break_as_numbers(tmp_path):
+    # Same second: item 9.7 before 10.2 (as numbers; as text "10.2" sorts first).
+    (tmp_path / "log.csv").write_text(
+        "user,item,rating,timestamp\na,10.2,4,100\na,9.7,2,100\na,3,5,200\n"
+    )
+    data = load("interactions", tmp_path / "log.csv")
+    [sample], _ = build_samples(data, Protocol(history=2, min_history=2, last=100))
+    assert sample.input.split("\n")[1] == "['0. 9.7 (2 stars)', '1. 10.2 (4 stars)']"

@@ -43,6 +43,10 @@ def add_prepare(sub) -> None:
     p.add_argument("--holdout", type=float, help="held-out share of train for the attack (0)")
     p.add_argument("--canaries", type=int, help="canaries per forgotten user (default 0)")
     p.add_argument("--canary-copies", dest="canary_copies", type=int, help="default 4")
+    p.add_argument(
+        "--memory-limit",
+        help="memory for the data engine, e.g. 2GB (default: an eighth of the machine's RAM)",
+    )
     log = p.add_argument_group("--dataset interactions (a CSV or Parquet log)")
     log.add_argument("--user-col", help="user column (default: user)")
     log.add_argument("--item-col", help="item column (default: item)")
@@ -59,7 +63,12 @@ def run_prepare(args) -> None:
     names = ("user_col", "item_col", "rating_col", "time_col", "titles")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     manifest = prepare(
-        args.out, dataset=args.dataset, raw=args.raw, protocol=_protocol(args), **options
+        args.out,
+        dataset=args.dataset,
+        raw=args.raw,
+        protocol=_protocol(args),
+        memory_limit=args.memory_limit,
+        **options,
     )
     print(json.dumps({k: manifest[k] for k in ("dataset", "counts", "users")}, indent=2))
     print(f"wrote {args.out}")

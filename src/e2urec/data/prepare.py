@@ -15,6 +15,7 @@ from e2urec.data.canaries import real, unique
 from e2urec.data.protocol import Protocol, Splits, make_splits
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
 from e2urec.data.sampling import split_stats
+from e2urec.data.sources.engine import workspace
 
 SPLITS = ("train", "valid", "test", "retain", "forget")
 # Written only when the protocol asks for them (`holdout`, `canaries`); read as empty otherwise.
@@ -26,12 +27,18 @@ def prepare(
     dataset: str = "movielens",
     raw: str | Path | None = None,
     protocol: Protocol | None = None,
+    memory_limit: str | None = None,
     **loader_options,
 ) -> dict:
-    """Build the splits of `dataset` and write them to `out`; returns the manifest."""
+    """Build the splits of `dataset` and write them to `out`; returns the manifest.
+
+    `memory_limit` (such as "2GB"; default an eighth of the machine) caps the DuckDB engine,
+    which spills to a temporary folder beside `out` beyond it.
+    """
     protocol = protocol or Protocol()
-    data = sources.load(dataset, raw, **loader_options)
-    splits = make_splits(data, protocol)
+    with workspace(out, memory_limit) as db:
+        data = sources.load(dataset, raw, db=db, **loader_options)
+        splits = make_splits(data, protocol)
     manifest = {
         "dataset": dataset,
         "raw": [str(p) for p in data.files],

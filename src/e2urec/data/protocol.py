@@ -5,9 +5,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
-import pandas as pd
-
 from e2urec.data.canaries import plant
 from e2urec.data.prompt import Profile, build_prompt
 from e2urec.data.sample import NO, YES, Sample
@@ -71,65 +68,77 @@ class Splits:
         return self.parts[name]
 
 
-def _id_key(ids: pd.Series) -> pd.Series:
+def _key(db, column: str) -> str:
     """Numeric ids compare as numbers (the paper sorts ML-1M's int ids: 593 before 2384)."""
-    numbers = pd.to_numeric(ids, errors="coerce")
-    return ids if numbers.isna().any() else numbers
+    whole, numeric = db.execute(
+        f"SELECT bool_and(regexp_full_match(\"{column}\", '\\s*-?[0-9]{{1,18}}\\s*')), "
+        f'bool_and(TRY_CAST("{column}" AS DOUBLE) IS NOT NULL) FROM interactions'
+    ).fetchall()[0]
+    return f'CAST("{column}" AS {"BIGINT" if whole else "DOUBLE"})' if numeric else f'"{column}"'
 
 
-def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
-    # Ties in time are broken by user then item, stably, as the paper's preprocessing does.
-    keys = pd.DataFrame(
-        {"t": frame["timestamp"], "u": _id_key(frame["user"]), "i": _id_key(frame["item"])}
+def _rank(db, p: Protocol) -> None:
+    """Tables `ranked` (each rating's place among its user's) and `chosen` (the last N samples)."""
+    user, item = _key(db, "user"), _key(db, "item")
+    # Ties in time are broken by user then item, then file order, as the paper's stable sort does.
+    db.execute(
+        'CREATE OR REPLACE TABLE ranked AS SELECT seq, "user", "timestamp" AS t, '
+        f"{user} AS u, {item} AS i, row_number() OVER "
+        f'(PARTITION BY "user" ORDER BY "timestamp", {item}, seq) - 1 AS pos FROM interactions'
     )
-    order = keys.sort_values(["t", "u", "i"], kind="stable").index
-    return frame.loc[order].reset_index(drop=True)
+    db.execute(
+        'CREATE OR REPLACE TABLE chosen AS SELECT seq, "user", pos, '
+        "row_number() OVER (ORDER BY t, u, i, seq) - 1 AS k FROM (SELECT * FROM ranked "
+        "WHERE pos >= $min ORDER BY t DESC, u DESC, i DESC, seq DESC LIMIT $last)",
+        {"min": p.min_history, "last": p.last},
+    )
 
 
-def _profiles(frame: pd.DataFrame) -> list[Profile] | None:
-    if not any(c in frame.columns for c in PROFILE):
-        return None
-    columns = {
-        k: [None if pd.isna(v) else str(v) for v in frame[k]] if k in frame else [None] * len(frame)
-        for k in PROFILE
-    }
-    return [Profile(*values) for values in zip(*(columns[k] for k in PROFILE))]
+def _kept(db, p: Protocol, profile: list[str]) -> list[tuple]:
+    """Per chosen sample in time order: user, item, rating, timestamp, title, profile values,
+    and its history's titles and ratings, oldest first."""
+    extra = "".join(f', r."{c}"' for c in profile)
+    return db.execute(
+        "WITH past AS (SELECT c.k, h.seq, h.pos FROM (SELECT * FROM chosen, range(1, $k + 1) "
+        'd(back)) c JOIN ranked h ON h."user" = c."user" AND h.pos = c.pos - c.back), '
+        "rows AS (SELECT * FROM interactions WHERE seq IN "
+        "(SELECT seq FROM chosen UNION ALL SELECT seq FROM past)), "
+        "hist AS (SELECT p.k, list(r.title ORDER BY p.pos) AS titles, "
+        "list(r.rating ORDER BY p.pos) AS ratings FROM past p JOIN rows r USING (seq) GROUP BY p.k) "
+        f'SELECT r."user", r.item, r.rating, r."timestamp", r.title{extra}, h.titles, h.ratings '
+        "FROM chosen c JOIN rows r USING (seq) LEFT JOIN hist h USING (k) ORDER BY c.k",
+        {"k": p.history},
+    ).fetchall()
 
 
 def build_samples(data: Interactions, p: Protocol) -> tuple[list[Sample], int]:
-    """One sample per rating, with the user's earlier ratings as history; time order."""
-    frame = _sorted(data.frame)
-    position = frame.groupby("user", sort=False).cumcount().to_numpy()
-    eligible = np.flatnonzero(position >= p.min_history)
-    chosen = eligible[-p.last :]
-    rows_of_user = frame.groupby("user", sort=False).indices
-    users = frame["user"].astype(str).to_numpy()
-    items = frame["item"].astype(str).to_numpy()
-    times = frame["timestamp"].to_numpy(dtype="int64")
-    titles = frame["title"].astype(str).to_numpy()
-    ratings = frame["rating"].to_numpy(dtype=float)
-    profiles = _profiles(frame.iloc[chosen])
+    """One sample per rating, with the user's earlier ratings as history; time order.
+
+    DuckDB ranks every rating; only the last N eligible ones and their histories come back.
+    """
+    db = data.db
+    _rank(db, p)
+    candidates = db.execute(
+        "SELECT count(*) FROM ranked WHERE pos >= ?", [p.min_history]
+    ).fetchall()[0][0]
+    profile = [c for c in PROFILE if c in data.columns()]
     samples = []
-    for n, i in enumerate(chosen):
-        h = position[i]
-        past = rows_of_user[users[i]][max(0, h - p.history) : h]
-        prompt = build_prompt(
-            [(titles[j], ratings[j]) for j in past],
-            titles[i],
-            profiles[n] if profiles else None,
-            data.kind,
-        )
+    for user, item, rating, time, title, *rest in _kept(db, p, profile):
+        *values, titles, ratings = rest
+        shown = dict(zip(profile, values))
+        person = Profile(*(shown.get(k) for k in PROFILE)) if profile else None
+        history = list(zip(titles or [], ratings or []))
         samples.append(
             Sample(
-                input=prompt,
-                output=YES if ratings[i] > p.threshold else NO,
-                user=users[i],
-                item=items[i],
-                rating=float(ratings[i]),
-                timestamp=int(times[i]),
+                input=build_prompt(history, title, person, data.kind),
+                output=YES if rating > p.threshold else NO,
+                user=user,
+                item=item,
+                rating=float(rating),
+                timestamp=int(time),
             )
         )
-    return samples, len(eligible)
+    return samples, candidates
 
 
 def choose_forgotten(train: list[Sample], ratio: float, seed: int) -> list[str]:

@@ -29,17 +29,19 @@ LOADERS: dict[str, Loader] = {
 }
 
 
-def load(name: str, raw: str | Path | None = None, **options) -> Interactions:
+def load(name: str, raw: str | Path | None = None, db=None, **options) -> Interactions:
+    """`db`: the DuckDB connection to load into (default: a new one in memory)."""
     if name not in LOADERS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}")
     # An option meant for another loader (say --titles with ml-1m) is an error, not a TypeError.
-    accepted = list(inspect.signature(LOADERS[name]).parameters)[1:]
+    accepted = list(inspect.signature(LOADERS[name]).parameters)[2:]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = ", ".join(accepted) or "none"
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; it takes: {takes}")
-    data = LOADERS[name](raw, **options)
-    validate(data.frame, where=name)
+    data = LOADERS[name](raw, db, **options)
+    if data.count() == 0:
+        raise ValueError(f"{name}: no interactions")
     return data
 
 

@@ -1,4 +1,4 @@
-"""Any interaction log: a CSV or Parquet file with one rating per row.
+"""Any interaction log: a CSV or Parquet file with one rating per row, gzipped or not.
 
 Columns user, item, rating and timestamp are required; other names are given with `user_col`,
 `item_col`, `rating_col`, `time_col`. Timestamps are whole unix seconds or ISO 8601 date-times
@@ -10,127 +10,170 @@ is called by its id.
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from e2urec.data.sources.base import PROFILE, Interactions
-from e2urec.data.sources.text import check, decode
+from e2urec.data.sources.engine import Check, first_duplicate, ingest, line_blocks, quoted
 
 GENDERS = ("male", "female")
+BATCH_ROWS = 1 << 20
 
 
 class Table:
-    """A read file and how its rows are counted in messages (CSV: line i + 2, after the header)."""
+    """A CSV or Parquet file read in blocks, and how its rows are counted in messages."""
 
     def __init__(self, path: Path):
         self.path = path
-        if path.suffix == ".parquet":
-            self.frame, self.first, self.unit = read_parquet(path), 1, "row"
-        else:
-            self.frame, self.first, self.unit = read_csv(path), 2, "line"
-
-    def column(self, name: str) -> pd.Series:
-        if name not in self.frame.columns:
-            have = ", ".join(map(str, self.frame.columns))
-            raise ValueError(f"{self.path}: no column {name!r} (columns: {have})")
-        return self.frame[name]
-
-    def check(self, bad, describe) -> None:
-        check(self.path, np.asarray(bad, dtype=bool), describe, self.first, self.unit)
-
-
-def read_csv(path: Path) -> pd.DataFrame:
-    text = decode(path, "utf-8")  # decoded here so that a bad byte is reported with its line
-    try:
-        # Blank lines are kept so that row i stays line i + 2; they fail as missing values.
-        return pd.read_csv(
-            io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False
+        self.parquet = path.name.endswith(".parquet")
+        self.first, self.unit = (1, "row") if self.parquet else (2, "line")
+        self.schema = self.reading(
+            lambda: pq.ParquetFile(path).schema_arrow if self.parquet else self.reader().schema
         )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ValueError(f"{path}: {err}") from None
+
+    def reading(self, action):
+        """Arrow's errors as ValueErrors naming the file (and the line of a bad byte)."""
+        try:
+            return action()
+        except (OSError, pa.ArrowException) as err:
+            if "UTF8" in str(err):
+                for _ in line_blocks(self.path, "utf-8"):  # raises at the bad byte's line
+                    pass
+            what = "cannot read as Parquet" if self.parquet else "cannot read as CSV"
+            raise ValueError(f"{self.path}: {what} ({err})") from None
+
+    def reader(self):
+        if self.parquet:
+            return pq.ParquetFile(self.path).iter_batches(BATCH_ROWS)
+        names = pacsv.open_csv(self.open()).schema.names
+        # Text throughout, blank lines kept so that row i stays line i + 2 (they fail as empty).
+        return pacsv.open_csv(
+            self.open(),
+            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+
+    def open(self):
+        return pa.input_stream(str(self.path), compression="detect")
+
+    def blocks(self) -> Iterator[pa.Table]:
+        reader = self.reading(self.reader)
+        batches = iter(reader)
+        first = self.first
+        while (batch := self.reading(lambda: next(batches, None))) is not None:
+            n = pa.array(np.arange(first, first + batch.num_rows))
+            yield pa.Table.from_batches([batch]).append_column("n", n)
+            first += batch.num_rows
+
+    def column(self, name: str) -> str:
+        if name not in self.schema.names:
+            have = ", ".join(self.schema.names)
+            raise ValueError(f"{self.path}: no column {name!r} (columns: {have})")
+        return '"' + name.replace('"', '""') + '"'
+
+    def kind(self, name: str) -> str:
+        t = self.schema.field(name).type
+        if pa.types.is_timestamp(t) or pa.types.is_date(t):
+            return "time"
+        return "number" if pa.types.is_integer(t) or pa.types.is_floating(t) else "text"
+
+    def ingest(self, db, checks: list[Check], insert: str) -> None:
+        ingest(db, self.path, self.blocks(), "SELECT * FROM block", checks, insert, self.unit)
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read as Parquet ({err})") from None
+def blank(col: str) -> str:
+    return f"({col} IS NULL OR trim(CAST({col} AS TEXT)) = '')"
 
 
-def blank(col: pd.Series) -> pd.Series:
-    return col.isna() | (col.astype(object).map(str).str.strip() == "")
+def shown(col: str) -> str:
+    return quoted(f"CAST({col} AS TEXT)")
 
 
-def ids(table: Table, name: str) -> pd.Series:
+def ids(table: Table, name: str) -> tuple[str, Check]:
     col = table.column(name)
-    table.check(blank(col), lambda i: f"{name} is empty")
-    return col.astype(object).map(str)
+    return f"CAST({col} AS TEXT)", (blank(col), f"'{name} is empty'")
 
 
-def ratings(table: Table, name: str) -> np.ndarray:
+def ratings(table: Table, name: str) -> tuple[str, Check]:
     col = table.column(name)
-    values = pd.to_numeric(col, errors="coerce").astype(float).to_numpy()
-    table.check(~np.isfinite(values), lambda i: f"{name} {col.iat[i]!r} is not a number")
-    return values
+    value = f"TRY_CAST({col} AS DOUBLE)"
+    bad = f"NOT coalesce(isfinite({value}), false)"
+    return value, (bad, f"'{name} ' || {shown(col)} || ' is not a number'")
 
 
-def to_seconds(times: pd.Series) -> pd.Series:
-    """Whole seconds as floats (exact below 2**53), NaN where unreadable; fractions dropped."""
-    if times.dt.tz is None:
-        times = times.dt.tz_localize("UTC")
-    return (times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+def seconds(table: Table, name: str) -> tuple[str, Check]:
+    """Whole unix seconds (NULL where unreadable); fractions of a second dropped."""
+    col, kind = table.column(name), table.kind(name)
+    if kind == "time":
+        value = f"CAST(floor(epoch({col})) AS BIGINT)"
+    elif kind == "number":
+        value = f"CASE WHEN {col} = floor({col}) THEN TRY_CAST({col} AS BIGINT) END"
+    else:
+        text = f"trim({col})"
+        iso = f"TRY_CAST(floor(epoch(TRY_CAST({text} AS TIMESTAMPTZ))) AS BIGINT)"
+        whole = f"regexp_full_match({text}, '-?[0-9]{{1,18}}')"
+        value = f"CASE WHEN {whole} THEN CAST({text} AS BIGINT) ELSE {iso} END"
+    message = "' is not whole unix seconds or an ISO 8601 date-time'"
+    return value, (f"{value} IS NULL", f"'{name} ' || {shown(col)} || {message}")
 
 
-def seconds_of(col: pd.Series) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(col):
-        return to_seconds(col)
-    if pd.api.types.is_numeric_dtype(col):
-        return col.astype(float).where(col % 1 == 0)
-    text = col.astype(object).map(lambda v: "" if pd.isna(v) else str(v).strip())
-    whole = text.str.fullmatch(r"-?[0-9]{1,18}").to_numpy(dtype=bool)
-    out = pd.Series(np.nan, index=col.index)
-    out[whole] = text[whole].astype("int64")
-    iso = pd.to_datetime(text[~whole], format="ISO8601", utc=True, errors="coerce")
-    out[~whole] = to_seconds(iso)
-    return out
+def profile(table: Table) -> tuple[list[str], list[str], list[Check]]:
+    """The profile columns present, their SQL values (blank: NULL), and the gender check."""
+    present = [k for k in PROFILE if k in table.schema.names]
+    cols = [table.column(k) for k in present]
+    values = [f"CASE WHEN NOT {blank(c)} THEN CAST({c} AS TEXT) END" for c in cols]
+    checks = []
+    if "gender" in present:
+        g = table.column("gender")
+        checks.append(
+            (
+                f"NOT {blank(g)} AND CAST({g} AS TEXT) NOT IN {GENDERS}",
+                f"'gender ' || {shown(g)} || ' is not male or female (or empty)'",
+            )
+        )
+    return present, values, checks
 
 
-def timestamps(table: Table, name: str) -> np.ndarray:
-    col = table.column(name)
-    seconds = seconds_of(col).to_numpy()
-    table.check(
-        np.isnan(seconds) | (seconds != np.floor(seconds)),
-        lambda i: f"{name} {col.iat[i]!r} is not whole unix seconds or an ISO 8601 date-time",
-    )
-    return seconds.astype("int64")
-
-
-def profile(table: Table) -> dict[str, pd.Series]:
-    cols = {
-        k: table.frame[k].mask(blank(table.frame[k])).astype(object)
-        for k in PROFILE
-        if k in table.frame
-    }
-    if "gender" in cols:
-        gender = cols["gender"]
-        bad = gender.notna() & ~gender.isin(GENDERS)
-        table.check(bad, lambda i: f"gender {gender.iat[i]!r} is not male or female (or empty)")
-    return cols
-
-
-def read_titles(path: Path) -> dict[str, str]:
+def read_log(db, path: Path, columns: dict[str, str]) -> list[str]:
+    """Table log(seq, user, item, rating, timestamp, profile...); returns the profile's names."""
     table = Table(path)
-    items, titles = ids(table, "item"), table.column("title")
-    table.check(items.duplicated(), lambda i: f"item {items.iat[i]} appears a second time")
-    named = ~blank(titles)
-    return dict(zip(items[named], titles[named].astype(object).map(str)))
+    user, item = ids(table, columns["user"]), ids(table, columns["item"])
+    rating, time = ratings(table, columns["rating"]), seconds(table, columns["timestamp"])
+    present, extra, gender = profile(table)
+    db.execute(
+        'CREATE OR REPLACE TABLE log (seq BIGINT, "user" TEXT, item TEXT, rating DOUBLE, '
+        '"timestamp" BIGINT' + "".join(f", {k} TEXT" for k in present) + ")"
+    )
+    values = [user[0], item[0], rating[0], time[0], *extra]
+    checks = [user[1], item[1], rating[1], time[1], *gender]
+    table.ingest(db, checks, f"INSERT INTO log SELECT n, {', '.join(values)} FROM {{rows}}")
+    return present
+
+
+def read_titles(db, path: Path) -> None:
+    """Table titles(n, item, title) of the named items; an item may appear once."""
+    table = Table(path)
+    item, title = ids(table, "item"), table.column("title")
+    db.execute("CREATE OR REPLACE TABLE titles (n BIGINT, item TEXT, title TEXT)")
+    table.ingest(
+        db, [item[1]], f"INSERT INTO titles SELECT n, {item[0]}, CASE WHEN NOT {blank(title)} "
+        f"THEN CAST({title} AS TEXT) END FROM {{rows}}",
+    )  # fmt: skip
+    first_duplicate(db, path, "titles", "item", "item", table.unit)
 
 
 def load_interactions(
     raw: str | Path | None = None,
+    db=None,
     user_col: str = "user",
     item_col: str = "item",
     rating_col: str = "rating",
@@ -143,16 +186,17 @@ def load_interactions(
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise ValueError(f"interactions: file(s) not found: {', '.join(missing)}")
-    table = Table(files[0])
-    frame = pd.DataFrame(
-        {
-            "user": ids(table, user_col).to_numpy(),
-            "item": ids(table, item_col).to_numpy(),
-            "rating": ratings(table, rating_col),
-            "timestamp": timestamps(table, time_col),
-            **{k: v.to_numpy() for k, v in profile(table).items()},
-        }
+    data = Interactions(files=files, db=db)
+    columns = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
+    present = read_log(data.db, files[0], columns)
+    if titles:
+        read_titles(data.db, files[1])
+    else:
+        data.db.execute("CREATE OR REPLACE TABLE titles (n BIGINT, item TEXT, title TEXT)")
+    data.db.execute(
+        'CREATE OR REPLACE VIEW interactions AS SELECT l.seq, l."user", l.item, l.rating, '
+        'l."timestamp", coalesce(t.title, l.item) AS title'
+        + "".join(f", l.{k}" for k in present)
+        + " FROM log l LEFT JOIN titles t ON t.item = l.item AND t.title IS NOT NULL"
     )
-    names = read_titles(files[1]) if titles else {}
-    frame["title"] = [names.get(item, item) for item in frame["item"]]
-    return Interactions(frame=frame, files=files)
+    return data

@@ -120,7 +120,7 @@ def read_ratings(path: Path, users: pd.Index, items: pd.Index) -> pd.DataFrame:
     )
 
 
-def load_ml100k(raw: str | Path | None = None) -> Interactions:
+def load_ml100k(raw: str | Path | None = None, db=None) -> Interactions:
     """`raw`: a folder with ml-100k.user/.item/.inter; default: the copy inside recbole."""
     folder = Path(raw) if raw else package_folder()
     paths = [folder / name for name in FILES]
@@ -141,4 +141,4 @@ def load_ml100k(raw: str | Path | None = None) -> Interactions:
             **{k: users[k].reindex(r["user"]).to_numpy() for k in PROFILE},
         }
     )
-    return Interactions(frame=frame, kind=MOVIE, files=paths)
+    return Interactions(frame, kind=MOVIE, files=paths, db=db)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from e2urec.data.prompt import MOVIE
-from e2urec.data.sources.base import PROFILE, Interactions
-from e2urec.data.sources.text import check, decode, split_fields, unique, whole_numbers
+from e2urec.data.sources.base import Interactions
+from e2urec.data.sources.engine import (
+    Check,
+    first_duplicate,
+    ingest,
+    line_blocks,
+    literal,
+    quoted,
+    whole,
+)
 
 FILES = ("users.dat", "movies.dat", "ratings.dat")
 GENDERS = {"M": "male", "F": "female"}
@@ -51,77 +56,117 @@ JOBS = {
     20: "writer",
 }
 STARS = (1, 5)
+FIELDS = "SELECT n, string_split(line, '::') AS f FROM block"
 
 
-def coded(path: Path, codes: np.ndarray, names: dict, field: str) -> np.ndarray:
-    known = np.fromiter(names, dtype="int64")
-    check(
-        path,
-        ~np.isin(codes, known),
-        lambda i: f"{field} {codes[i]} is not one of the codes {', '.join(map(str, names))}",
-    )
-    return pd.Series(codes).map(names).to_numpy(dtype=object)
+def shape(names: tuple[str, ...]) -> Check:
+    n = len(names)
+    return f"len(f) != {n}", f"'expected {n} fields ({'::'.join(names)}), found ' || len(f)"
 
 
-def read_users(path: Path) -> pd.DataFrame:
-    """gender/age/job names, indexed by user id."""
-    f = split_fields(
-        path, decode(path, "utf-8"), ("UserID", "Gender", "Age", "Occupation", "Zip-code"), "::"
-    )
-    ids = whole_numbers(path, f["UserID"], "UserID")
-    unique(path, ids, "UserID")
-    gender = f["Gender"].to_numpy(dtype=object)
-    check(path, ~np.isin(gender, list(GENDERS)), lambda i: f"Gender {gender[i]!r} is not M or F")
-    return pd.DataFrame(
-        {
-            "gender": pd.Series(gender).map(GENDERS).to_numpy(dtype=object),
-            "age": coded(path, whole_numbers(path, f["Age"], "Age"), AGES, "Age"),
-            "job": coded(
-                path, whole_numbers(path, f["Occupation"], "Occupation"), JOBS, "Occupation"
-            ),
-        },
-        index=ids,
+def whole_number(i: int, name: str) -> Check:
+    return (
+        f"NOT {whole(f'f[{i}]')}",
+        f"'{name} ' || {quoted(f'f[{i}]')} || ' is not a whole number'",
     )
 
 
-def read_movies(path: Path) -> pd.Series:
-    """Titles indexed by movie id."""
-    f = split_fields(path, decode(path, "iso-8859-1"), ("MovieID", "Title", "Genres"), "::")
-    ids = whole_numbers(path, f["MovieID"], "MovieID")
-    unique(path, ids, "MovieID")
-    return pd.Series(f["Title"].to_numpy(dtype=object), index=ids)
+def coded(i: int, names: dict, field: str) -> tuple[Check, str]:
+    """The check that f[i] is one of the codes, and the SQL for its name."""
+    code = f"TRY_CAST(f[{i}] AS BIGINT)"
+    listed = ", ".join(map(str, names))
+    check = (
+        f"{code} NOT IN ({listed})",
+        f"'{field} ' || {code} || ' is not one of the codes {listed}'",
+    )
+    cases = " ".join(f"WHEN {k} THEN {literal(v)}" for k, v in names.items())
+    return check, f"CASE {code} {cases} END"
 
 
-def read_ratings(path: Path, users: pd.Index, movies: pd.Index) -> dict[str, np.ndarray]:
+def load_table(db, path: Path, encoding: str, checks: list[Check], insert: str) -> None:
+    ingest(db, path, line_blocks(path, encoding), FIELDS, checks, insert)
+    table = insert.split()[2]
+    if db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] == 0:
+        raise ValueError(f"{path}: empty file")
+
+
+def read_users(db, path: Path) -> None:
+    """Table users(n, id, gender, age, job) with the names of the codes."""
+    age, age_name = coded(3, AGES, "Age")
+    job, job_name = coded(4, JOBS, "Occupation")
+    checks = [
+        shape(("UserID", "Gender", "Age", "Occupation", "Zip-code")),
+        whole_number(1, "UserID"),
+        ("f[2] NOT IN ('M', 'F')", f"'Gender ' || {quoted('f[2]')} || ' is not M or F'"),
+        whole_number(3, "Age"),
+        age,
+        whole_number(4, "Occupation"),
+        job,
+    ]
+    db.execute(
+        "CREATE OR REPLACE TABLE users (n BIGINT, id BIGINT, gender TEXT, age TEXT, job TEXT)"
+    )
+    gender = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in GENDERS.items())
+    load_table(
+        db, path, "utf-8", checks,
+        f"INSERT INTO users SELECT n, CAST(f[1] AS BIGINT), CASE f[2] {gender} END, {age_name}, "
+        f"{job_name} FROM {{rows}}",
+    )  # fmt: skip
+    first_duplicate(db, path, "users", "id", "UserID")
+
+
+def read_movies(db, path: Path) -> None:
+    """Table movies(n, id, title)."""
+    checks = [shape(("MovieID", "Title", "Genres")), whole_number(1, "MovieID")]
+    db.execute("CREATE OR REPLACE TABLE movies (n BIGINT, id BIGINT, title TEXT)")
+    insert = "INSERT INTO movies SELECT n, CAST(f[1] AS BIGINT), f[2] FROM {rows}"
+    load_table(db, path, "iso-8859-1", checks, insert)
+    first_duplicate(db, path, "movies", "id", "MovieID")
+
+
+def read_ratings(db, path: Path) -> None:
+    """Table ratings(seq, user_id, movie_id, rating, timestamp); seq is the line."""
     fields = ("UserID", "MovieID", "Rating", "Timestamp")
-    f = split_fields(path, decode(path, "utf-8"), fields, "::")
-    cols = {name: whole_numbers(path, f[name], name) for name in fields}
-    user, movie, rating = cols["UserID"], cols["MovieID"], cols["Rating"]
-    check(path, ~np.isin(user, users), lambda i: f"UserID {user[i]} is not in users.dat")
-    check(path, ~np.isin(movie, movies), lambda i: f"MovieID {movie[i]} is not in movies.dat")
     lo, hi = STARS
-    check(path, (rating < lo) | (rating > hi), lambda i: f"Rating {rating[i]} is outside {lo}-{hi}")
-    return cols
+    user, movie = "TRY_CAST(f[1] AS BIGINT)", "TRY_CAST(f[2] AS BIGINT)"
+    checks = [
+        shape(fields),
+        *(whole_number(i, name) for i, name in enumerate(fields, 1)),
+        (f"{user} NOT IN (SELECT id FROM users)", f"'UserID ' || {user} || ' is not in users.dat'"),
+        (
+            f"{movie} NOT IN (SELECT id FROM movies)",
+            f"'MovieID ' || {movie} || ' is not in movies.dat'",
+        ),
+        (
+            f"TRY_CAST(f[3] AS BIGINT) NOT BETWEEN {lo} AND {hi}",
+            f"'Rating ' || TRY_CAST(f[3] AS BIGINT) || ' is outside {lo}-{hi}'",
+        ),
+    ]
+    db.execute(
+        "CREATE OR REPLACE TABLE ratings "
+        '(seq BIGINT, user_id BIGINT, movie_id BIGINT, rating DOUBLE, "timestamp" BIGINT)'
+    )
+    insert = (
+        "INSERT INTO ratings SELECT n, CAST(f[1] AS BIGINT), CAST(f[2] AS BIGINT), "
+        "CAST(f[3] AS DOUBLE), CAST(f[4] AS BIGINT) FROM {rows}"
+    )
+    load_table(db, path, "utf-8", checks, insert)
 
 
-def load_ml1m(raw: str | Path | None = None) -> Interactions:
+def load_ml1m(raw: str | Path | None = None, db=None) -> Interactions:
     if raw is None:
         raise ValueError(f"ml-1m needs --raw: the folder holding {', '.join(FILES)}")
     paths = [Path(raw) / name for name in FILES]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"ml-1m: file(s) not found: {', '.join(missing)}")
-    users = read_users(paths[0])
-    titles = read_movies(paths[1])
-    r = read_ratings(paths[2], users.index, titles.index)
-    frame = pd.DataFrame(
-        {
-            "user": r["UserID"].astype(str),
-            "item": r["MovieID"].astype(str),
-            "rating": r["Rating"].astype(float),
-            "timestamp": r["Timestamp"],
-            "title": titles.reindex(r["MovieID"]).to_numpy(),
-            **{k: users[k].reindex(r["UserID"]).to_numpy() for k in PROFILE},
-        }
+    data = Interactions(kind=MOVIE, files=paths, db=db)
+    read_users(data.db, paths[0])
+    read_movies(data.db, paths[1])
+    read_ratings(data.db, paths[2])
+    data.db.execute(
+        'CREATE OR REPLACE VIEW interactions AS SELECT r.seq, CAST(r.user_id AS TEXT) AS "user", '
+        'CAST(r.movie_id AS TEXT) AS item, r.rating, r."timestamp", m.title, u.gender, u.age, '
+        "u.job FROM ratings r JOIN movies m ON m.id = r.movie_id JOIN users u ON u.id = r.user_id"
     )
-    return Interactions(frame=frame, kind=MOVIE, files=paths)
+    return data

@@ -19,7 +19,7 @@ def package_file() -> Path:
     return Path(spec.submodule_search_locations[0]) / PACKAGE_FILE
 
 
-def load_movielens_small(raw: str | Path | None = None) -> Interactions:
+def load_movielens_small(raw: str | Path | None = None, db=None) -> Interactions:
     path = Path(raw) if raw else package_file()
     if not path.exists():
         raise ValueError(f"{path}: file not found")
@@ -35,4 +35,4 @@ def load_movielens_small(raw: str | Path | None = None) -> Interactions:
             "title": title + year,
         }
     )
-    return Interactions(frame=frame, files=[path])
+    return Interactions(frame, files=[path], db=db)
