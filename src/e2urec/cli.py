@@ -194,17 +194,22 @@ def run_forget(args) -> None:
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
 
 
-def add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="prepare, train, unlearn with each method, compare")
-    p.add_argument("--preset", default="demo", help="smoke, demo, paper, ... (default demo)")
+def _preset_options(p, out: str) -> None:
+    """What `bench` and `tune` share: the preset and what goes over it."""
+    p.add_argument("--preset", default="demo", help="smoke, demo, study, paper, ... (default demo)")
     p.add_argument("--config", help="YAML file merged over the preset")
     p.add_argument("--methods", help="comma-separated subset of methods to run")
-    p.add_argument("--seeds", help="comma-separated train/unlearn seeds: mean ± std over them")
-    p.add_argument("--sequential", type=int, help="also forget the users in N successive requests")
-    p.add_argument("--out", help="output folder (default runs/<preset>)")
+    p.add_argument("--out", help=f"output folder (default {out})")
     p.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=1 model=t5-small"
     )
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="prepare, train, unlearn with each method, compare")
+    _preset_options(p, "runs/<preset>")
+    p.add_argument("--seeds", help="comma-separated seeds: mean ± std over them")
+    p.add_argument("--sequential", type=int, help="also forget the users in N successive requests")
     p.set_defaults(run=run_bench_cli)
 
 
@@ -239,12 +244,8 @@ def run_bench_cli(args) -> None:
 
 def add_tune(sub) -> None:
     p = sub.add_parser("tune", help="choose the approximate methods' lr and epochs by one rule")
-    p.add_argument("--preset", default="demo", help="the bench preset to tune (default demo)")
-    p.add_argument("--config", help="YAML file merged over the preset")
-    p.add_argument("--methods", help="comma-separated subset of methods to tune")
+    _preset_options(p, "runs/tune-<preset>")
     p.add_argument("--grid", help="YAML file with lrs, epochs, max_valid_auc_drop")
-    p.add_argument("--out", help="output folder (default runs/tune-<preset>)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="as for bench")
     p.set_defaults(run=run_tune, seeds=None)
 
 
