@@ -79,6 +79,8 @@ class Method:
         with PeakMemory() as peak:
             model_dir, params, info = self.run(task)
         info["wall_seconds"] = time.perf_counter() - start
+        if peak.gpu_mb:
+            info["peak_gpu_mb"] = peak.gpu_mb
         result = Result(
             self.name,
             str(model_dir),

@@ -188,6 +188,7 @@ def train(
         "seconds": time.perf_counter() - start,
         "trainable_params": backbone.count_parameters(net),
         "peak_rss_mb": peak.mb,
+        "peak_gpu_mb": peak.gpu_mb,
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "history": history,
