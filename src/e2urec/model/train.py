@@ -109,7 +109,8 @@ def fit(
     for epoch in range(epochs):
         model.train()
         total, steps = torch.zeros((), device=accelerator.device), 0
-        for batch in tqdm(epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", disable=quiet):
+        bar = tqdm(epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", leave=False, disable=quiet)
+        for batch in bar:
             if len(batch) < world:  # too small to share: every process skips it alike
                 continue
             mine, factor = share(batch, rank, world)
