@@ -109,7 +109,9 @@ def fit(
     for epoch in range(epochs):
         model.train()
         total, steps = torch.zeros((), device=accelerator.device), 0
-        bar = tqdm(epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", leave=False, disable=quiet)
+        bar = tqdm(
+            epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", leave=False, disable=quiet
+        )
         for batch in bar:
             if len(batch) < world:  # too small to share: every process skips it alike
                 continue
