@@ -143,3 +143,23 @@ def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
     assert info["teacher_samples"]["retain"] == len(drawn) < len(splits["retain"])
     assert Path(result.model, "adapter_config.json").exists()
     assert not Path(result.model, "augmented").exists()  # only the student adapter is saved
+
+
+def test_e2urec_full_augmented_mode_tunes_a_copy_and_trains_only_the_adapter(
+    trained, splits, tmp_path
+):
+    options = {"epochs": 1, "lr": 3e-3, "aug_mode": "full", "aug_lr": 1e-3, "lora_rank": 4}
+    method = get_method("e2urec", options)
+    task = Task(
+        trained["original"],
+        splits["retain"],
+        splits["forget"],
+        splits["valid"],
+        tmp_path / "full",
+        base=trained["base"],
+        train_config=trained["train"],
+    )
+    result = method.unlearn(task)
+    assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
+    full = backbone.count_parameters(backbone.load(trained["original"]).model, False)
+    assert 0 < result.trainable_params < full / 5
