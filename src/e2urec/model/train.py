@@ -176,7 +176,7 @@ def train(
         return epoch + 1 - best["epoch"] >= config.patience
 
     sizes = lengths(rec, train_samples)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with PeakMemory() as peak:
         fit(
             net,
@@ -189,6 +189,7 @@ def train(
         )
     report = {
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
         "trainable_params": backbone.count_parameters(net),
         "peak_rss_mb": peak.mb,
         "peak_gpu_mb": peak.gpu_mb,
