@@ -23,7 +23,7 @@ class BadTeacherConfig(MethodConfig):
     epochs: int = 1
     lr: float = 1e-4
     temperature: float = 1.0
-    cache_mb: float = 2048  # teacher outputs are cached when they fit in this much memory
+    cache_mb: float = 2048  # per teacher: memory for its compact outputs (methods/teacher.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -40,9 +40,10 @@ class BadTeacher(LossMethod):
         forget_idx, retain_idx = self.drawn(task, range(c.epochs))
         incompetent = model_outputs(rec, type(rec.model)(copy.deepcopy(rec.model.config)))
         # Cached before the student (the original itself) moves; a copy only if it cannot be.
-        good = rec.model if fits(len(retain_idx), c.cache_mb) else copy.deepcopy(rec.model)
+        shared = fits(len(retain_idx), c.cache_mb)
+        good = model_outputs(rec, rec.model if shared else copy.deepcopy(rec.model))
         args = {"temperature": c.temperature, "cache_mb": c.cache_mb}
-        self.good = Teacher(rec, model_outputs(rec, good), task.retain, retain_idx, **args)
+        self.good = Teacher(rec, good, task.retain, retain_idx, **args, fallback=not shared)
         # A random teacher is near uniform: compact rows would lose mass, so it may run live.
         self.bad = Teacher(rec, incompetent, task.forget, forget_idx, **args, fallback=True)
         return {"teachers_cached": self.good.cached and self.bad.cached}

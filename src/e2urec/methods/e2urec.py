@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from e2urec.functional import forgetting_teacher
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import Teacher
+from e2urec.methods.teacher import BUDGET_MB, Teacher
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora, lora_config
 from e2urec.model.scoring import forward, lengths
@@ -94,9 +94,11 @@ class E2URec(LossMethod):
             return forgetting_teacher(orig, aug, c.alpha)
 
         _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
-        keep = float("inf")  # the adapters change below: these outputs can only be cached
-        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=keep)
-        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=keep)
+        # The adapters change below, so these outputs are cached (no fallback), in half of
+        # BUDGET_MB each.
+        half = BUDGET_MB / 2
+        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=half)
+        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=half)
         if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
             self.net.add_adapter("default", lora_config(rec.model, *shape))
             self.net.set_adapter("default")
