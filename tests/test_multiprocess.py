@@ -25,7 +25,6 @@ def _without_dropout(base: str, out: Path) -> str:
     return str(out)
 
 
-@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(data_dir, splits, trained, tmp_path):
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.exists():
