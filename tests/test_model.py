@@ -64,7 +64,7 @@ def test_cached_teacher_equals_on_the_fly(trained, splits):
     samples = splits["forget"][:6]
     outputs = model_outputs(rec, backbone.load(trained["original"]).model)
     cached = Teacher(rec, outputs, samples, range(6), cache_mb=100)
-    live = Teacher(rec, outputs, samples, range(6), cache_mb=0)
+    live = Teacher(rec, outputs, samples, range(6), cache_mb=0, fallback=True)
     assert cached.cached and not live.cached
     idx = [4, 1, 3]
     batch = encode(rec, [samples[i] for i in idx])

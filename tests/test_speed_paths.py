@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from e2urec.methods import Task, get_method
-from e2urec.methods.teacher import CAP, TAIL, compact_kl, compress, exact_kl
+from e2urec.methods.teacher import (
+    BYTES_PER_ENTRY,
+    TAIL,
+    Teacher,
+    compact_kl,
+    compress,
+    exact_kl,
+    model_outputs,
+)
 from e2urec.model import backbone, score
 from e2urec.model.scoring import encode, lengths
 from e2urec.model.train import TrainConfig, mean_loss, shuffled_batches, train
@@ -93,8 +101,8 @@ def test_compact_teacher_kl_is_within_1e3_of_the_exact_kl(trained, splits):
     torch.manual_seed(0)
     for temperature in (1.0, 4.0):
         student = teacher + torch.randn_like(teacher)  # a student that differs from the teacher
-        compact = compress(teacher, temperature)
-        assert compact.ids.shape[1] <= CAP
+        compact = compress(teacher, temperature, cap=1024)
+        assert compact.ids.shape[1] <= 1024
         got = compact_kl(compact, student, temperature)
         want = exact_kl(teacher, student, temperature)
         assert (got - want).abs().max().item() < 1e-3
@@ -105,11 +113,34 @@ def test_compact_form_keeps_few_tokens_of_a_peaked_row_and_notes_a_flat_one():
     vocab = 3000
     peaked = torch.full((1, vocab), -20.0)
     peaked[0, :3] = torch.tensor([5.0, 3.0, 1.0])
-    compact = compress(peaked)
+    compact = compress(peaked, cap=1024)
     assert compact.ids.shape[1] < 10
     assert compact.rest.exp().item() <= TAIL
-    flat = compress(torch.zeros(1, vocab))
-    assert flat.ids.shape[1] == CAP and flat.rest.exp().item() > TAIL
+    flat = compress(torch.zeros(1, vocab), cap=1024)
+    assert flat.ids.shape[1] == 1024 and flat.rest.exp().item() > TAIL
+
+
+def test_teacher_cache_stays_within_its_budget_and_within_1e3_when_rows_fit(trained, splits):
+    rec = backbone.load(trained["original"])
+    samples = splits["retain"][:24]
+    outputs = model_outputs(rec, backbone.load(trained["original"]).model)
+    batch = encode(rec, samples)
+    with torch.no_grad():
+        from e2urec.model.scoring import forward
+
+        exact_rows = forward(rec, rec.model.eval(), batch).logits
+    student = exact_rows + 2 * torch.randn_like(exact_rows)
+    want = exact_kl(exact_rows, student)
+    roomy = Teacher(rec, outputs, samples, range(24), cache_mb=100)  # whole rows would fit
+    assert roomy.inexact_rows == 0
+    assert (roomy.kl(list(range(24)), student) - want).abs().max().item() < 1e-3
+    budget_mb = 24 * 3 * 100 * BYTES_PER_ENTRY / 2**20  # 100 entries a row
+    tight = Teacher(rec, outputs, samples, range(24), cache_mb=budget_mb)
+    assert tight.cached and tight.entries() * BYTES_PER_ENTRY <= budget_mb * 2**20
+    assert tight.inexact_rows > 0  # a 500-token model's rows need more than 100 entries
+    live = Teacher(rec, outputs, samples, range(24), cache_mb=budget_mb, fallback=True)
+    assert not live.cached  # with weights of its own it computes exactly instead
+    assert (live.kl(list(range(24)), student) - want).abs().max().item() < 1e-4
 
 
 def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
@@ -138,8 +169,28 @@ def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
     assert not [c for c in copies if issubclass(c, torch.nn.Module)]
     info = result.info
     assert info["aug_forget_loss"] < info["orig_forget_loss"]
-    # Teachers cover only what training draws: the retain half of one epoch's paired batches.
-    _, drawn = method.drawn(task, [1])
+    # Teachers cover only what training draws: the retain halves of the paired batches.
+    _, drawn = method.drawn(task, [0, 1])
     assert info["teacher_samples"]["retain"] == len(drawn) < len(splits["retain"])
     assert Path(result.model, "adapter_config.json").exists()
     assert not Path(result.model, "augmented").exists()  # only the student adapter is saved
+
+
+def test_e2urec_full_augmented_mode_tunes_a_copy_and_trains_only_the_adapter(
+    trained, splits, tmp_path
+):
+    options = {"epochs": 1, "lr": 3e-3, "aug_mode": "full", "aug_lr": 1e-3, "lora_rank": 4}
+    method = get_method("e2urec", options)
+    task = Task(
+        trained["original"],
+        splits["retain"],
+        splits["forget"],
+        splits["valid"],
+        tmp_path / "full",
+        base=trained["base"],
+        train_config=trained["train"],
+    )
+    result = method.unlearn(task)
+    assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
+    full = backbone.count_parameters(backbone.load(trained["original"]).model, False)
+    assert 0 < result.trainable_params < full / 5

@@ -75,10 +75,14 @@ class Method:
         task.out = Path(task.out)
         task.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.config.seed)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with PeakMemory() as peak:
             model_dir, params, info = self.run(task)
         info["wall_seconds"] = time.perf_counter() - start
+        # On shared cores wall time follows the machine's load; CPU time follows the work.
+        info["cpu_seconds"] = time.process_time() - cpu
+        if peak.gpu_mb:
+            info["peak_gpu_mb"] = peak.gpu_mb
         result = Result(
             self.name,
             str(model_dir),

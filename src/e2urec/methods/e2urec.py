@@ -7,9 +7,9 @@ student)_forget; the first `forget_epochs` epochs use the forget term alone.
 
 One copy of the weights (aug_mode "lora", the default): the augmented model is a second LoRA
 adapter on the original, the original's outputs are the same model with adapters disabled, and
-the student is a third adapter added once the teachers' outputs are cached (only for the
-samples training draws: all of forget, and the retain samples of the epochs with the retain
-term). aug_mode "full" tunes every weight of the augmented model, as the paper's code does
+the student is a fresh adapter, added once the teachers' outputs are cached (only for the
+samples training draws: all of forget, and the retain samples of the paired batches). aug_mode
+"full" tunes every weight of the augmented model, as the paper's code does
 (lr 5e-5, e.g. `aug_lr: 0.00005`); that needs a second copy of the weights while the
 teachers are computed, freed before the student trains.
 """
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from e2urec.functional import forgetting_teacher
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import Teacher
+from e2urec.methods.teacher import BUDGET_MB, Teacher
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora, lora_config
 from e2urec.model.scoring import forward, lengths
@@ -93,10 +93,14 @@ class E2URec(LossMethod):
             losses["rows"] += len(gold)
             return forgetting_teacher(orig, aug, c.alpha)
 
-        _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
-        keep = float("inf")  # the adapters change below: these outputs can only be cached
-        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=keep)
-        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=keep)
+        # Every retain sample any epoch's batches hold (the forget-only epochs' too, a third
+        # more forward passes here, so `loss` answers for any batch of this run).
+        _, retain_idx = self.drawn(task, range(c.epochs))
+        # The adapters change below, so these outputs are cached (no fallback), in half of
+        # BUDGET_MB each.
+        half = BUDGET_MB / 2
+        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=half)
+        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=half)
         if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
             self.net.add_adapter("default", lora_config(rec.model, *shape))
             self.net.set_adapter("default")

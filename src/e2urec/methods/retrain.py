@@ -13,4 +13,5 @@ class Retrain(Method):
         if task.base is None:
             raise ValueError("retrain needs the backbone the original was trained from (task.base)")
         report = train(task.base, task.retain, task.valid, task.out, task.train_config)
-        return str(task.out), report["trainable_params"], {"best_epoch": report["best_epoch"]}
+        info = {k: report[k] for k in ("epochs_run", "best_epoch")}
+        return str(task.out), report["trainable_params"], info

@@ -30,7 +30,7 @@ class ScrubConfig(MethodConfig):
     ce_weight: float = 0.99  # SCRUB's gamma
     kl_weight: float = 0.001  # SCRUB's alpha
     temperature: float = 4.0
-    cache_mb: float = 2048  # teacher outputs are cached when they fit in this much memory
+    cache_mb: float = 2048  # per teacher: memory for its compact outputs (methods/teacher.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -50,9 +50,9 @@ class Scrub(LossMethod):
         c = self.config
         forget_idx, retain_idx = self.drawn(task, range(c.epochs))
         # Cached before the student (the original itself) moves; a copy only if it cannot be.
-        cacheable = fits(len(forget_idx) + len(retain_idx), c.cache_mb)
-        original = model_outputs(rec, rec.model if cacheable else copy.deepcopy(rec.model))
-        args = {"temperature": c.temperature, "cache_mb": c.cache_mb}
+        shared = fits(len(forget_idx) + len(retain_idx), c.cache_mb)
+        original = model_outputs(rec, rec.model if shared else copy.deepcopy(rec.model))
+        args = {"temperature": c.temperature, "cache_mb": c.cache_mb, "fallback": not shared}
         self.on_forget = Teacher(rec, original, task.forget, forget_idx, **args)
         self.on_retain = Teacher(rec, original, task.retain, retain_idx, **args)
         return {"teachers_cached": self.on_forget.cached and self.on_retain.cached}

@@ -81,13 +81,14 @@ class Sisa(Method):
             "kept_shards_seconds": before,
             "retrained_shards": affected,
             "shard_sizes": [len(idx) for idx in shards],
+            "epochs_run": {s: models[s][2] for s in sorted(models)},
         }
         return str(task.out), params, info
 
-    def _train_shard(self, task: Task, shard: int, samples: list[Sample]) -> tuple[str, int]:
+    def _train_shard(self, task: Task, shard: int, samples: list[Sample]) -> tuple[str, int, int]:
         base = task.train_config
         epochs = self.config.shard_epochs or base.epochs
         config = replace(base, epochs=epochs, seed=base.seed + shard)
         out = task.out / f"shard_{shard}"
         report = train(task.base, samples, task.valid, out, config)
-        return str(out), report["trainable_params"]
+        return str(out), report["trainable_params"], report["epochs_run"]

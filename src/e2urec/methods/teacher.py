@@ -2,17 +2,19 @@
 and kept compact.
 
 Each answer row keeps the teacher's most likely tokens, as few as reach 1 - TAIL of the
-probability (at most CAP), as int32 ids with float32 log-probabilities, plus the log of the
-mass left over: one bucket for every other token. KL(teacher || student) is then taken between
-the two distributions coarsened to those tokens plus the bucket: it is below the exact KL by
-the teacher's bucket mass times the KL inside the bucket, so with at most 1e-4 of the mass in
-the bucket it is within 1e-3 of the exact value (tests/test_speed_paths.py checks it).
+probability and at most `cap` of them, as int32 ids with float32 log-probabilities, plus the
+log of the mass left over: one bucket for every other token. KL(teacher || student) is then
+taken between the two distributions coarsened to those tokens plus the bucket; it is below the
+exact KL by the teacher's bucket mass times the KL inside the bucket. `cap` comes from the
+memory budget (`cache_mb`): as many entries per row as the budget holds for every row, so a
+small problem (the demo: ~1,000 samples, 4,000-token vocabulary) keeps whole rows and is exact,
+and a large one is coarsened only as far as it must.
 
-Size at the paper's scale: 100,000 samples x 60% = 60,000 train samples; even with every one
-cached (SCRUB's retain teacher sees all of retain), 3 answer rows each ("Yes"/"No", ".", end)
-and all CAP = 1,024 entries of 8 bytes: 60,000 x 3 x 1,024 x 8 B = 1.47 GB, under 2 GB. Full
-float32 rows of T5's 32,128-token vocabulary would take 60,000 x 3 x 32,128 x 4 B = 23 GB.
-A trained recommender's rows need far fewer entries than CAP.
+Size at the paper's scale: 100,000 samples x 60% = 60,000 train samples, 3 answer rows each
+("Yes"/"No", ".", end) = 180,000 rows; even if every one is cached (SCRUB's retain teacher sees
+all of retain), a 2,048 MB budget gives each row 2,048 MiB / (180,000 x 8 B) = 1,491 entries:
+the cache stays within 2 GB by construction. Full float32 rows of T5's 32,128-token
+vocabulary would take 180,000 x 32,128 x 4 B = 23 GB.
 """
 
 from __future__ import annotations
@@ -28,16 +30,21 @@ from e2urec.data.sample import Sample
 from e2urec.model.backbone import Recommender
 from e2urec.model.scoring import autocast, by_length, encode, forward
 
-TAIL = 1e-4  # teacher mass allowed in the bucket
-CAP = 1024  # most tokens kept per row
+TAIL = 1e-4  # teacher mass a row may leave to the bucket without needing more entries
+MIN_CAP = 64  # below this many entries per row a teacher is not cached
+BUDGET_MB = 2048  # for a method's teachers together (the methods' `cache_mb` default)
 ROWS_PER_SAMPLE = 3
 BYTES_PER_ENTRY = 8  # int32 id + float32 log-probability
 LOG_TAIL = math.log(TAIL) + 1e-6
 
 
+def row_cap(samples: int, cache_mb: float) -> float:
+    """Entries each row may keep so that `samples` fit in `cache_mb` even if every row is full."""
+    return cache_mb * 2**20 / (max(1, samples) * ROWS_PER_SAMPLE * BYTES_PER_ENTRY)
+
+
 def fits(samples: int, cache_mb: float) -> bool:
-    """Whether the compact outputs of `samples` fit in `cache_mb` even if every row is full."""
-    return samples * ROWS_PER_SAMPLE * CAP * BYTES_PER_ENTRY / 2**20 <= cache_mb
+    return row_cap(samples, cache_mb) >= MIN_CAP
 
 
 @dataclass
@@ -63,10 +70,10 @@ class Compact:
         return Compact(self.ids.to(device), self.logp.to(device), self.rest.to(device))
 
 
-def compress(logits: torch.Tensor, temperature: float = 1.0) -> Compact:
-    """The compact form of softmax(logits / temperature), row by row."""
+def compress(logits: torch.Tensor, temperature: float = 1.0, cap: float = 1024) -> Compact:
+    """The compact form of softmax(logits / temperature), at most `cap` entries a row."""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    top, ids = logp.topk(min(CAP, logp.shape[-1]), dim=-1)
+    top, ids = logp.topk(int(min(cap, logp.shape[-1])), dim=-1)
     mass = top.exp().cumsum(-1)
     keep = ((mass < 1 - TAIL).sum(-1) + 1).clamp(max=top.shape[-1])
     k = int(keep.max())
@@ -111,12 +118,12 @@ class Teacher:
     """A frozen teacher's answers for samples[i], i in `idx` (the ones training draws).
 
     `outputs(batch)` gives the teacher's answer logits. They are computed once, in batches of
-    similar length, and kept compact (at `temperature`), when the worst-case size fits in
-    `cache_mb`; otherwise they are computed again at every use. A near-uniform teacher (a
-    randomly initialised one) leaves more than TAIL of a row's mass outside CAP tokens: with
-    `fallback`, such a teacher is computed at every use instead, so its KL stays exact; without
-    (the teacher shares weights that training changes), the compact form is used and
-    `inexact_rows` counts those rows."""
+    similar length, and kept compact (at `temperature`) within `cache_mb`. With `fallback`
+    (the teacher has weights of its own), it is computed again at every use instead when
+    fewer than MIN_CAP entries a row fit or a row would leave more than TAIL of its mass to
+    the bucket (a near-uniform, randomly initialised teacher), so its KL stays exact. Without
+    (its weights are the student's, about to change), it is always cached; `inexact_rows`
+    counts rows that left more than TAIL to the bucket."""
 
     def __init__(
         self,
@@ -135,14 +142,15 @@ class Teacher:
         self.cache: dict[int, Compact] | None = None
         self.inexact_rows = 0
         idx = sorted(set(idx))
-        if fits(len(idx), cache_mb):
+        cap = max(row_cap(len(idx), cache_mb), MIN_CAP)  # MIN_CAP: when it must be cached
+        if fits(len(idx), cache_mb) or not fallback:  # without fallback it must be cached
             self.cache = {}
             order = by_length(rec, [samples[i] for i in idx])
             for start in range(0, len(order), batch_size):
                 chunk = [idx[j] for j in order[start : start + batch_size]]
                 logits, sizes = self._run(chunk)
                 for i, rows in zip(chunk, logits.split(sizes)):
-                    self.cache[i] = compress(rows, temperature)
+                    self.cache[i] = compress(rows, temperature, cap)
             self.inexact_rows = sum(int((c.rest > LOG_TAIL).sum()) for c in self.cache.values())
             if fallback and self.inexact_rows:
                 self.cache = None

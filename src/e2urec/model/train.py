@@ -109,7 +109,10 @@ def fit(
     for epoch in range(epochs):
         model.train()
         total, steps = torch.zeros((), device=accelerator.device), 0
-        for batch in tqdm(epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", disable=quiet):
+        bar = tqdm(
+            epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", leave=False, disable=quiet
+        )
+        for batch in bar:
             if len(batch) < world:  # too small to share: every process skips it alike
                 continue
             mine, factor = share(batch, rank, world)
@@ -173,7 +176,7 @@ def train(
         return epoch + 1 - best["epoch"] >= config.patience
 
     sizes = lengths(rec, train_samples)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with PeakMemory() as peak:
         fit(
             net,
@@ -186,8 +189,10 @@ def train(
         )
     report = {
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
         "trainable_params": backbone.count_parameters(net),
         "peak_rss_mb": peak.mb,
+        "peak_gpu_mb": peak.gpu_mb,
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "history": history,

