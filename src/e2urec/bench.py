@@ -27,7 +27,7 @@ from e2urec.mia import privleak
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, train
 from e2urec.plots import plot_results, plot_sequential
-from e2urec.report import write_results
+from e2urec.report import git_commit, write_results
 from e2urec.requests import DeletionRequest, sample_key, select, split_users
 from e2urec.stages import stage
 
@@ -100,6 +100,7 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
     the initialisation and the batch order; the time split stays); write results and plots."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()  # the code that runs: HEAD may move during a long run
     if not bench.seeds:
         results = run_seed(bench, out, None)
     else:
@@ -109,6 +110,7 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
         results["per_seed"] = {str(s): r for s, r in runs.items()}
         results["data"] = runs[bench.seeds[0]]["data"]
     results["config"] = _jsonable(bench)
+    results["git"] = commit
     write_results(results, out)
     plot_results(results, out / "results.png")
     if results.get("sequential"):
