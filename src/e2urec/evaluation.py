@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class EvalSets:
 
 def model_scorer(model, batch_size: int) -> Scorer:
     rec = backbone.load(model) if isinstance(model, str) else model
-    name = rec.path.rstrip("/").rsplit("/", 1)[-1]
+    name = Path(rec.path).name
     return lambda samples, full: score(rec, samples, batch_size, full=full, desc=f"eval {name}")
 
 
