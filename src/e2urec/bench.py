@@ -327,10 +327,8 @@ def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=N
     (a folder), each model's evaluation is a resumable stage there."""
     dists = {}
     for name, model in models.items():
-        rows[name].update(_evaluate(model, sets, bench, cache and Path(cache) / name))
-        dists[name] = dict(
-            np.load(Path(cache) / name / FORGET) if cache else rows[name].pop(FORGET)
-        )
+        metrics, dists[name] = _evaluate(model, sets, bench, cache and Path(cache) / name)
+        rows[name].update(metrics)
     if "original" in models:  # a full run (not a sequential step): the reference rule too
         rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
         rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
@@ -353,20 +351,21 @@ def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=N
 FORGET = "forget_scores.npz"
 
 
-def _evaluate(model: str, sets: EvalSets, bench: Bench, folder: Path | None) -> dict:
-    def work(out: Path | None) -> dict:
-        scorer = model_scorer(model, bench.eval_batch_size)
-        metrics, forget = evaluate(scorer, sets, bench.mia_seed)
-        if out is None:
-            return {**metrics, FORGET: forget}
+def _evaluate(model: str, sets: EvalSets, bench: Bench, folder: Path | None):
+    """(metrics, forget scores) of one model; with `folder`, a resumable stage that keeps
+    the forget scores beside its marker."""
+    if folder is None:
+        return evaluate(model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed)
+
+    def work(out: Path) -> dict:  # loads the model only when the stage must run
+        metrics, forget = evaluate(model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed)
         np.savez(out / FORGET, **forget)
         return metrics
 
-    if folder is None:
-        return work(None)
     settings = {"mia_seed": bench.mia_seed, "eval_batch_size": bench.eval_batch_size}
     data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
-    return stage(folder, settings, [data, *_local(model)], work)
+    metrics = stage(folder, settings, [data, *_local(model)], work)
+    return metrics, dict(np.load(folder / FORGET))
 
 
 def aggregate(trees: list):
