@@ -103,15 +103,19 @@ class Judge:
     def __init__(self, run: Run, forget: list, batch_size: int):
         self.valid, self.forget, self.batch_size = run.splits["valid"], forget, batch_size
         self.labels = np.array([s.label for s in self.valid])
-        self.retrain = self._dist(run.models["retrain"])
+        self.retrain = self._dist(backbone.load(run.models["retrain"]))
 
-    def _dist(self, model: str) -> np.ndarray:
-        return score(backbone.load(model), self.forget, self.batch_size, full=True)["dist"]
+    def _dist(self, rec) -> np.ndarray:
+        return score(rec, self.forget, self.batch_size, full=True)["dist"]
 
     def valid_auc(self, model: str) -> float:
-        p = score(backbone.load(model), self.valid, self.batch_size)["p_yes"]
+        return self._valid_auc(backbone.load(model))
+
+    def _valid_auc(self, rec) -> float:
+        p = score(rec, self.valid, self.batch_size)["p_yes"]
         return classification(self.labels, p)["auc"]
 
     def __call__(self, model: str) -> dict:
-        jsd = js_divergence(self._dist(model), self.retrain).mean()
-        return {"valid_auc": self.valid_auc(model), "tune_jsd": float(jsd)}
+        rec = backbone.load(model)  # once for both numbers
+        jsd = js_divergence(self._dist(rec), self.retrain).mean()
+        return {"valid_auc": self._valid_auc(rec), "tune_jsd": float(jsd)}
