@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -135,6 +136,22 @@ def test_seeds_move_data_and_init_and_report_mean_std_and_interval(tmp_path):
     assert " ± " in text_table(results) and "test AUC std" in (tmp_path / "results.csv").read_text()
 
 
+def test_one_seed_spreads_rows_over_workers_and_a_rerun_reuses_every_stage(tmp_path, capsys):
+    bench = smoke(methods=["retrain", "neggrad"], workers=2)
+    first = run_bench(bench, tmp_path)
+    assert {"original", "retrain", "retrain_b", "neggrad", "history_mean"} <= first[
+        "methods"
+    ].keys()
+    for row in ("original", "retrain", "retrain_b", "neggrad"):
+        assert (tmp_path / "eval" / row / ".stage.json").is_file()  # evaluated in a worker
+    capsys.readouterr()
+    again = run_bench(replace(bench, workers=1), tmp_path)
+    said = capsys.readouterr().err
+    assert "redoing" not in said and said.count("reused") >= 9  # data, base, 4 rows x 2 stages
+    for row in ("original", "retrain_b", "neggrad"):
+        assert again["methods"][row]["jsd"] == first["methods"][row]["jsd"]
+
+
 def test_aggregate_averages_numbers_and_keeps_the_rest():
     trees = [{"a": 1.0, "b": {"c": 2, "name": "x"}, "n": None}, {"a": 3.0, "b": {"c": 2, "name": "x"}, "n": None}]  # fmt: skip
     mean, std = aggregate(trees)
@@ -166,7 +183,7 @@ def test_a_bench_started_again_reuses_finished_stages_and_redoes_what_changed(tm
     assert {"data", "base", "original", "methods/neggrad", "eval/neggrad"} <= done.keys()
     capsys.readouterr()
     again = run_bench(bench, tmp_path)
-    assert markers() == done and "reused" in capsys.readouterr().out
+    assert markers() == done and "reused" in capsys.readouterr().err
     assert again["methods"] == json.loads(json.dumps(first["methods"]))
     # An interrupted stage (no marker) and a changed option are redone, and only they: the
     # redone Retrain has the same config and inputs, so its evaluation stands.

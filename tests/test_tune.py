@@ -32,7 +32,8 @@ def test_bad_grid_is_refused():
 
 
 def test_tune_runs_the_same_grid_for_each_method_on_the_tune_half(tmp_path):
-    bench = Bench.from_dict(merge(preset("smoke"), {"methods": ["retrain", "neggrad", "e2urec"]}))
+    methods = {"methods": ["retrain", "neggrad", "e2urec"], "workers": 2}  # trials side by side
+    bench = Bench.from_dict(merge(preset("smoke"), methods))
     grid = TuneConfig(lrs=(1e-3, 3e-3), epochs=(1,))
     result = tune(bench, tmp_path, grid)
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(result))

@@ -101,10 +101,10 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     commit = git_commit()  # the code that runs: HEAD may move during a long run
+    runs = run_seeds(bench, out)
     if not bench.seeds:
-        results = run_seed(bench, out, None)
+        results = runs[None]
     else:
-        runs = run_seeds(bench, out)
         mean, std = aggregate([{"methods": r["methods"]} for r in runs.values()])
         results = {**mean, "std": std, "ci95": ci95(std, len(runs)), "seeds": list(bench.seeds)}
         results["per_seed"] = {str(s): r for s, r in runs.items()}
@@ -119,18 +119,59 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
 
 
 def run_seeds(bench: Bench, out: Path) -> dict:
-    if bench.workers == 1:
-        return {s: run_seed(bench, out / f"seed-{s}", s) for s in bench.seeds}
-    spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
-        futures = {s: pool.submit(run_seed, bench, out / f"seed-{s}", s) for s in bench.seeds}
-        return {s: f.result() for s, f in futures.items()}
+    """Each seed's result. With `workers` > 1 the work is spread over that many single-thread
+    processes in three waves (each seed's data and original; every (seed, row) unlearning and
+    evaluation; the rest), every piece a resumable stage, so the last wave only reads them."""
+    seeds = bench.seeds or (None,)
+    folders = {s: out if s is None else out / f"seed-{s}" for s in seeds}
+    if bench.workers > 1:
+        spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
+        with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
+            _wait(pool.submit(_setup_job, bench, folders[s], s) for s in seeds)
+            rows = ["original", *(row for row, _, _ in method_rows(bench))]
+            # Longest first: the retrains and shard models, then the cheap methods.
+            _wait(pool.submit(_row_job, bench, folders[s], s, r) for r in rows[1:] for s in seeds)
+            _wait(pool.submit(_row_job, bench, folders[s], s, "original") for s in seeds)
+    return {s: run_seed(bench, folders[s], s) for s in seeds}
+
+
+def _wait(futures) -> None:
+    for future in list(futures):
+        future.result()  # re-raises a worker's error here
 
 
 def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _setup_job(bench: Bench, out: Path, seed: int | None) -> None:
+    setup(seeded(bench, seed), out)
+
+
+def _row_job(bench: Bench, out: Path, seed: int | None, row: str) -> None:
+    """One row of one seed: its unlearning (a method) and its evaluation, as stages."""
+    bench = seeded(bench, seed)
+    run = setup(bench, out)
+    for name, method, config in method_rows(bench):
+        if name == row:
+            unlearn(run, name, method, bench.method_options.get(method), config)
+    sets = EvalSets.make(run.splits, run.reported(run.splits["forget"]), bench.mia_seed)
+    _evaluate(run.models[row], sets, bench, run.out / "eval" / row)
+
+
+def method_rows(bench: Bench) -> list[tuple[str, str, TrainConfig]]:
+    """(row, method, training config) for every unlearning row: the methods, and after Retrain
+    the noise floor, Retrain again with another seed."""
+    rows = []
+    for name in bench.methods:
+        rows.append((name, name, bench.train))
+        if name == "retrain":
+            rows.append(
+                ("retrain_b", name, replace(bench.train, seed=bench.train.seed + NOISE_SEED))
+            )
+    return rows
 
 
 def seeded(bench: Bench, seed: int | None) -> Bench:
@@ -232,11 +273,8 @@ def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
     """Data, the original, each method, the references, (sequential requests) for one seed."""
     bench = seeded(bench, seed)
     run = setup(bench, out)
-    for name in bench.methods:
-        unlearn(run, name, name, bench.method_options.get(name), bench.train)
-        if name == "retrain":  # the noise floor: Retrain again, another seed
-            again = replace(bench.train, seed=bench.train.seed + NOISE_SEED)
-            unlearn(run, "retrain_b", name, bench.method_options.get(name), again)
+    for row, method, config in method_rows(bench):
+        unlearn(run, row, method, bench.method_options.get(method), config)
     sets = EvalSets.make(run.splits, run.reported(run.splits["forget"]), bench.mia_seed)
     evaluate_all(run.models, run.rows, sets, bench, run.out / "eval")
     results = {

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -51,12 +52,17 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _to_stderr(message: str) -> None:
+    # Progress, like tqdm's: stdout stays for results (`e2urec tune` prints YAML there).
+    print(message, file=sys.stderr)
+
+
 def stage(
     folder: str | Path,
     config,
     inputs: Iterable[str | Path],
     work: Callable[[Path], object],
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = _to_stderr,
 ):
     """`work(folder)`'s JSON-able result, from the marker when the stage already finished with
     this config and these inputs; otherwise the folder is cleared and `work` runs."""

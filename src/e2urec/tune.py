@@ -16,12 +16,14 @@ epochs), so its forgetting teacher is tuned by the same rule, not by hand.
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from e2urec.bench import Bench, Run, setup, unlearn
+from e2urec.bench import Bench, Run, _one_thread, setup, unlearn
 from e2urec.data.canaries import real
 from e2urec.functional import js_divergence
 from e2urec.metrics import classification
@@ -60,24 +62,27 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
     out = Path(out)
     run = setup(bench, out)
     unlearn(run, "retrain", "retrain", bench.method_options.get("retrain"), bench.train)
-    tune_half = set(run.manifest["forgotten_halves"]["tune"])
-    forget = [s for s in real(run.splits["forget"]) if s.user in tune_half]
+    forget = _tune_forget(run)
     if not forget:
         raise ValueError("the tune half of the forgotten users has no samples: forget more users")
-    judge = Judge(run, forget, bench.eval_batch_size)
-    floor = judge.valid_auc(run.original) - config.max_valid_auc_drop
-    chosen, trials = {}, {}
-    for method in (m for m in bench.methods if m in APPROXIMATE):
-        trials[method] = []
+    floor = Judge(run, forget, bench.eval_batch_size).valid_auc(run.original)
+    floor -= config.max_valid_auc_drop
+    grid = {m: [] for m in bench.methods if m in APPROXIMATE}
+    for method, settings in grid.items():
         for lr in config.lrs:
             for epochs in config.epochs:
                 options = {**(bench.method_options.get(method) or {})}
                 options.update(grid_options(method, lr, epochs))
-                row = f"{method}-lr{lr:g}-ep{epochs}"
-                unlearn(run, row, method, options, bench.train)
-                trial = {"options": options, **judge(run.models[row])}
-                trials[method].append(trial)
-        chosen[method] = pick(trials[method], floor)["options"]
+                settings.append((f"{method}-lr{lr:g}-ep{epochs}", options))
+    jobs = [(bench, out, method, row, options) for method, s in grid.items() for row, options in s]
+    if bench.workers > 1:  # trials are independent: single-thread processes side by side
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
+            done = [f.result() for f in [pool.submit(trial, *job) for job in jobs]]
+    else:
+        done = [trial(*job) for job in jobs]
+    trials = {m: [t for (_, _, method, _, _), t in zip(jobs, done) if method == m] for m in grid}
+    chosen = {m: pick(t, floor)["options"] for m, t in trials.items()}
     result = {
         "rule": __doc__.split("\n\n")[1].strip(),
         "grid": asdict(config),
@@ -88,6 +93,20 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
     }
     (out / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def trial(bench: Bench, out: Path, method: str, row: str, options: dict) -> dict:
+    """One grid point: unlearn (a resumable stage), then what the rule may look at."""
+    run = setup(bench, out)
+    unlearn(run, "retrain", "retrain", bench.method_options.get("retrain"), bench.train)  # done
+    unlearn(run, row, method, options, bench.train)
+    judge = Judge(run, _tune_forget(run), bench.eval_batch_size)
+    return {"options": options, **judge(run.models[row])}
+
+
+def _tune_forget(run: Run) -> list:
+    tune_half = set(run.manifest["forgotten_halves"]["tune"])
+    return [s for s in real(run.splits["forget"]) if s.user in tune_half]
 
 
 def pick(trials: list[dict], floor: float) -> dict:
