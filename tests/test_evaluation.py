@@ -73,7 +73,7 @@ def canary_splits(tmp_path_factory):
 
 def test_eval_sets_keep_canaries_apart_and_the_attack_sets_disjoint(canary_splits):
     splits = canary_splits
-    reported_user = splits["forget"][0].user
+    reported_user = next(s.user for s in splits["forget"] if is_canary(s))
     forget = [s for s in splits["forget"] if s.user == reported_user]
     sets = EvalSets.make(splits, forget)
     assert sets.forget and not any(is_canary(s) for s in sets.forget + sets.members)

@@ -27,7 +27,7 @@ class Protocol:
     # Held-out train-period samples (a fraction of the train size) of users who stay: no model
     # trains on them; the membership attack's non-members.
     holdout: float = 0.0
-    canaries: int = 0  # per forgotten user (and as many retained users), see data/canaries.py
+    canaries: int = 0  # per reported forgotten user (and retained user), see data/canaries.py
     canary_copies: int = 4  # times each canary is repeated in training
 
     def __post_init__(self):
@@ -182,8 +182,9 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
     parts["train"] = train
     parts["holdout"] = held
     parts["canary_control"] = []
+    split_halves = halves(forgotten, p.seed)
     if p.canaries:
-        _add_canaries(parts, forgotten, p, rng)
+        _add_canaries(parts, split_halves["eval"], p, rng)
     empty = [name for name in ("train", "valid", "test", "retain", "forget") if not parts[name]]
     if empty:
         raise ValueError(
@@ -194,12 +195,13 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
         parts=parts,
         forgotten=forgotten,
         candidates=candidates,
-        halves=halves(forgotten, p.seed),
+        halves=split_halves,
     )
 
 
 def _add_canaries(parts: dict, forgotten: list[str], p: Protocol, rng: random.Random) -> None:
-    """Canaries for every forgotten user and for as many users who stay (at random)."""
+    """Canaries for the forgotten users reported on (the eval half: the tune half's would only
+    cost training rows) and for as many users who stay (at random)."""
     staying = sorted({s.user for s in parts["retain"]})
     kept = rng.sample(staying, min(len(staying), len(forgotten)))
     for users, name in ((forgotten, "forget"), (kept, "retain")):
