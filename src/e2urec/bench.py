@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -120,18 +120,22 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
 
 def run_seeds(bench: Bench, out: Path) -> dict:
     """Each seed's result. With `workers` > 1 the work is spread over that many single-thread
-    processes in three waves (each seed's data and original; every (seed, row) unlearning and
-    evaluation; the rest), every piece a resumable stage, so the last wave only reads them."""
+    processes: each seed's data and original, then, as soon as a seed's original is ready, every
+    row of that seed (its unlearning and evaluation); every piece is a resumable stage, so the
+    final pass here only reads them."""
     seeds = bench.seeds or (None,)
     folders = {s: out if s is None else out / f"seed-{s}" for s in seeds}
     if bench.workers > 1:
         spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
+        rows = [*(row for row, _, _ in method_rows(bench)), "original"]  # longest first
         with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
-            _wait(pool.submit(_setup_job, bench, folders[s], s) for s in seeds)
-            rows = ["original", *(row for row, _, _ in method_rows(bench))]
-            # Longest first: the retrains and shard models, then the cheap methods.
-            _wait(pool.submit(_row_job, bench, folders[s], s, r) for r in rows[1:] for s in seeds)
-            _wait(pool.submit(_row_job, bench, folders[s], s, "original") for s in seeds)
+            setups = {pool.submit(_setup_job, bench, folders[s], s): s for s in seeds}
+            jobs = []
+            for done in as_completed(setups):
+                done.result()  # re-raises a worker's error here
+                s = setups[done]
+                jobs += [pool.submit(_row_job, bench, folders[s], s, row) for row in rows]
+            _wait(jobs)
     return {s: run_seed(bench, folders[s], s) for s in seeds}
 
 
