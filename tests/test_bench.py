@@ -14,7 +14,7 @@ from e2urec.api import forget
 from e2urec.bench import Bench, aggregate, merge, preset, run_bench
 from e2urec.cli import main
 from e2urec.plots import plot_results
-from e2urec.report import COLUMNS, markdown_table, text_table
+from e2urec.report import COLUMNS, fmt, markdown_table, text_table
 
 FIELDS = ["jsd", "sym_kl", "l2", "jsd_yes_no", "mia_auc", "seconds", "trainable_params"]
 FIELDS += ["peak_rss_mb", "privleak", "canary_exposure", "canary_retained", "threshold"]
@@ -85,6 +85,8 @@ def test_table_shows_seconds_with_one_decimal(sequential_run):
         seconds = rows[cells[0]]["seconds"]
         assert cells[at] == ("-" if seconds is None else f"{seconds:.1f}")
     assert "Noise floor: retrain_b" in table[2 + len(rows)]
+    aug, orig = (fmt(rows["e2urec"][k]) for k in ("aug_forget_loss", "orig_forget_loss"))
+    assert f"forget-set loss {aug} against the original's {orig}" in text_table(results)
 
 
 def test_sequential_requests_forget_the_users_step_by_step(sequential_run):

@@ -175,6 +175,13 @@ def noise_note(results: dict) -> str:
             "history_mean: no training, P(Yes) from the mean rating shown in the prompt: "
             "what any model must beat. test ACC uses the threshold best on valid."
         )
+    e2urec = rows.get("e2urec") or {}
+    if e2urec.get("aug_forget_loss") is not None:
+        lines.append(
+            f"E2URec's augmented model: forget-set loss {fmt(e2urec['aug_forget_loss'])} against "
+            f"the original's {fmt(e2urec['orig_forget_loss'])} (lower: it learned the forget data "
+            "the forgetting teacher pushes away from)."
+        )
     if results.get("seeds"):
         lines.append("± is the std over seeds; results.json has 95% t-intervals (ci95).")
     return "\n".join(lines)
