@@ -38,6 +38,7 @@ def test_tune_runs_the_same_grid_for_each_method_on_the_tune_half(tmp_path):
     result = tune(bench, tmp_path, grid)
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(result))
     assert set(result["trials"]) == set(result["chosen"]) == {"neggrad", "e2urec"}
+    assert result["original_tune_jsd"] > 0  # the original is not Retrain: where methods start
     for method, trials in result["trials"].items():
         assert [(t["options"]["lr"], t["options"]["epochs"]) for t in trials] == [
             (1e-3, 1),

@@ -65,8 +65,8 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
     forget = _tune_forget(run)
     if not forget:
         raise ValueError("the tune half of the forgotten users has no samples: forget more users")
-    floor = Judge(run, forget, bench.eval_batch_size).valid_auc(run.original)
-    floor -= config.max_valid_auc_drop
+    original = Judge(run, forget, bench.eval_batch_size)(run.original)  # where they start
+    floor = original["valid_auc"] - config.max_valid_auc_drop
     grid = {m: [] for m in bench.methods if m in APPROXIMATE}
     for method, settings in grid.items():
         for lr in config.lrs:
@@ -86,7 +86,8 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
     result = {
         "rule": __doc__.split("\n\n")[1].strip(),
         "grid": asdict(config),
-        "original_valid_auc": floor + config.max_valid_auc_drop,
+        "original_valid_auc": original["valid_auc"],
+        "original_tune_jsd": original["tune_jsd"],
         "chosen": chosen,
         "trials": trials,
         "forget_tune_samples": len(forget),
@@ -126,9 +127,6 @@ class Judge:
 
     def _dist(self, rec) -> np.ndarray:
         return score(rec, self.forget, self.batch_size, full=True)["dist"]
-
-    def valid_auc(self, model: str) -> float:
-        return self._valid_auc(backbone.load(model))
 
     def _valid_auc(self, rec) -> float:
         p = score(rec, self.valid, self.batch_size)["p_yes"]
