@@ -86,3 +86,35 @@ def test_config_from_dict_and_overrides():
         override(config, ["epochs=0"])
     with pytest.raises(ValueError, match="cannot read 'many' as int"):
         override(config, {"epochs": "many"})
+
+
+def test_a_loss_in_parts_backpropagates_each_before_the_next_and_steps_as_their_sum():
+    from e2urec.model.train import fit
+
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+
+    def run(in_parts: bool):
+        model = torch.nn.Linear(3, 1)
+        torch.nn.init.constant_(model.weight, 0.5)
+        torch.nn.init.constant_(model.bias, 0.1)
+        events, grads = [], []
+        model.weight.register_hook(lambda grad: events.append("grad") or grads.append(grad))
+
+        def a(m):
+            events.append("a")
+            return m(x).pow(2).mean()
+
+        def b(m):
+            events.append("b")
+            return (m(x) - 1).abs().mean()
+
+        def loss(m, batch):
+            return (lambda: a(m), lambda: b(m)) if in_parts else a(m) + b(m)
+
+        fit(model, loss, lambda epoch: [[0]], 1, 0.1, desc="parts")
+        return sum(grads), events
+
+    (parts, order), (whole, whole_order) = run(True), run(False)
+    assert torch.allclose(parts, whole, atol=1e-6)  # the gradient of the summed loss
+    assert order == ["a", "grad", "b", "grad"]  # a's graph is gone before b is built
+    assert whole_order == ["a", "b", "grad"]

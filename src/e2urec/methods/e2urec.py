@@ -130,14 +130,20 @@ class E2URec(LossMethod):
     def student(self, rec: backbone.Recommender):
         return self.net
 
-    def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
+    def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor | tuple:
         c = self.config
-        forget_term = self._forget_kl(model, batch)
         if epoch < c.forget_epochs or not batch.retain:
-            return forget_term
+            return self._forget_kl(model, batch)
+        # The two terms as parts that `fit` backpropagates one after the other: the forget
+        # pass's graph is freed before the retain pass builds its own (peak memory).
+        return (
+            lambda: (1 - c.weight) * self._forget_kl(model, batch),
+            lambda: c.weight * self._retain_term(model, batch),
+        )
+
+    def _retain_term(self, model, batch: Pair) -> torch.Tensor:
         ce, out = answer_loss(self.rec, model, batch.retain)
-        retain_term = ce + self.remember.kl(batch.retain_idx, out.logits).mean()
-        return c.weight * retain_term + (1 - c.weight) * forget_term
+        return ce + self.remember.kl(batch.retain_idx, out.logits).mean()
 
     def _forget_kl(self, model, batch: Pair) -> torch.Tensor:
         _, out = answer_loss(self.rec, model, batch.forget)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -86,9 +87,27 @@ def precision() -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def backward(accelerator: Accelerator, model, loss, factor: float) -> torch.Tensor:
+    """Gradients of one batch's loss; its detached value. A loss given as a tuple of callables
+    is their sum, computed and backpropagated one term at a time, so that only one term's graph
+    is held (E2URec's forget and retain passes)."""
+    if not isinstance(loss, tuple):
+        accelerator.backward(loss * factor)
+        return loss.detach()
+    total = torch.zeros((), device=accelerator.device)
+    for i, part in enumerate(loss):
+        last = i == len(loss) - 1  # gradients are synchronised between processes once
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                term = part()
+            accelerator.backward(term * factor)
+        total += term.detach()
+    return total
+
+
 def fit(
     model: torch.nn.Module,
-    loss_fn: Callable[[torch.nn.Module, object], torch.Tensor],
+    loss_fn: Callable[[torch.nn.Module, object], torch.Tensor | tuple],
     epoch_batches: Callable[[int], Iterable],
     epochs: int,
     lr: float,
@@ -119,9 +138,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             with accelerator.autocast():
                 loss = loss_fn(model, mine)
-            accelerator.backward(loss * factor)
+            loss = backward(accelerator, model, loss, factor)
             optimizer.step()
-            total += loss.detach()  # no host sync per step: the loss is read once an epoch
+            total += loss  # no host sync per step: the loss is read once an epoch
             steps += 1
         mean = (total / max(1, steps)).item()
         if not math.isfinite(mean):
