@@ -24,6 +24,14 @@ def test_pick_keeps_utility_then_takes_the_closest_to_retrain():
     assert pick(trials, floor=0.0) is trials[0]
 
 
+def test_pick_refuses_an_e2urec_setting_whose_augmented_model_did_not_learn_the_forget_set():
+    trials = [
+        {"valid_auc": 0.80, "tune_jsd": 0.01, "aug_forget_loss": 0.12, "orig_forget_loss": 0.10},
+        {"valid_auc": 0.80, "tune_jsd": 0.03, "aug_forget_loss": 0.09, "orig_forget_loss": 0.10},
+    ]
+    assert pick(trials, floor=0.78) is trials[1]
+
+
 def test_bad_grid_is_refused():
     with pytest.raises(ValueError, match="lrs"):
         TuneConfig(lrs=(0.0,))
@@ -45,6 +53,7 @@ def test_tune_runs_the_same_grid_for_each_method_on_the_tune_half(tmp_path):
             (3e-3, 1),
         ]
         assert result["chosen"][method] in [t["options"] for t in trials]
+    assert {"aug_forget_loss", "orig_forget_loss"} <= result["trials"]["e2urec"][0].keys()
     e2urec = result["trials"]["e2urec"][0]["options"]
     assert e2urec["aug_lr"] == e2urec["lr"] and e2urec["aug_epochs"] == e2urec["epochs"]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())

@@ -5,12 +5,15 @@ bench's own task (the trained original, the whole forget set). The rule looks on
 and at the *tune* half of the forgotten users (manifest `forgotten_halves`); the bench reports
 forget-set metrics on the other half, so nothing reported was looked at while choosing:
 
-  among the settings whose valid AUC is at least the original's minus `max_valid_auc_drop`,
-  take the one whose outputs on the tune half are closest to Retrain's (mean JSD);
-  if none keeps utility, take the one with the best valid AUC.
+  among the settings whose valid AUC is at least the original's minus `max_valid_auc_drop`
+  (and, for E2URec, whose augmented model ended with a lower forget-set loss than the
+  original's), take the one whose outputs on the tune half are closest to Retrain's (mean
+  JSD); if none qualifies, take the one with the best valid AUC.
 
 E2URec's augmented model takes the same budget as the student (aug_lr = lr, aug_epochs =
-epochs), so its forgetting teacher is tuned by the same rule, not by hand.
+epochs), so its forgetting teacher is tuned by the same rule, not by hand. A setting whose
+augmented model did not learn the forget data (its training data) is not E2URec: its
+forgetting teacher `orig - alpha * relu(aug - orig)` then pushes on noise.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e2urec.bench import Bench, Run, _one_thread, setup, unlearn
+from e2urec.bench import INFO, Bench, Run, _one_thread, setup, unlearn
 from e2urec.data.canaries import real
 from e2urec.functional import js_divergence
 from e2urec.metrics import classification
@@ -102,7 +105,8 @@ def trial(bench: Bench, out: Path, method: str, row: str, options: dict) -> dict
     unlearn(run, "retrain", "retrain", bench.method_options.get("retrain"), bench.train)  # done
     unlearn(run, row, method, options, bench.train)
     judge = Judge(run, _tune_forget(run), bench.eval_batch_size)
-    return {"options": options, **judge(run.models[row])}
+    info = {k: run.rows[row][k] for k in INFO if k in run.rows[row]}  # E2URec's teacher losses
+    return {"options": options, **judge(run.models[row]), **info}
 
 
 def _tune_forget(run: Run) -> list:
@@ -111,10 +115,16 @@ def _tune_forget(run: Run) -> list:
 
 
 def pick(trials: list[dict], floor: float) -> dict:
-    kept = [t for t in trials if t["valid_auc"] >= floor]
+    kept = [t for t in trials if t["valid_auc"] >= floor and _teacher_learned(t)]
     if kept:
         return min(kept, key=lambda t: t["tune_jsd"])
     return max(trials, key=lambda t: t["valid_auc"])
+
+
+def _teacher_learned(trial: dict) -> bool:
+    """E2URec's augmented model lowered the forget-set loss (other methods have none)."""
+    aug = trial.get("aug_forget_loss")
+    return aug is None or aug < trial["orig_forget_loss"]
 
 
 class Judge:
