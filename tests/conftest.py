@@ -13,6 +13,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from e2urec.data import Protocol, load_splits, prepare  # noqa: E402
+from e2urec.methods import Task  # noqa: E402
 from e2urec.model.tiny import TinyT5, build_tiny_t5  # noqa: E402
 from e2urec.model.train import TrainConfig, train  # noqa: E402
 
@@ -39,3 +40,21 @@ def trained(tmp_path_factory, splits):
     build_tiny_t5([s.input for s in splits["train"]], root / "base", TINY)
     train(root / "base", splits["train"], splits["valid"], root / "original", TRAIN)
     return {"base": str(root / "base"), "original": str(root / "original"), "train": TRAIN}
+
+
+@pytest.fixture
+def make_task(trained, splits):
+    """make_task(out, forget=None): a Task unlearning the shared original on the shared splits."""
+
+    def make(out, forget=None) -> Task:
+        return Task(
+            trained["original"],
+            splits["retain"],
+            splits["forget"] if forget is None else forget,
+            splits["valid"],
+            out,
+            base=trained["base"],
+            train_config=trained["train"],
+        )
+
+    return make

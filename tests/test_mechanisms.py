@@ -36,18 +36,6 @@ def make(name: str, **options) -> Method:
     return get_method(name, {k: v for k, v in {**FAST, **options}.items() if k in fields})
 
 
-def make_task(trained, splits, out, forget=None) -> Task:
-    return Task(
-        trained["original"],
-        splits["retain"],
-        splits["forget"] if forget is None else forget,
-        splits["valid"],
-        out,
-        base=trained["base"],
-        train_config=trained["train"],
-    )
-
-
 class _Stop(Exception):
     pass
 
@@ -92,9 +80,9 @@ def rec(trained):
     return backbone.load(trained["original"])
 
 
-def test_neggrad_loss_falls_as_the_forget_loss_rises(trained, splits, rec, tmp_path):
+def test_neggrad_loss_falls_as_the_forget_loss_rises(make_task, rec, tmp_path):
     method = make("neggrad")
-    student, batch = first_step(method, make_task(trained, splits, tmp_path))
+    student, batch = first_step(method, make_task(tmp_path))
 
     def loss_at(weight):
         method.config.weight = weight
@@ -107,22 +95,20 @@ def test_neggrad_loss_falls_as_the_forget_loss_rises(trained, splits, rec, tmp_p
     assert loss_at(0.0) - loss_at(1.0) == pytest.approx(forget_ce, rel=1e-5)
 
 
-def test_neggrad_run_raises_the_forget_loss(trained, splits, rec, tmp_path):
+def test_neggrad_run_raises_the_forget_loss(splits, make_task, rec, tmp_path):
     forget = splits["forget"]
     before = score(rec, forget)["loss"].mean()
     after = {}
     for weight in (0.0, 1.0):
-        out = make("neggrad", weight=weight).unlearn(
-            make_task(trained, splits, tmp_path / str(weight))
-        )
+        out = make("neggrad", weight=weight).unlearn(make_task(tmp_path / str(weight)))
         after[weight] = score(backbone.load(out.model), forget)["loss"].mean()
     assert after[1.0] > before
     assert after[1.0] > after[0.0]  # the rise comes from the forget term, not from retain tuning
 
 
-def test_bad_t_trains_the_forget_half_on_flipped_answers(trained, splits, rec, tmp_path):
+def test_bad_t_trains_the_forget_half_on_flipped_answers(make_task, rec, tmp_path):
     method = make("bad_t")
-    student, batch = first_step(method, make_task(trained, splits, tmp_path))
+    student, batch = first_step(method, make_task(tmp_path))
 
     def loss_at(weight):
         method.config.weight = weight
@@ -136,25 +122,23 @@ def test_bad_t_trains_the_forget_half_on_flipped_answers(trained, splits, rec, t
     assert forget_term != pytest.approx(own_ce, rel=1e-2)
 
 
-def test_bad_t_run_moves_forget_answers_towards_the_flipped_ones(trained, splits, rec, tmp_path):
+def test_bad_t_run_moves_forget_answers_towards_the_flipped_ones(splits, make_task, rec, tmp_path):
     forget = splits["forget"]
     labels = np.array([s.label for s in forget])
     before = score(rec, forget)["p_yes"]
     toward = {}
     for weight in (0.0, 2.0):
-        out = make("bad_t", weight=weight).unlearn(
-            make_task(trained, splits, tmp_path / str(weight))
-        )
+        out = make("bad_t", weight=weight).unlearn(make_task(tmp_path / str(weight)))
         moved = score(backbone.load(out.model), forget)["p_yes"] - before
         toward[weight] = np.where(labels == 1, -moved, moved).mean()  # + : towards the flip
     assert toward[2.0] > 0
     assert toward[2.0] > toward[0.0]
 
 
-def bad_teacher_step(trained, splits, out, monkeypatch, seed):
+def bad_teacher_step(make_task, out, monkeypatch, seed):
     """Bad-Teacher's first batch (whole forget set, as many retain samples) and its KL inputs."""
     method = make("bad_teacher", seed=seed, temperature=2.0, batch_size=64)
-    student, batch = first_step(method, make_task(trained, splits, out))
+    student, batch = first_step(method, make_task(out))
     calls = []
     real = e2urec.methods.bad_teacher.kl_div
 
@@ -169,10 +153,10 @@ def bad_teacher_step(trained, splits, out, monkeypatch, seed):
 
 
 def test_bad_teacher_distils_yes_no_from_a_random_forget_teacher(
-    trained, splits, rec, tmp_path, monkeypatch
+    trained, splits, make_task, rec, tmp_path, monkeypatch
 ):
     student, batch, teacher, taught, temperature = bad_teacher_step(
-        trained, splits, tmp_path / "0", monkeypatch, seed=0
+        make_task, tmp_path / "0", monkeypatch, seed=0
     )
     assert sorted(batch.forget_idx) == list(range(len(splits["forget"])))
     n = len(batch.retain)
@@ -186,9 +170,7 @@ def test_bad_teacher_distils_yes_no_from_a_random_forget_teacher(
 
     # Another seed draws another random incompetent teacher; the competent one stays the original.
     # (Seed 0's draw is the tiny base itself, which build_tiny_t5 initialises under seed 0 too.)
-    _, batch_b, teacher_b, _, _ = bad_teacher_step(
-        trained, splits, tmp_path / "1", monkeypatch, seed=1
-    )
+    _, batch_b, teacher_b, _, _ = bad_teacher_step(make_task, tmp_path / "1", monkeypatch, seed=1)
     assert_close(teacher_b[:n], yes_no(rec, rec.model, batch_b.retain))
     base = backbone.load(trained["base"])
     assert not torch.allclose(teacher_b[n:], yes_no(rec, base.model, batch_b.forget), atol=1e-3)
@@ -197,7 +179,7 @@ def test_bad_teacher_distils_yes_no_from_a_random_forget_teacher(
     assert not torch.allclose(by_sample, by_sample_b, atol=1e-3)
 
 
-def test_scrub_alternates_max_and_min_passes(trained, splits, tmp_path):
+def test_scrub_alternates_max_and_min_passes(splits, make_task, tmp_path):
     method = make("scrub", epochs=2, msteps=1, lr=1e-5)
     seen = []
     inner = method.loss
@@ -207,7 +189,7 @@ def test_scrub_alternates_max_and_min_passes(trained, splits, tmp_path):
         return inner(model, batch, epoch)
 
     method.loss = spy
-    method.unlearn(make_task(trained, splits, tmp_path))
+    method.unlearn(make_task(tmp_path))
     for epoch, max_pass in ((0, True), (1, False)):
         batches = [(f, r) for e, f, r in seen if e == epoch]
         assert all(bool(f) != bool(r) for f, r in batches)  # forget-only or retain-only
@@ -218,9 +200,9 @@ def test_scrub_alternates_max_and_min_passes(trained, splits, tmp_path):
         assert sorted(i for _, r in batches for i in r) == list(range(len(splits["retain"])))
 
 
-def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(trained, splits, rec, tmp_path):
+def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(make_task, rec, tmp_path):
     method = make("scrub", msteps=1)
-    student, batch = first_step(method, make_task(trained, splits, tmp_path / "max"))
+    student, batch = first_step(method, make_task(tmp_path / "max"))
     assert batch.forget and not batch.retain  # the first epoch opens with a max pass
     jiggle(student.parameters(), 0.02)
     c = method.config
@@ -241,7 +223,7 @@ def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(trained, split
     assert kl_to_original(batch.forget) > start  # the max step increases KL to the original
 
     method = make("scrub", msteps=0)
-    student, batch = first_step(method, make_task(trained, splits, tmp_path / "min"))
+    student, batch = first_step(method, make_task(tmp_path / "min"))
     assert batch.retain and not batch.forget  # no max pass at all: min batches only
     jiggle(student.parameters(), 0.02)
     ce = answer_loss(rec, student, batch.retain)[0].item()
@@ -263,7 +245,7 @@ def test_forgetting_teacher_lowers_only_what_the_augmented_model_raised():
 
 
 def test_e2urec_teaches_forget_with_orig_minus_alpha_relu_aug(
-    trained, splits, rec, tmp_path, monkeypatch
+    splits, make_task, rec, tmp_path, monkeypatch
 ):
     calls = []
     real = e2urec.methods.e2urec.forgetting_teacher
@@ -275,7 +257,7 @@ def test_e2urec_teaches_forget_with_orig_minus_alpha_relu_aug(
     # The forgetting teacher is computed once, for the whole forget set, before training.
     monkeypatch.setattr(e2urec.methods.e2urec, "forgetting_teacher", spy)
     method = make("e2urec", alpha=2.0, aug_lr=3e-3)
-    student, batch = first_step(method, make_task(trained, splits, tmp_path))
+    student, batch = first_step(method, make_task(tmp_path))
     assert calls and all(alpha == 2.0 for *_, alpha in calls)
     original = torch.cat([c[0] for c in calls])
     augmented = torch.cat([c[1] for c in calls])
@@ -295,10 +277,10 @@ def test_e2urec_teaches_forget_with_orig_minus_alpha_relu_aug(
     assert method.loss(student, batch, 0).item() == pytest.approx(expected, abs=1e-3)
 
 
-def test_e2urec_forget_term_alone_then_the_documented_mix(trained, splits, rec, tmp_path):
+def test_e2urec_forget_term_alone_then_the_documented_mix(splits, make_task, rec, tmp_path):
     # alpha 0: the forgetting teacher is the original itself, so every term is computable here.
     method = make("e2urec", epochs=2, forget_epochs=1, alpha=0.0, weight=0.6)
-    task = make_task(trained, splits, tmp_path)
+    task = make_task(tmp_path)
     student, batch = first_step(method, task)
     jiggle([p for p in student.parameters() if p.requires_grad])
 
@@ -358,21 +340,21 @@ def check_retrained_shards(method, task, monkeypatch):
 
 
 def test_sisa_retrains_only_the_shards_that_held_forgotten_samples(
-    trained, splits, tmp_path, monkeypatch
+    splits, make_task, tmp_path, monkeypatch
 ):
     method = make("sisa", shards=4, shard_epochs=1)
-    task = make_task(trained, splits, tmp_path, forget=splits["forget"][:2])
+    task = make_task(tmp_path, forget=splits["forget"][:2])
     held = check_retrained_shards(method, task, monkeypatch)
     assert 1 <= len(held) < 4
 
 
 def test_receraser_retrains_only_the_shard_of_a_forgotten_user(
-    trained, splits, tmp_path, monkeypatch
+    splits, make_task, tmp_path, monkeypatch
 ):
     user = splits["forget"][0].user
     forget = [s for s in splits["forget"] if s.user == user]
     method = make("receraser", shards=3, shard_epochs=1)
-    task = make_task(trained, splits, tmp_path, forget=forget)
+    task = make_task(tmp_path, forget=forget)
     held = check_retrained_shards(method, task, monkeypatch)
     assert len(held) == 1
 

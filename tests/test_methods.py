@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import e2urec.methods
-from e2urec.methods import METHODS, LossMethod, Method, Task, get_method
+from e2urec.methods import METHODS, LossMethod, Method, get_method
 from e2urec.model import backbone, score
 from e2urec.model.lora import TARGETS
 
@@ -53,21 +53,13 @@ def changed_params(model: torch.nn.Module, original: torch.nn.Module) -> set[str
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_contract(name, trained, splits, tmp_path):
+def test_method_contract(name, trained, splits, make_task, tmp_path):
     method = tiny_method(name)
     losses = []
     if isinstance(method, LossMethod):
         inner = method.loss
         method.loss = lambda m, b, e: losses.append(inner(m, b, e)) or losses[-1]
-    task = Task(
-        trained["original"],
-        splits["retain"],
-        splits["forget"],
-        splits["valid"],
-        tmp_path / name,
-        base=trained["base"],
-        train_config=trained["train"],
-    )
+    task = make_task(tmp_path / name)
     result = method.unlearn(task)
 
     if isinstance(method, LossMethod):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2urec.methods import Task, get_method
+from e2urec.methods import get_method
 from e2urec.methods.teacher import (
     BYTES_PER_ENTRY,
     TAIL,
@@ -144,7 +144,7 @@ def test_teacher_cache_stays_within_its_budget_and_within_1e3_when_rows_fit(trai
 
 
 def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
-    trained, splits, tmp_path, monkeypatch
+    splits, make_task, tmp_path, monkeypatch
 ):
     import copy
 
@@ -156,15 +156,7 @@ def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
         {"epochs": 2, "forget_epochs": 1, "lr": 3e-3, "aug_lr": 1e-2, "aug_epochs": 2},
     )
     method.config.lora_rank, method.config.lora_alpha = 4, 8
-    task = Task(
-        trained["original"],
-        splits["retain"],
-        splits["forget"],
-        splits["valid"],
-        tmp_path / "e2urec",
-        base=trained["base"],
-        train_config=trained["train"],
-    )
+    task = make_task(tmp_path / "e2urec")
     result = method.unlearn(task)
     assert not [c for c in copies if issubclass(c, torch.nn.Module)]
     info = result.info
@@ -177,19 +169,11 @@ def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
 
 
 def test_e2urec_full_augmented_mode_tunes_a_copy_and_trains_only_the_adapter(
-    trained, splits, tmp_path
+    trained, make_task, tmp_path
 ):
     options = {"epochs": 1, "lr": 3e-3, "aug_mode": "full", "aug_lr": 1e-3, "lora_rank": 4}
     method = get_method("e2urec", options)
-    task = Task(
-        trained["original"],
-        splits["retain"],
-        splits["forget"],
-        splits["valid"],
-        tmp_path / "full",
-        base=trained["base"],
-        train_config=trained["train"],
-    )
+    task = make_task(tmp_path / "full")
     result = method.unlearn(task)
     assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
     full = backbone.count_parameters(backbone.load(trained["original"]).model, False)
