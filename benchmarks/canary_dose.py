@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from e2urec.bench import Bench, _one_thread, preset, setup
+from e2urec.bench import Bench, preset, setup, worker_pool
 from e2urec.data.canaries import unique
 from e2urec.evaluation import _planted_log_odds, model_scorer
 from e2urec.metrics import classification, exposure
@@ -50,8 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = Bench.from_dict(preset(args.preset))
     doses = [int(c) for c in args.copies.split(",")]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(doses), spawn, initializer=_one_thread) as pool:
+    with worker_pool(len(doses)) as pool:
         rows = list(pool.map(dose, [bench] * len(doses), doses, [Path(args.out)] * len(doses)))
     for row in rows:
         print(json.dumps(row))

@@ -48,9 +48,7 @@ class Bench:
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = ()  # seeds to average over (see `seeded`)
-    # Seeds run side by side in this many single-thread processes: on few cores, two
-    # one-thread trainings finish sooner than one two-thread training.
-    workers: int = 1
+    workers: int = 1  # > 1: originals, methods and evaluations side by side (run_seeds)
     requests: int = 0  # > 0: also time this many single-user E2URec requests
     sequential: int = 0  # > 1: also forget the users in this many successive requests
     mia_seed: int = 0  # which test samples train the attack and which are held out
@@ -126,9 +124,8 @@ def run_seeds(bench: Bench, out: Path) -> dict:
     seeds = bench.seeds or (None,)
     folders = {s: out if s is None else out / f"seed-{s}" for s in seeds}
     if bench.workers > 1:
-        spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
         rows = [*(row for row, _, _ in method_rows(bench)), "original"]  # longest first
-        with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
+        with worker_pool(bench.workers) as pool:
             setups = {pool.submit(_setup_job, bench, folders[s], s): s for s in seeds}
             jobs = []
             for done in as_completed(setups):
@@ -155,6 +152,13 @@ def _single_threaded(work):
 def _wait(futures) -> None:
     for future in list(futures):
         future.result()  # re-raises a worker's error here
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` single-thread processes: on few cores, two one-thread trainings finish sooner
+    than one two-thread training."""
+    spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    return ProcessPoolExecutor(workers, spawn, initializer=_one_thread)
 
 
 def _one_thread() -> None:

@@ -19,14 +19,12 @@ forgetting teacher `orig - alpha * relu(aug - orig)` then pushes on noise.
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from e2urec.bench import INFO, Bench, Run, _one_thread, setup, unlearn
+from e2urec.bench import INFO, Bench, Run, setup, unlearn, worker_pool
 from e2urec.data.canaries import real
 from e2urec.functional import js_divergence
 from e2urec.metrics import classification
@@ -79,8 +77,7 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
                 settings.append((f"{method}-lr{lr:g}-ep{epochs}", options))
     jobs = [(bench, out, method, row, options) for method, s in grid.items() for row, options in s]
     if bench.workers > 1:  # trials are independent: single-thread processes side by side
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(bench.workers, spawn, initializer=_one_thread) as pool:
+        with worker_pool(bench.workers) as pool:
             done = [f.result() for f in [pool.submit(trial, *job) for job in jobs]]
     else:
         done = [trial(*job) for job in jobs]
