@@ -10,7 +10,7 @@ from e2urec.bench import Bench, merge, preset
 from e2urec.cli import main
 from e2urec.data import load_splits
 from e2urec.data.canaries import real
-from e2urec.tune import TuneConfig, pick, tune
+from e2urec.tune import Judge, TuneConfig, pick, tune
 
 
 def test_pick_keeps_utility_then_takes_the_closest_to_retrain():
@@ -60,6 +60,15 @@ def test_tune_runs_the_same_grid_for_each_method_on_the_tune_half(tmp_path):
     tune_half = set(manifest["forgotten_halves"]["tune"])
     forget = real(load_splits(tmp_path / "data")["forget"])
     assert result["forget_tune_samples"] == sum(s.user in tune_half for s in forget) > 0
+
+
+def test_tune_scores_retrain_once_for_the_whole_grid(tmp_path, monkeypatch):
+    bench = Bench.from_dict(merge(preset("smoke"), {"methods": ["retrain", "neggrad"]}))
+    made = []
+    real_init = Judge.__init__
+    monkeypatch.setattr(Judge, "__init__", lambda self, *a: made.append(1) or real_init(self, *a))
+    tune(bench, tmp_path, TuneConfig(lrs=(1e-3, 3e-3), epochs=(1,)))
+    assert len(made) == 1  # one process, two grid points, one Judge
 
 
 def test_tune_command_prints_the_chosen_options(tmp_path, capsys):

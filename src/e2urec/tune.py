@@ -29,6 +29,7 @@ from e2urec.data.canaries import real
 from e2urec.functional import js_divergence
 from e2urec.metrics import classification
 from e2urec.model import backbone, score
+from e2urec.stages import MARKER
 
 APPROXIMATE = ("neggrad", "bad_t", "bad_teacher", "scrub", "e2urec")
 
@@ -66,7 +67,7 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
     forget = _tune_forget(run)
     if not forget:
         raise ValueError("the tune half of the forgotten users has no samples: forget more users")
-    original = Judge(run, forget, bench.eval_batch_size)(run.original)  # where they start
+    original = judge_for(run, bench.eval_batch_size)(run.original)  # where they start
     floor = original["valid_auc"] - config.max_valid_auc_drop
     grid = {m: [] for m in bench.methods if m in APPROXIMATE}
     for method, settings in grid.items():
@@ -101,9 +102,22 @@ def trial(bench: Bench, out: Path, method: str, row: str, options: dict) -> dict
     run = setup(bench, out)
     unlearn(run, "retrain", "retrain", bench.method_options.get("retrain"), bench.train)  # done
     unlearn(run, row, method, options, bench.train)
-    judge = Judge(run, _tune_forget(run), bench.eval_batch_size)
+    judge = judge_for(run, bench.eval_batch_size)
     info = {k: run.rows[row][k] for k in INFO if k in run.rows[row]}  # E2URec's teacher losses
     return {"options": options, **judge(run.models[row]), **info}
+
+
+_JUDGE: dict[tuple, Judge] = {}  # this process's latest: Retrain is scored once, not per trial
+
+
+def judge_for(run: Run, batch_size: int) -> Judge:
+    """The run's Judge, kept while Retrain's stage (its marker) and the batch size stay."""
+    retrain = Path(run.models["retrain"])
+    key = (str(retrain.resolve()), (retrain / MARKER).read_text(), batch_size)
+    if key not in _JUDGE:
+        _JUDGE.clear()
+        _JUDGE[key] = Judge(run, _tune_forget(run), batch_size)
+    return _JUDGE[key]
 
 
 def _tune_forget(run: Run) -> list:
