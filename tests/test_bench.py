@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from e2urec.api import forget
-from e2urec.bench import Bench, aggregate, merge, preset, run_bench
+from e2urec.bench import Bench, aggregate, merge, paired_over_seeds, preset, run_bench
 from e2urec.cli import main
 from e2urec.plots import plot_results
-from e2urec.report import COLUMNS, fmt, markdown_table, text_table
+from e2urec.report import COLUMNS, fmt, markdown_table, paired_rows, text_table
 
 FIELDS = ["jsd", "sym_kl", "l2", "jsd_yes_no", "mia_auc", "seconds", "trainable_params"]
 FIELDS += ["peak_rss_mb", "privleak", "canary_exposure", "canary_retained", "threshold"]
@@ -136,6 +136,8 @@ def test_seeds_move_data_and_init_and_report_mean_std_and_interval(tmp_path):
     inits = [json.loads((tmp_path / f"seed-{s}" / "base" / "e2urec.json").read_text()) for s in (0, 1)]  # fmt: skip
     assert [i["size"]["seed"] for i in inits] == [0, 1]
     assert " ± " in text_table(results) and "test AUC std" in (tmp_path / "results.csv").read_text()
+    assert results["paired"]["e2urec"]["jsd - retrain_b"]["n"] == 2
+    assert "## Paired over seeds" in (tmp_path / "results.md").read_text()
 
 
 def test_one_seed_spreads_rows_over_workers_and_a_rerun_reuses_every_stage(tmp_path, capsys):
@@ -159,6 +161,28 @@ def test_aggregate_averages_numbers_and_keeps_the_rest():
     mean, std = aggregate(trees)
     assert mean == {"a": 2.0, "b": {"c": 2, "name": "x"}, "n": None}
     assert std == {"a": pytest.approx(np.std([1.0, 3.0], ddof=1)), "b": {"c": 0.0}}
+
+
+def test_paired_differences_cancel_what_a_seed_does_to_every_row():
+    # Seeds move both rows by a lot (0.1 vs 0.3 JSD); the method is 0.02 below the original in
+    # each seed: unpaired intervals would overlap, the paired one excludes 0.
+    def seed(orig, shift):
+        return {
+            "original": {"jsd": orig, "test": {"auc": 0.7}},
+            "e2urec": {"jsd": orig - shift, "test": {"auc": 0.7}},
+            "history_mean": {"test": {"auc": 0.8}},
+        }
+
+    seeds = [seed(0.1, 0.02), seed(0.3, 0.021), seed(0.2, 0.019)]
+    paired = paired_over_seeds(seeds)
+    diff = paired["e2urec"]["jsd - original"]
+    assert diff["mean"] == pytest.approx(-0.02) and diff["high"] < 0
+    assert diff["n"] == 3 and "jsd - retrain_b" not in paired["e2urec"]  # no floor row here
+    assert "original" not in paired  # a row is never compared with itself
+    assert "jsd - original" not in paired["history_mean"]  # no JSD: nothing to pair
+    header, rows = paired_rows({"paired": paired})
+    assert header[1] == "jsd - original" and rows[0][1].endswith("*")  # beyond the seed spread
+    assert not rows[0][2].endswith("*")  # test AUC: the same in every seed, interval [0, 0]
 
 
 def test_bench_refuses_more_requests_than_forgotten_users(tmp_path, capsys):

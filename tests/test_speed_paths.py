@@ -161,8 +161,8 @@ def test_e2urec_uses_one_copy_and_its_augmented_model_learned_the_forget_set(
     assert not [c for c in copies if issubclass(c, torch.nn.Module)]
     info = result.info
     assert info["aug_forget_loss"] < info["orig_forget_loss"]
-    # Teachers cover only what training draws: the retain halves of the paired batches.
-    _, drawn = method.drawn(task, [0, 1])
+    # Teachers cover only what training reads: the retain halves of the mixing epoch's batches.
+    _, drawn = method.drawn(task, [1])
     assert info["teacher_samples"]["retain"] == len(drawn) < len(splits["retain"])
     assert Path(result.model, "adapter_config.json").exists()
     assert not Path(result.model, "augmented").exists()  # only the student adapter is saved

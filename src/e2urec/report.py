@@ -155,7 +155,10 @@ def text_table(results: dict) -> str:
     text = render(_header(COLUMNS), table_rows(results))
     if results.get("seeds"):
         text = f"mean ± std over seeds {', '.join(map(str, results['seeds']))}\n" + text
-    return text + "\n" + noise_note(results)
+    text += "\n" + noise_note(results)
+    if results.get("paired"):
+        text += "\n\n" + render(*paired_rows(results)) + "\n" + PAIRED_NOTE
+    return text
 
 
 def noise_note(results: dict) -> str:
@@ -187,6 +190,26 @@ def noise_note(results: dict) -> str:
     return "\n".join(lines)
 
 
+PAIRED_NOTE = (
+    "Differences to a reference row taken within each seed, then their mean over seeds with "
+    "a 95% t-interval; '*': the interval excludes 0 (the difference is beyond the seed spread)."
+)
+
+
+def paired_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    paired = results.get("paired") or {}
+    keys = list(dict.fromkeys(k for row in paired.values() for k in row))
+    rows = []
+    for name, diffs in paired.items():
+        cells = []
+        for key in keys:
+            d = diffs.get(key)
+            star = "*" if d and (d["low"] > 0 or d["high"] < 0) else ""
+            cells.append(f"{d['mean']:+.4f} [{d['low']:+.4f},{d['high']:+.4f}]{star}" if d else "-")
+        rows.append([name, *cells])
+    return ["method", *[k.replace("canary_exposure", "canary exp.") for k in keys]], rows
+
+
 def sequential_table(results: dict) -> str:
     seq = results.get("sequential")
     if not seq:
@@ -197,6 +220,9 @@ def sequential_table(results: dict) -> str:
 
 def markdown_table(results: dict) -> str:
     text = markdown(_header(COLUMNS), table_rows(results)) + "\n" + noise_note(results) + "\n"
+    if results.get("paired"):
+        text += "\n## Paired over seeds\n\n" + markdown(*paired_rows(results))
+        text += "\n" + PAIRED_NOTE + "\n"
     if results.get("sequential"):
         text += "\n## Successive deletion requests\n\n"
         text += markdown(_header(STEP_COLUMNS), step_rows(results))

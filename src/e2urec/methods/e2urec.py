@@ -8,8 +8,8 @@ student)_forget; the first `forget_epochs` epochs use the forget term alone.
 One copy of the weights (aug_mode "lora", the default): the augmented model is a second LoRA
 adapter on the original, the original's outputs are the same model with adapters disabled, and
 the student is a fresh adapter, added once the teachers' outputs are cached (only for the
-samples training draws: all of forget, and the retain samples of the paired batches). aug_mode
-"full" tunes every weight of the augmented model, as the paper's code does
+samples training reads: all of forget, and the retain samples of the epochs that mix the
+terms). aug_mode "full" tunes every weight of the augmented model, as the paper's code does
 (lr 5e-5, e.g. `aug_lr: 0.00005`); that needs a second copy of the weights while the
 teachers are computed, freed before the student trains.
 """
@@ -93,9 +93,9 @@ class E2URec(LossMethod):
             losses["rows"] += len(gold)
             return forgetting_teacher(orig, aug, c.alpha)
 
-        # Every retain sample any epoch's batches hold (the forget-only epochs' too, a third
-        # more forward passes here, so `loss` answers for any batch of this run).
-        _, retain_idx = self.drawn(task, range(c.epochs))
+        # Only the epochs with the retain term read the remembering teacher: with the tuned
+        # setting (one forget-only epoch) it is never computed.
+        _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
         # The adapters change below, so these outputs are cached (no fallback), in half of
         # BUDGET_MB each.
         half = BUDGET_MB / 2
