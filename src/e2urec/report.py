@@ -198,7 +198,9 @@ PAIRED_NOTE = (
 
 def paired_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     paired = results.get("paired") or {}
-    keys = list(dict.fromkeys(k for row in paired.values() for k in row))
+    # Columns in the order bench takes them: the fullest row first (the original has fewer).
+    rows_first = sorted(paired.values(), key=len, reverse=True)
+    keys = list(dict.fromkeys(k for row in rows_first for k in row))
     rows = []
     for name, diffs in paired.items():
         cells = []
