@@ -181,7 +181,8 @@ def test_paired_differences_cancel_what_a_seed_does_to_every_row():
     assert "original" not in paired  # a row is never compared with itself
     assert "jsd - original" not in paired["history_mean"]  # no JSD: nothing to pair
     header, rows = paired_rows({"paired": paired})
-    assert header[1] == "jsd - original" and rows[0][1].endswith("*")  # beyond the seed spread
+    assert header[1:] == ["JSD - original", "test AUC - original"]
+    assert rows[0][1].endswith("*")  # beyond the seed spread
     assert not rows[0][2].endswith("*")  # test AUC: the same in every seed, interval [0, 0]
 
 

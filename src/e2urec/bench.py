@@ -473,6 +473,7 @@ PAIRED = (
     (("jsd",), "original"),
     (("jsd",), "retrain_b"),
     (("canary_exposure",), "original"),
+    (("canary_retained",), "original"),  # forgetting that erases retained users' too is not
     (("test", "auc"), "original"),
 )
 

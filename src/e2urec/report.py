@@ -209,7 +209,14 @@ def paired_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             star = "*" if d and (d["low"] > 0 or d["high"] < 0) else ""
             cells.append(f"{d['mean']:+.4f} [{d['low']:+.4f},{d['high']:+.4f}]{star}" if d else "-")
         rows.append([name, *cells])
-    return ["method", *[k.replace("canary_exposure", "canary exp.") for k in keys]], rows
+    names = {
+        "canary_exposure": "canary exp.",
+        "canary_retained": "canary kept",
+        "test.auc": "test AUC",
+    }
+    header = [k.split(" - ")[0] for k in keys]
+    header = [f"{names.get(h, h.upper())} - {k.split(' - ')[1]}" for h, k in zip(header, keys)]
+    return ["method", *header], rows
 
 
 def sequential_table(results: dict) -> str:
