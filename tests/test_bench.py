@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +223,33 @@ def test_a_bench_started_again_reuses_finished_stages_and_redoes_what_changed(tm
     now = markers()
     redone = {k for k in done if now.get(k) != done[k]}
     assert redone == {"methods/retrain_b", "methods/neggrad", "eval/neggrad"}
+
+
+def test_workers_leave_when_the_bench_that_started_them_is_killed(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import os, time\n"
+        "from e2urec.bench import worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(1)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n"
+    )
+    bench = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(bench.stdout.readline())
+    assert running(worker)
+    bench.kill()  # SIGKILL: nothing in the bench can clean up
+    bench.wait()
+    deadline = time.monotonic() + 30
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(worker)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait for a reaper that never comes)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False

@@ -6,6 +6,7 @@ import copy
 import json
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -159,13 +160,22 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """`workers` single-thread processes: on few cores, two one-thread trainings finish sooner
     than one two-thread training."""
     spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    return ProcessPoolExecutor(workers, spawn, initializer=_one_thread)
+    return ProcessPoolExecutor(workers, spawn, initializer=_worker, initargs=(os.getpid(),))
 
 
-def _one_thread() -> None:
+def _worker(parent: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # A killed bench (kill, OOM, lost session) would leave its workers training on, writing
+    # into stages that a rerun of the same command also writes: they leave with their parent.
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _setup_job(bench: Bench, out: Path, seed: int | None) -> None:
