@@ -6,7 +6,9 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -253,3 +255,31 @@ def running(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
+
+
+def test_rows_that_train_from_the_backbone_run_beside_the_original(monkeypatch):
+    import e2urec.bench as bench_module
+
+    retrain_started, log = threading.Event(), []
+
+    def original_job(bench, out, seed):
+        log.append("original start")
+        log.append(("original end", retrain_started.wait(10)))  # True: Retrain ran meanwhile
+
+    def row_job(bench, out, seed, row, original):
+        if row == "retrain":
+            retrain_started.set()
+        log.append((row, original))
+
+    monkeypatch.setattr(bench_module, "_setup_job", lambda *a: log.append("setup"))
+    monkeypatch.setattr(bench_module, "_original_job", original_job)
+    monkeypatch.setattr(bench_module, "_row_job", row_job)
+    bench = smoke(methods=["retrain", "neggrad", "sisa", "e2urec"])
+    with ThreadPoolExecutor(2) as pool:
+        bench_module._schedule(pool, bench, {None: Path("unused")})
+    assert log[0] == "setup" and ("original end", True) in log
+    for row in ("retrain", "retrain_b", "sisa"):  # from the backbone: no original needed
+        assert (row, False) in log
+    end = log.index(("original end", True))
+    for row in ("neggrad", "e2urec", "original"):  # from the original: only once it is there
+        assert log.index((row, True)) > end

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -22,7 +22,7 @@ from e2urec.data.protocol import Protocol
 from e2urec.evaluation import EvalSets, evaluate, history_mean_scorer, model_scorer
 from e2urec.functional import js_divergence
 from e2urec.latency import time_requests
-from e2urec.methods import Task, get_method
+from e2urec.methods import METHODS, Task, get_method
 from e2urec.metrics import closeness, jsd_verdict
 from e2urec.mia import privleak
 from e2urec.model.tiny import TinyT5, build_tiny_t5
@@ -120,23 +120,43 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
 
 def run_seeds(bench: Bench, out: Path) -> dict:
     """Each seed's result. With `workers` > 1 the work is spread over that many single-thread
-    processes: each seed's data and original, then, as soon as a seed's original is ready, every
-    row of that seed (its unlearning and evaluation); every piece is a resumable stage, so the
-    final pass here only reads them."""
+    processes: each seed's data and backbone; then its original beside the rows that train
+    from the backbone (Retrain, retrain_b, the shard methods); once the original is ready, the
+    rows that start from it. Each row is its unlearning and its evaluation. Every piece is a
+    resumable stage, so the final pass here only reads them."""
     seeds = bench.seeds or (None,)
     folders = {s: out if s is None else out / f"seed-{s}" for s in seeds}
     if bench.workers > 1:
-        rows = [*(row for row, _, _ in method_rows(bench)), "original"]  # longest first
         with worker_pool(bench.workers) as pool:
-            setups = {pool.submit(_setup_job, bench, folders[s], s): s for s in seeds}
-            jobs = []
-            for done in as_completed(setups):
-                done.result()  # re-raises a worker's error here
-                s = setups[done]
-                jobs += [pool.submit(_row_job, bench, folders[s], s, row) for row in rows]
-            _wait(jobs)
+            _schedule(pool, bench, folders)
         return _single_threaded(lambda: {s: run_seed(bench, folders[s], s) for s in seeds})
     return {s: run_seed(bench, folders[s], s) for s in seeds}
+
+
+def _schedule(pool: ProcessPoolExecutor, bench: Bench, folders: dict) -> None:
+    """Each job is submitted as soon as what it needs has finished (FIFO after that)."""
+    scratch, after = [], []
+    for row, method, _ in method_rows(bench):
+        (after if METHODS[method].needs_original else scratch).append(row)
+    after.append("original")  # its evaluation: the shortest job last
+
+    def submit(job, seed, *args):
+        return pool.submit(job, bench, folders[seed], seed, *args), (job, seed)
+
+    pending = dict(submit(_setup_job, s) for s in folders)
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            job, seed = pending.pop(future)
+            future.result()  # re-raises a worker's error here
+            if job is _setup_job:
+                nexts = [submit(_original_job, seed)]
+                nexts += [submit(_row_job, seed, row, False) for row in scratch]
+            elif job is _original_job:
+                nexts = [submit(_row_job, seed, row, True) for row in after]
+            else:
+                nexts = []
+            pending.update(nexts)
 
 
 def _single_threaded(work):
@@ -149,11 +169,6 @@ def _single_threaded(work):
         return work()
     finally:
         torch.set_num_threads(before)
-
-
-def _wait(futures) -> None:
-    for future in list(futures):
-        future.result()  # re-raises a worker's error here
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
@@ -179,13 +194,17 @@ def _exit_when_orphaned(parent: int) -> None:
 
 
 def _setup_job(bench: Bench, out: Path, seed: int | None) -> None:
+    setup(seeded(bench, seed), out, original=False)
+
+
+def _original_job(bench: Bench, out: Path, seed: int | None) -> None:
     setup(seeded(bench, seed), out)
 
 
-def _row_job(bench: Bench, out: Path, seed: int | None, row: str) -> None:
+def _row_job(bench: Bench, out: Path, seed: int | None, row: str, original: bool) -> None:
     """One row of one seed: its unlearning (a method) and its evaluation, as stages."""
     bench = seeded(bench, seed)
-    run = setup(bench, out)
+    run = setup(bench, out, original)
     for name, method, config in method_rows(bench):
         if name == row:
             unlearn(run, name, method, bench.method_options.get(method), config)
@@ -239,14 +258,19 @@ class Run:
             base=self.base, train_config=config,
         )  # fmt: skip
 
+    def backbone_inputs(self) -> list:
+        """What a model trained from the backbone depends on: the data and a local backbone."""
+        return [self.out / "data", *_local(self.base)]
+
     def reported(self, forget: list) -> list:
         """The samples of `forget` from the eval half of the forgotten users."""
         users = set(self.manifest["forgotten_halves"]["eval"])
         return [s for s in forget if s.user in users]
 
 
-def setup(bench: Bench, out: Path) -> Run:
-    """Prepare the data, build the backbone, train the original: each a resumable stage."""
+def setup(bench: Bench, out: Path, original: bool = True) -> Run:
+    """Prepare the data, build the backbone, train the original (unless `original` is False:
+    for what needs only the backbone): each a resumable stage."""
     data = out / "data"
     inputs = [bench.raw] if bench.raw else []
     config = {"dataset": bench.dataset, "raw": bench.raw, "protocol": asdict(bench.protocol)}
@@ -271,13 +295,15 @@ def setup(bench: Bench, out: Path) -> Run:
         row = _row(report["seconds"], report["trainable_params"], report["peak_rss_mb"])
         return {**row, "epochs_run": _epochs_run(folder)}
 
-    original = out / "original"
-    rows = {"original": stage(original, asdict(bench.train), [data, *_local(base)], train_original)}
-    models = {"original": str(original)}
+    folder = out / "original"
+    rows, models = {}, {}
+    if original:
+        rows["original"] = stage(folder, asdict(bench.train), [data, *_local(base)], train_original)
+        models["original"] = str(folder)
     if bench.model != "tiny":  # a pretrained backbone: how it does untuned, for reference
         rows = {"zero-shot": {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}, **rows}
         models["zero-shot"] = base
-    return Run(out, manifest, splits, base, str(original), rows, models)
+    return Run(out, manifest, splits, base, str(folder), rows, models)
 
 
 def _local(model: str) -> list[str]:
@@ -297,7 +323,8 @@ def unlearn(run: Run, row: str, method: str, options: dict | None, config: Train
 
     folder = run.out / "methods" / row
     settings = {"method": method, "options": options or {}, "train": asdict(config)}
-    run.rows[row] = stage(folder, settings, [run.original], work)
+    inputs = [run.original] if METHODS[method].needs_original else run.backbone_inputs()
+    run.rows[row] = stage(folder, settings, inputs, work)
     run.models[row] = str(folder)
 
 

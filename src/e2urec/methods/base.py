@@ -62,6 +62,9 @@ class Result:
 class Method:
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # Exact methods train from the backbone (task.base), not from the original: a bench can
+    # run them while the original is still training.
+    needs_original: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config or self.Config()

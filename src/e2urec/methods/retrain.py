@@ -8,6 +8,7 @@ from e2urec.model.train import train
 
 class Retrain(Method):
     name = "retrain"
+    needs_original = False
 
     def run(self, task: Task) -> tuple[str, int, dict]:
         if task.base is None:

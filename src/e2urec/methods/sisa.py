@@ -38,6 +38,7 @@ class SisaConfig(MethodConfig):
 class Sisa(Method):
     name = "sisa"
     Config = SisaConfig
+    needs_original = False
 
     def partition(self, samples: list[Sample]) -> list[list[int]]:
         """Sample indices per shard: a seeded shuffle dealt round the shards."""
