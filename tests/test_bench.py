@@ -123,6 +123,13 @@ def test_plots_are_written(sequential_run, tmp_path):
     assert plot_results(no_retrain, tmp_path / "x.png").read_bytes().startswith(PNG)
 
 
+def test_every_row_of_a_full_bench_has_its_own_colour():
+    from e2urec.plots import _colors
+
+    rows = ["original", "retrain", "retrain_b", *[f"method{i}" for i in range(7)], "history_mean"]
+    assert len(set(_colors(rows).values())) == len(rows)
+
+
 def test_seeds_move_data_and_init_and_report_mean_std_and_interval(tmp_path):
     bench = smoke(seeds=[0, 1], methods=["retrain", "e2urec"], workers=2)
     results = run_bench(bench, tmp_path)

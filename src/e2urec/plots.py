@@ -15,6 +15,8 @@ from e2urec.report import cell
 
 def _colors(names) -> dict[str, str]:
     cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(names) > len(cycle):  # the bench has 11 rows: no two may share a colour
+        cycle = matplotlib.colormaps["tab20"].colors
     return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
 
 
