@@ -28,7 +28,7 @@ from e2urec.mia import privleak
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, train
 from e2urec.plots import plot_results, plot_sequential
-from e2urec.report import git_commit, write_results
+from e2urec.report import cell, git_commit, write_results
 from e2urec.requests import DeletionRequest, sample_key, select, split_users
 from e2urec.stages import stage
 
@@ -521,9 +521,11 @@ def paired_over_seeds(seeds: list[dict]) -> dict:
     out: dict = {}
     for row in seeds[0]:
         for path, ref in PAIRED:
-            diffs = [_leaf(s.get(row), path) - _leaf(s.get(ref), path) for s in seeds]
+            if row == ref:
+                continue
+            diffs = [_number(s.get(row), path) - _number(s.get(ref), path) for s in seeds]
             diffs = [d for d in diffs if d == d]  # NaN: a seed lacks the row or the metric
-            if row == ref or len(diffs) < 2:
+            if len(diffs) < 2:
                 continue
             mean, half = float(np.mean(diffs)), ci95(float(np.std(diffs, ddof=1)), len(diffs))
             out.setdefault(row, {})[f"{'.'.join(path)} - {ref}"] = {
@@ -535,10 +537,9 @@ def paired_over_seeds(seeds: list[dict]) -> dict:
     return out
 
 
-def _leaf(row: dict | None, path: tuple[str, ...]) -> float:
-    for key in path:
-        row = (row or {}).get(key)
-    return float(row) if isinstance(row, (int, float)) else float("nan")
+def _number(row: dict | None, path: tuple[str, ...]) -> float:
+    value = cell(row, path)
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def _jsonable(bench: Bench) -> dict:

@@ -209,13 +209,8 @@ def paired_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             star = "*" if d and (d["low"] > 0 or d["high"] < 0) else ""
             cells.append(f"{d['mean']:+.4f} [{d['low']:+.4f},{d['high']:+.4f}]{star}" if d else "-")
         rows.append([name, *cells])
-    names = {
-        "canary_exposure": "canary exp.",
-        "canary_retained": "canary kept",
-        "test.auc": "test AUC",
-    }
-    header = [k.split(" - ")[0] for k in keys]
-    header = [f"{names.get(h, h.upper())} - {k.split(' - ')[1]}" for h, k in zip(header, keys)]
+    titles = {".".join(path): title for title, path in COLUMNS}  # "test.auc" -> "test AUC"
+    header = [f"{titles[metric]} - {ref}" for metric, ref in (k.split(" - ") for k in keys)]
     return ["method", *header], rows
 
 
