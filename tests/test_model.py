@@ -44,6 +44,14 @@ def test_training_writes_a_loadable_model_and_report(trained, splits):
     assert len(changed) == len(base)  # full fine-tuning moves every tensor
 
 
+def test_a_loaded_model_is_placed_where_models_run(monkeypatch, trained):
+    # On a GPU machine, a model loaded for scoring (evaluation, serving) must not stay on the CPU.
+    placed = []
+    monkeypatch.setattr(backbone, "to_device", lambda model: placed.append(model) or model)
+    rec = backbone.load(trained["original"])
+    assert placed and placed[-1] is rec.model
+
+
 def test_lora_training_saves_only_an_adapter(tmp_path, trained, splits):
     from e2urec.model.train import train
 

@@ -120,6 +120,31 @@ def test_compact_form_keeps_few_tokens_of_a_peaked_row_and_notes_a_flat_one():
     assert flat.ids.shape[1] == 1024 and flat.rest.exp().item() > TAIL
 
 
+def test_a_compact_row_that_stops_early_keeps_its_other_columns_in_the_bucket():
+    # Rows share the width of the widest; a row that stops at one entry still has real token
+    # ids in its later columns, and their mass (teacher's and student's) belongs in its bucket.
+    p = torch.full((2, 200), 1e-9)
+    p[0] = torch.linspace(1, 2, 200)  # near flat: many entries
+    p[1, 0], p[1, 1] = 1 - 8e-5, 8e-5  # one entry reaches 1 - TAIL; token 1 is left over
+    teacher = (p / p.sum(-1, keepdim=True)).log()
+    compact = compress(teacher, cap=1024)
+    assert torch.isfinite(compact.logp[1]).sum() == 1 and 1 in compact.ids[1].tolist()
+    total = torch.logsumexp(torch.cat([compact.logp, compact.rest[:, None]], -1), -1)
+    assert total.abs().max().item() < 1e-6  # every row sums to 1
+    student = torch.zeros(2, 200)
+    student[:, 1] = 10.0  # the student's mass sits on the token row 1 leaves over
+    got, want = compact_kl(compact, student), exact_kl(teacher, student)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_a_row_kept_whole_gives_finite_gradients():
+    compact = compress(torch.zeros(2, 8), cap=1024)  # flat and small: every token kept
+    assert torch.isinf(compact.rest).all()
+    student = torch.randn(2, 8, requires_grad=True)
+    compact_kl(compact, student).sum().backward()
+    assert torch.isfinite(student.grad).all()
+
+
 def test_teacher_cache_stays_within_its_budget_and_within_1e3_when_rows_fit(trained, splits):
     rec = backbone.load(trained["original"])
     samples = splits["retain"][:24]

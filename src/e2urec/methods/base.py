@@ -177,8 +177,7 @@ class LossMethod(Method):
         self.rec = backbone.load(task.original)
         info = self.prepare(task, self.rec)
         net = self.student(self.rec)
-        if torch.cuda.is_available():
-            net = net.cuda()
+        net = backbone.to_device(net)
         cfg = self.config
         fit(
             net,

@@ -14,8 +14,6 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-import torch
-
 from e2urec.data.sample import Sample
 from e2urec.methods.base import Task
 from e2urec.methods.sisa import Sisa, SisaConfig
@@ -64,8 +62,7 @@ class RecEraser(Sisa):
             [m.model for m in members], ShardAttention(len(members), hidden, c.attention_size)
         )
         ensemble.shards.requires_grad_(False)
-        if torch.cuda.is_available():
-            ensemble = ensemble.cuda()
+        ensemble = backbone.to_device(ensemble)
         rec = backbone.wrap(ensemble, members[0].tokenizer, str(task.out))
         fit(
             ensemble,

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from e2urec.data.sample import Sample
-from e2urec.model.backbone import Recommender
+from e2urec.model.backbone import Recommender, to_device
+from e2urec.model.backbone import device as backbone_device
 from e2urec.model.scoring import autocast, by_length, encode, forward
 
 TAIL = 1e-4  # teacher mass a row may leave to the bucket without needing more entries
@@ -74,18 +75,26 @@ def compress(logits: torch.Tensor, temperature: float = 1.0, cap: float = 1024) 
     """The compact form of softmax(logits / temperature), at most `cap` entries a row."""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     top, ids = logp.topk(int(min(cap, logp.shape[-1])), dim=-1)
-    mass = top.exp().cumsum(-1)
+    # float64: in float32 a tail of many tokens below half an ulp of ~1 never adds up, and
+    # the row would be kept whole.
+    mass = top.double().exp().cumsum(-1)
     keep = ((mass < 1 - TAIL).sum(-1) + 1).clamp(max=top.shape[-1])
     k = int(keep.max())
     top, ids = top[:, :k].clone(), ids[:, :k]
     top[torch.arange(k, device=top.device)[None] >= keep[:, None]] = float("-inf")
-    return Compact(ids.int().cpu(), top.cpu(), _rest(logp, ids, top).cpu())
+    return Compact(ids.int().cpu(), top.cpu(), _rest(logp, ids, torch.isfinite(top)).cpu())
 
 
 def _rest(logp: torch.Tensor, ids: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """log of the mass outside the kept entries, summed in log space (no 1 - sum cancellation)."""
-    hidden = logp.scatter(-1, ids.long(), kept.masked_fill(torch.isfinite(kept), float("-inf")))
-    return torch.logsumexp(hidden, dim=-1)
+    """log of the mass of every token not among `ids` where `kept`, summed in log space (no
+    1 - sum cancellation); -inf for a row that keeps every token. Entries not kept (padding, a
+    row that stopped early) stay in the bucket whatever their id."""
+    inside = torch.zeros_like(logp).scatter_add(-1, ids.long(), kept.to(logp.dtype)) > 0
+    whole = inside.all(-1, keepdim=True)
+    # A whole row sums its own (finite) tokens and is then set to -inf: logsumexp over only
+    # -inf would give NaN gradients.
+    rest = torch.logsumexp(logp.masked_fill(inside & ~whole, float("-inf")), dim=-1)
+    return rest.masked_fill(whole.squeeze(-1), float("-inf"))
 
 
 def compact_kl(teacher: Compact, student_logits: torch.Tensor, temperature: float = 1.0):
@@ -94,7 +103,7 @@ def compact_kl(teacher: Compact, student_logits: torch.Tensor, temperature: floa
     valid = torch.isfinite(teacher.logp)
     s_top = s.gather(-1, teacher.ids.long())
     head = torch.where(valid, teacher.logp.exp() * (teacher.logp - s_top), 0.0).sum(-1)
-    s_rest = _rest(s, teacher.ids, torch.where(valid, s_top, float("-inf")))
+    s_rest = _rest(s, teacher.ids, valid)
     has_rest = torch.isfinite(teacher.rest)
     tail = torch.where(has_rest, teacher.rest.exp() * (teacher.rest - s_rest), 0.0)
     return head + tail
@@ -108,8 +117,7 @@ def exact_kl(teacher_logits, student_logits, temperature: float = 1.0) -> torch.
 
 def model_outputs(rec: Recommender, model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
     """A frozen model's answer logits for an encoded batch."""
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = to_device(model)
     model.eval().requires_grad_(False)
     return lambda batch: forward(rec, model, batch).logits
 
@@ -169,7 +177,7 @@ class Teacher:
     def _run(self, idx: list[int]) -> tuple[torch.Tensor, list[int]]:
         answers = [self.answers[j] for j in idx] if self.answers else None
         batch = encode(self.rec, [self.samples[j] for j in idx], answers)
-        device = _device()
+        device = backbone_device()
         with autocast(device):
             logits = self.outputs({k: v.to(device) for k, v in batch.items()}).float()
         return logits, (batch["labels"] != -100).sum(1).tolist()
@@ -181,7 +189,3 @@ class Teacher:
             return compact_kl(target, student_logits, self.temperature)
         logits, _ = self._run(idx)
         return exact_kl(logits.to(student_logits.device), student_logits, self.temperature)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -51,6 +51,15 @@ def answer_token(tokenizer: PreTrainedTokenizerBase, answer: str, seq2seq: bool)
     return ids[0]
 
 
+def device() -> torch.device:
+    """Where models run and are scored: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(model: torch.nn.Module) -> torch.nn.Module:
+    return model.to(device())
+
+
 def is_seq2seq(config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
@@ -90,7 +99,9 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32) -> Recommender:
     except OSError as err:
         raise ValueError(f"cannot load model {path!r}: {err}") from None
     cls = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=dtype)
+    # On the device from the start: a model loaded for scoring (evaluation, serving, the bench's
+    # assessments) otherwise stays on the CPU of a GPU machine.
+    model = to_device(cls.from_pretrained(path, dtype=dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)
     return wrap(model, tokenizer, path)
 

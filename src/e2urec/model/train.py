@@ -171,8 +171,7 @@ def train(
         if config.lora
         else rec.model
     )
-    if torch.cuda.is_available():
-        net = net.cuda()
+    net = backbone.to_device(net)
     main = PartialState().is_main_process
     best = {"valid_loss": float("inf"), "epoch": 0}
     history = []
