@@ -28,10 +28,16 @@ fi
 rm -rf "$RUN"
 start=$SECONDS
 $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-$PY -m e2urec.cli prepare --out "$RUN/data" "${DATA[@]}" > /dev/null
-$PY -m e2urec.cli train --data "$RUN/data" --out "$RUN/original" "${MODEL[@]}" > /dev/null
-$PY -m e2urec.cli unlearn --data "$RUN/data" --model "$RUN/original" --method retrain --out "$RUN/retrain" > /dev/null
-$PY -m e2urec.cli unlearn --data "$RUN/data" --model "$RUN/original" --method e2urec --out "$RUN/e2urec" --set "${E2UREC[@]}" > /dev/null
+stage() {  # one command, its wall seconds printed as it ends: a run cut short still tells
+  local name=$1 t=$SECONDS
+  shift
+  $PY -m e2urec.cli "$@" > /dev/null
+  echo "$name: command $((SECONDS - t)) s (loading, training, evaluating)"
+}
+stage prepare prepare --out "$RUN/data" "${DATA[@]}"
+stage original train --data "$RUN/data" --out "$RUN/original" "${MODEL[@]}"
+stage retrain unlearn --data "$RUN/data" --model "$RUN/original" --method retrain --out "$RUN/retrain"
+stage e2urec unlearn --data "$RUN/data" --model "$RUN/original" --method e2urec --out "$RUN/e2urec" --set "${E2UREC[@]}"
 $PY - "$RUN" <<'PYEOF'
 import json, sys
 from pathlib import Path

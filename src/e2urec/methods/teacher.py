@@ -73,16 +73,17 @@ class Compact:
 
 def compress(logits: torch.Tensor, temperature: float = 1.0, cap: float = 1024) -> Compact:
     """The compact form of softmax(logits / temperature), at most `cap` entries a row."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    # float64: over 49,152 tokens float32 probabilities sum to 1 + 1e-5, a tenth of TAIL, so
+    # rows that kept 1 - TAIL counted as inexact; and a float32 running sum stalls on a tail of
+    # many tokens below half an ulp of ~1, so such a row was kept whole.
+    logp = F.log_softmax(logits.double() / temperature, dim=-1)
     top, ids = logp.topk(int(min(cap, logp.shape[-1])), dim=-1)
-    # float64: in float32 a tail of many tokens below half an ulp of ~1 never adds up, and
-    # the row would be kept whole.
-    mass = top.double().exp().cumsum(-1)
-    keep = ((mass < 1 - TAIL).sum(-1) + 1).clamp(max=top.shape[-1])
+    keep = ((top.exp().cumsum(-1) < 1 - TAIL).sum(-1) + 1).clamp(max=top.shape[-1])
     k = int(keep.max())
     top, ids = top[:, :k].clone(), ids[:, :k]
     top[torch.arange(k, device=top.device)[None] >= keep[:, None]] = float("-inf")
-    return Compact(ids.int().cpu(), top.cpu(), _rest(logp, ids, torch.isfinite(top)).cpu())
+    rest = _rest(logp, ids, torch.isfinite(top))
+    return Compact(ids.int().cpu(), top.float().cpu(), rest.float().cpu())
 
 
 def _rest(logp: torch.Tensor, ids: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
