@@ -32,16 +32,16 @@ from e2urec.model.train import answer_loss, shuffled_batches
 
 SIZES = {"tiny": (16, 24), "smollm2": (8, 4)}  # batch size, batches timed
 GPU_SIZE = (32, 16)
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE = backbone.device()
 
 
 def load(model: str, splits, folder: Path):
     if model == "tiny":
         rec = build_tiny_t5([s.input for s in splits["train"]], folder / "base", TinyT5())
-    else:
-        rec = backbone.load(model)
-        rec.model = add_lora(rec.model)  # the smollm presets tune LoRA adapters
-    rec.model.to(DEVICE)
+        rec.model = backbone.to_device(rec.model)  # built here, not loaded: still on the CPU
+        return rec
+    rec = backbone.load(model)
+    rec.model = add_lora(rec.model)  # the smollm presets tune LoRA adapters
     return rec
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--raw", help="as `e2urec prepare --raw`")
     args = parser.parse_args()
     torch.manual_seed(0)
-    size, count = GPU_SIZE if torch.cuda.is_available() else SIZES[args.model]
+    size, count = GPU_SIZE if DEVICE.type == "cuda" else SIZES[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         protocol = Protocol(last=2000, history=10 if args.model == "tiny" else 5)

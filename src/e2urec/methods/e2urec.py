@@ -71,10 +71,10 @@ class E2URec(LossMethod):
         shape = (c.lora_rank, c.lora_alpha, c.lora_dropout)
         if c.aug_mode == "full":  # every weight tuned: a second copy, dropped once cached
             augmented = copy.deepcopy(rec.model).requires_grad_(True)
-            self._tune(task, rec, backbone.to_device(augmented))
-            self.net = backbone.to_device(add_lora(rec.model, *shape))
+            self._tune(task, rec, augmented)
+            self.net = add_lora(rec.model, *shape)
         else:
-            self.net = backbone.to_device(add_lora(rec.model, *shape, name=AUGMENTED))
+            self.net = add_lora(rec.model, *shape, name=AUGMENTED)
             self._tune(task, rec, self.net)
             augmented = self.net
         self.net.eval()

@@ -171,7 +171,6 @@ def train(
         if config.lora
         else rec.model
     )
-    net = backbone.to_device(net)
     main = PartialState().is_main_process
     best = {"valid_loss": float("inf"), "epoch": 0}
     history = []
