@@ -52,6 +52,17 @@ def test_a_loaded_model_is_placed_where_models_run(monkeypatch, trained):
     assert placed and placed[-1] is rec.model
 
 
+def test_a_loaded_ensemble_is_placed_with_its_aggregator(monkeypatch, trained, tmp_path):
+    from e2urec.model.ensemble import Ensemble, ShardAttention, save_ensemble
+
+    hidden = backbone.load(trained["base"]).model.config.hidden_size
+    save_ensemble(tmp_path / "e", [trained["base"], trained["original"]], ShardAttention(2, hidden))
+    placed = []
+    monkeypatch.setattr(backbone, "to_device", lambda model: placed.append(model) or model)
+    rec = backbone.load(tmp_path / "e")
+    assert isinstance(placed[-1], Ensemble) and placed[-1] is rec.model
+
+
 def test_lora_training_saves_only_an_adapter(tmp_path, trained, splits):
     from e2urec.model.train import train
 

@@ -99,5 +99,6 @@ def load_ensemble(path: str, meta: dict, dtype: torch.dtype) -> backbone.Recomme
         state = torch.load(Path(path) / meta["aggregator"], weights_only=True)
         attention = ShardAttention(*state["transfer"].shape)
         attention.load_state_dict(state)
-    model = Ensemble([m.model for m in members], attention)
+    # The members are placed by `load`; the aggregator built here must join them.
+    model = backbone.to_device(Ensemble([m.model for m in members], attention))
     return backbone.wrap(model, members[0].tokenizer, path)
