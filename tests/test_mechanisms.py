@@ -179,6 +179,21 @@ def test_bad_teacher_distils_yes_no_from_a_random_forget_teacher(
     assert not torch.allclose(by_sample, by_sample_b, atol=1e-3)
 
 
+def test_bad_teachers_teachers_are_computed_where_models_run(make_task, tmp_path, monkeypatch):
+    # The random teacher is built, not loaded: on a GPU machine it must not stay on the CPU.
+    placed, scored = [], []
+    monkeypatch.setattr(backbone, "to_device", lambda model: placed.append(model) or model)
+    real = e2urec.methods.bad_teacher.class_logits
+    monkeypatch.setattr(
+        e2urec.methods.bad_teacher,
+        "class_logits",
+        lambda rec, model, *args: scored.append(model) or real(rec, model, *args),
+    )
+    first_step(make("bad_teacher", batch_size=64), make_task(tmp_path))
+    assert len(scored) == 2
+    assert all(any(model is p for p in placed) for model in scored)
+
+
 def test_scrub_alternates_max_and_min_passes(splits, make_task, tmp_path):
     method = make("scrub", epochs=2, msteps=1, lr=1e-5)
     seen = []

@@ -40,7 +40,8 @@ class BadTeacher(LossMethod):
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
         # Two logits a sample: both teachers are computed once, before the student moves.
         forget_idx, retain_idx = self.drawn(task, range(self.config.epochs))
-        incompetent = type(rec.model)(copy.deepcopy(rec.model.config))
+        # Built, not loaded: placed beside the original so its logits are not computed on a CPU.
+        incompetent = backbone.to_device(type(rec.model)(copy.deepcopy(rec.model.config)))
         self.good = class_logits(rec, rec.model, task.retain, retain_idx)
         self.bad = class_logits(rec, incompetent, task.forget, forget_idx)
         return {}
