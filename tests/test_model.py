@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,18 @@ def test_config_from_dict_and_overrides():
         override(config, ["epochs=0"])
     with pytest.raises(ValueError, match="cannot read 'many' as int"):
         override(config, {"epochs": "many"})
+
+
+def test_tiny_dropout_reaches_the_saved_model_and_is_checked(tmp_path, splits):
+    from e2urec.model.tiny import TinyT5, build_tiny_t5
+
+    size = TinyT5(vocab_size=300, d_model=16, d_ff=32, heads=2, encoder_layers=1, decoder_layers=1)
+    build_tiny_t5([s.input for s in splits["train"]], tmp_path, replace(size, dropout=0.0))
+    model = backbone.load(str(tmp_path)).model
+    assert model.config.dropout_rate == 0.0
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    with pytest.raises(ValueError, match="dropout must be in"):
+        replace(size, dropout=1.0)
 
 
 def test_a_loss_in_parts_backpropagates_each_before_the_next_and_steps_as_their_sum():

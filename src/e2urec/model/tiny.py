@@ -20,6 +20,7 @@ class TinyT5:
     heads: int = 4
     encoder_layers: int = 4
     decoder_layers: int = 2
+    dropout: float = 0.1
     seed: int = 0
 
     def __post_init__(self):
@@ -30,6 +31,8 @@ class TinyT5:
             < 1
         ):
             raise ValueError("tiny T5 sizes must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"tiny T5 dropout must be in [0, 1), got {self.dropout}")
 
 
 def build_tiny_t5(texts: list[str], out: str | Path, size: TinyT5 | None = None) -> Recommender:
@@ -48,6 +51,7 @@ def build_tiny_t5(texts: list[str], out: str | Path, size: TinyT5 | None = None)
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
         feed_forward_proj="relu",
+        dropout_rate=size.dropout,
     )
     torch.manual_seed(size.seed)
     model = T5ForConditionalGeneration(config)

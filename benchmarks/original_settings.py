@@ -1,0 +1,56 @@
+"""One candidate training setting of the tiny T5 original, judged on valid data only.
+
+    OMP_NUM_THREADS=1 python benchmarks/original_settings.py DATA OUT DROPOUT LR
+
+builds the embedded T5 with DROPOUT on DATA's train split, trains it at LR by the bench's rule
+(at most 8 epochs, stop after 2 without a better valid loss, keep the best), and prints one JSON
+line: valid loss per epoch, the epoch kept, seconds, valid AUC and LogLoss, and the canary
+exposure of forgotten and retained users' canaries (training data, against the controls).
+Nothing here reads test: the demo's model settings are chosen from these lines.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from e2urec.data import load_splits
+from e2urec.data.canaries import unique
+from e2urec.evaluation import _planted_log_odds, model_scorer
+from e2urec.metrics import classification, exposure
+from e2urec.model.tiny import TinyT5, build_tiny_t5
+from e2urec.model.train import TrainConfig, train
+
+
+def main(data: str, out: Path, dropout: float, lr: float) -> dict:
+    s = load_splits(data)
+    build_tiny_t5([x.input for x in s["train"]], out / "base", TinyT5(dropout=dropout))
+    config = TrainConfig(epochs=8, patience=2, lr=lr, batch_size=16)
+    report = train(out / "base", s["train"], s["valid"], out / "model", config)
+    scorer = model_scorer(str(out / "model"), 64)
+    valid = classification(
+        np.array([x.label for x in s["valid"]]), scorer(s["valid"], False)["p_yes"]
+    )
+    controls = _planted_log_odds(scorer, s["canary_control"])
+    return {
+        "dropout": dropout,
+        "lr": lr,
+        "history": [round(h["valid_loss"], 4) for h in report["history"]],
+        "best": report["best_epoch"],
+        "seconds": round(report["seconds"]),
+        "cpu": round(report["cpu_seconds"]),
+        "valid_auc": round(valid["auc"], 4),
+        "valid_logloss": round(valid["logloss"], 4),
+        "canary_forget": round(
+            exposure(_planted_log_odds(scorer, unique(s["forget"])), controls), 3
+        ),
+        "canary_retained": round(
+            exposure(_planted_log_odds(scorer, unique(s["retain"])), controls), 3
+        ),
+    }
+
+
+if __name__ == "__main__":
+    data, out, dropout, lr = sys.argv[1:5]
+    print(json.dumps(main(data, Path(out), float(dropout), float(lr))))
