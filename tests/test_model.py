@@ -53,6 +53,11 @@ def test_a_loaded_model_is_placed_where_models_run(monkeypatch, trained):
     assert placed and placed[-1] is rec.model
 
 
+def test_t5_loads_with_plain_attention_on_a_cpu(trained):
+    # SDPA's math path (a float mask, T5's position bias) is the slower kernel on a CPU.
+    assert backbone.load(trained["original"]).model.config._attn_implementation == "eager"
+
+
 def test_a_loaded_ensemble_is_placed_with_its_aggregator(monkeypatch, trained, tmp_path):
     from e2urec.model.ensemble import Ensemble, ShardAttention, save_ensemble
 
