@@ -1,8 +1,9 @@
 """One candidate training setting of the tiny T5 original, judged on valid data only.
 
-    OMP_NUM_THREADS=1 python benchmarks/original_settings.py DATA OUT DROPOUT LR
+    OMP_NUM_THREADS=1 python benchmarks/original_settings.py DATA OUT DROPOUT LR [SEED]
 
-builds the embedded T5 with DROPOUT on DATA's train split, trains it at LR by the bench's rule
+builds the embedded T5 with DROPOUT on DATA's train split (SEED, default 0: the initialisation and
+the batch order, as the bench's seeds), trains it at LR by the bench's rule
 (at most 8 epochs, stop after 2 without a better valid loss, keep the best), and prints one JSON
 line: valid loss per epoch, the epoch kept, seconds, valid AUC and LogLoss, and the canary
 exposure of forgotten and retained users' canaries (training data, against the controls).
@@ -23,10 +24,10 @@ from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, train
 
 
-def main(data: str, out: Path, dropout: float, lr: float) -> dict:
+def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0) -> dict:
     s = load_splits(data)
-    build_tiny_t5([x.input for x in s["train"]], out / "base", TinyT5(dropout=dropout))
-    config = TrainConfig(epochs=8, patience=2, lr=lr, batch_size=16)
+    build_tiny_t5([x.input for x in s["train"]], out / "base", TinyT5(dropout=dropout, seed=seed))
+    config = TrainConfig(epochs=8, patience=2, lr=lr, batch_size=16, seed=seed)
     report = train(out / "base", s["train"], s["valid"], out / "model", config)
     scorer = model_scorer(str(out / "model"), 64)
     valid = classification(
@@ -36,6 +37,7 @@ def main(data: str, out: Path, dropout: float, lr: float) -> dict:
     return {
         "dropout": dropout,
         "lr": lr,
+        "seed": seed,
         "history": [round(h["valid_loss"], 4) for h in report["history"]],
         "best": report["best_epoch"],
         "seconds": round(report["seconds"]),
@@ -53,4 +55,5 @@ def main(data: str, out: Path, dropout: float, lr: float) -> dict:
 
 if __name__ == "__main__":
     data, out, dropout, lr = sys.argv[1:5]
-    print(json.dumps(main(data, Path(out), float(dropout), float(lr))))
+    seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    print(json.dumps(main(data, Path(out), float(dropout), float(lr), seed)))
