@@ -18,12 +18,14 @@ if [[ "${1:-}" == "--tiny" ]]; then
   DATA=(--dataset movielens --last 300 --history 3)
   MODEL=(--model tiny --set epochs=2 batch_size=16 "tiny.vocab_size=600" "tiny.d_model=32" "tiny.d_ff=64" "tiny.heads=2" "tiny.encoder_layers=1" "tiny.decoder_layers=1")
   E2UREC=(epochs=2 lr=0.003 aug_lr=0.003 lora_rank=4 lora_alpha=8)
-  THROUGHPUT=("--model tiny")
+  TPUT_MODELS=(tiny)
+  TPUT_DATA=()
 else
   DATA=(--dataset ml-100k "${RAW[@]}" --last 6000 --history 10)
   MODEL=(--model smollm2 --set lora=true epochs=3 lr=0.0005 batch_size=32 eval_batch_size=128)
   E2UREC=(epochs=3 lr=0.0005 batch_size=32 aug_lr=0.0005)
-  THROUGHPUT=("--model tiny --dataset ml-100k ${RAW[*]}" "--model smollm2 --dataset ml-100k ${RAW[*]}")
+  TPUT_MODELS=(tiny smollm2)
+  TPUT_DATA=(--dataset ml-100k "${RAW[@]}")
 fi
 rm -rf "$RUN"
 start=$SECONDS
@@ -55,8 +57,7 @@ for name, (sec, gpu, rss) in rows.items():
     print(f"{name}: {sec:.1f} s, peak GPU {gpu:.0f} MB, peak RSS {rss:.0f} MB")
 print(f"e2urec / retrain seconds: {rows['e2urec'][0] / rows['retrain'][0]:.3f}")
 PYEOF
-for case in "${THROUGHPUT[@]}"; do
-  # shellcheck disable=SC2086  # each case is a list of arguments
-  $PY benchmarks/step_throughput.py $case
+for model in "${TPUT_MODELS[@]}"; do
+  $PY benchmarks/step_throughput.py --model "$model" "${TPUT_DATA[@]}"
 done
 echo "gpu_check wall: $((SECONDS - start)) s"
