@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,3 +158,17 @@ def test_a_loss_in_parts_backpropagates_each_before_the_next_and_steps_as_their_
     assert torch.allclose(parts, whole, atol=1e-6)  # the gradient of the summed loss
     assert order == ["a", "grad", "b", "grad"]  # a's graph is gone before b is built
     assert whole_order == ["a", "b", "grad"]
+
+
+def test_training_progress_bars_follow_tqdm_disable():
+    # tqdm reads TQDM_* when it is imported: a fresh process, as a user's shell starts one.
+    code = (
+        "import torch\n"
+        "from e2urec.model.train import fit\n"
+        "m = torch.nn.Linear(2, 1)\n"
+        "fit(m, lambda m, b: m(torch.ones(1, 2)).sum(), lambda e: [[0]] * 3, 1, 0.1, 'quiet')\n"
+    )
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "quiet epoch 1" not in run.stderr

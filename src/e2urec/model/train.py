@@ -128,9 +128,9 @@ def fit(
     for epoch in range(epochs):
         model.train()
         total, steps = torch.zeros((), device=accelerator.device), 0
-        bar = tqdm(
-            epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", leave=False, disable=quiet
-        )
+        # An explicit disable=False would override the user's TQDM_DISABLE.
+        hidden = {"disable": True} if quiet else {}
+        bar = tqdm(epoch_batches(epoch), desc=f"{desc} epoch {epoch + 1}", leave=False, **hidden)
         for batch in bar:
             if len(batch) < world:  # too small to share: every process skips it alike
                 continue
