@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 python benchmarks/original_settings.py DATA OUT DROPOUT LR [SEED]
 
-builds the embedded T5 with DROPOUT on DATA's train split (SEED, default 0: the initialisation and
-the batch order, as the bench's seeds), trains it at LR by the bench's rule
-(at most 8 epochs, stop after 2 without a better valid loss, keep the best), and prints one JSON
+builds the demo preset's embedded T5 with DROPOUT on DATA's train split (SEED, default 0: the
+initialisation and the batch order, as the bench's seeds), trains it at LR by the demo preset's
+rule (its `train` section: most epochs, patience, batch size), and prints one JSON
 line: valid loss per epoch, the epoch kept, seconds, valid AUC and LogLoss, and the canary
 exposure of forgotten and retained users' canaries (training data, against the controls).
 Nothing here reads test: the demo's model settings are chosen from these lines.
@@ -12,22 +12,26 @@ Nothing here reads test: the demo's model settings are chosen from these lines.
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from e2urec.bench import Bench, preset
 from e2urec.data import load_splits
 from e2urec.data.canaries import unique
 from e2urec.evaluation import _planted_log_odds, model_scorer
 from e2urec.metrics import classification, exposure
-from e2urec.model.tiny import TinyT5, build_tiny_t5
-from e2urec.model.train import TrainConfig, train
+from e2urec.model.tiny import build_tiny_t5
+from e2urec.model.train import train
 
 
 def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0) -> dict:
+    demo = Bench.from_dict(preset("demo"))
     s = load_splits(data)
-    build_tiny_t5([x.input for x in s["train"]], out / "base", TinyT5(dropout=dropout, seed=seed))
-    config = TrainConfig(epochs=8, patience=2, lr=lr, batch_size=16, seed=seed)
+    size = replace(demo.tiny, dropout=dropout, seed=seed)
+    build_tiny_t5([x.input for x in s["train"]], out / "base", size)
+    config = replace(demo.train, lr=lr, seed=seed)
     report = train(out / "base", s["train"], s["valid"], out / "model", config)
     scorer = model_scorer(str(out / "model"), 64)
     valid = classification(
