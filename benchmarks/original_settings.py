@@ -1,9 +1,10 @@
 """One candidate training setting of the tiny T5 original, judged on valid data only.
 
-    OMP_NUM_THREADS=1 python benchmarks/original_settings.py DATA OUT DROPOUT LR [SEED]
+    OMP_NUM_THREADS=1 python benchmarks/original_settings.py DATA OUT DROPOUT LR [SEED] [FIELD=N ...]
 
-builds the demo preset's embedded T5 with DROPOUT on DATA's train split (SEED, default 0: the
-initialisation and the batch order, as the bench's seeds), trains it at LR by the demo preset's
+builds the demo preset's embedded T5 with DROPOUT (and any other of its sizes given as FIELD=N,
+e.g. encoder_layers=2) on DATA's train split (SEED, default 0: the initialisation and the batch
+order, as the bench's seeds), trains it at LR by the demo preset's
 rule (its `train` section: most epochs, patience, batch size), and prints one JSON
 line: valid loss per epoch, the epoch kept, seconds, valid AUC and LogLoss, and the canary
 exposure of forgotten and retained users' canaries (training data, against the controls).
@@ -26,10 +27,10 @@ from e2urec.model.tiny import build_tiny_t5
 from e2urec.model.train import train
 
 
-def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0) -> dict:
+def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0, sizes=None) -> dict:
     demo = Bench.from_dict(preset("demo"))
     s = load_splits(data)
-    size = replace(demo.tiny, dropout=dropout, seed=seed)
+    size = replace(demo.tiny, dropout=dropout, seed=seed, **(sizes or {}))
     build_tiny_t5([x.input for x in s["train"]], out / "base", size)
     config = replace(demo.train, lr=lr, seed=seed)
     report = train(out / "base", s["train"], s["valid"], out / "model", config)
@@ -42,6 +43,7 @@ def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0) -> dict
         "dropout": dropout,
         "lr": lr,
         "seed": seed,
+        **(sizes or {}),
         "history": [round(h["valid_loss"], 4) for h in report["history"]],
         "best": report["best_epoch"],
         "seconds": round(report["seconds"]),
@@ -60,4 +62,5 @@ def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0) -> dict
 if __name__ == "__main__":
     data, out, dropout, lr = sys.argv[1:5]
     seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-    print(json.dumps(main(data, Path(out), float(dropout), float(lr), seed)))
+    sizes = {k: int(v) for k, v in (a.split("=", 1) for a in sys.argv[6:])}
+    print(json.dumps(main(data, Path(out), float(dropout), float(lr), seed, sizes)))

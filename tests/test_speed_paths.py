@@ -214,3 +214,31 @@ def test_e2urec_full_augmented_mode_tunes_a_copy_and_trains_only_the_adapter(
     assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
     full = backbone.count_parameters(backbone.load(trained["original"]).model, False)
     assert 0 < result.trainable_params < full / 5
+
+
+FREE_AND_MEASURE = """
+import sys, torch
+from e2urec.resources import current_rss_mb, keep_freed_memory
+took = keep_freed_memory() if sys.argv[1] == "keep" else None
+blocks = [torch.ones(4 << 20) for _ in range(16)]  # 16 x 16 MiB, touched
+full = current_rss_mb()
+del blocks
+print(took, full - current_rss_mb())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux RSS")
+@pytest.mark.parametrize("mode", ["keep", "default"])
+def test_freed_activation_sized_blocks_stay_with_the_process_only_when_asked(mode):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", FREE_AND_MEASURE, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    released_mb = float(out[1])
+    if mode == "keep":
+        assert out[0] == "True"
+        assert released_mb < 32  # the next step reuses them without faulting them in again
+    else:
+        assert released_mb > 128  # glibc's default: handed back to the kernel

@@ -30,6 +30,7 @@ from e2urec.model.train import TrainConfig, train
 from e2urec.plots import plot_results, plot_sequential
 from e2urec.report import cell, git_commit, write_results
 from e2urec.requests import DeletionRequest, sample_key, select, split_users
+from e2urec.resources import keep_freed_memory
 from e2urec.stages import stage
 
 SECTIONS = {"protocol": Protocol, "tiny": TinyT5, "train": TrainConfig}
@@ -126,6 +127,7 @@ def run_seeds(bench: Bench, out: Path) -> dict:
     resumable stage, so the final pass here only reads them."""
     seeds = bench.seeds or (None,)
     folders = {s: out if s is None else out / f"seed-{s}" for s in seeds}
+    keep_freed_memory()
     if bench.workers > 1:
         with worker_pool(bench.workers) as pool:
             _schedule(pool, bench, folders)
@@ -182,6 +184,7 @@ def _worker(parent: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    keep_freed_memory()
     # A killed bench (kill, OOM, lost session) would leave its workers training on, writing
     # into stages that a rerun of the same command also writes: they leave with their parent.
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
