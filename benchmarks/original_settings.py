@@ -4,10 +4,10 @@
 
 builds the demo preset's embedded T5 with DROPOUT (and any other of its sizes given as FIELD=N,
 e.g. encoder_layers=2) on DATA's train split (SEED, default 0: the initialisation and the batch
-order, as the bench's seeds), trains it at LR by the demo preset's
-rule (its `train` section: most epochs, patience, batch size), and prints one JSON
-line: valid loss per epoch, the epoch kept, seconds, valid AUC and LogLoss, and the canary
-exposure of forgotten and retained users' canaries (training data, against the controls).
+order, as the bench's seeds), trains it at LR by the demo preset's rule (its `train` section:
+most epochs, patience, batch size), and prints one JSON line: valid loss per epoch, the epoch
+kept, seconds, valid AUC and LogLoss, and the canary exposure of forgotten and retained users'
+canaries (training data, against the controls).
 Nothing here reads test: the demo's model settings are chosen from these lines.
 """
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,9 +232,6 @@ print(took, full - current_rss_mb())
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux RSS")
 @pytest.mark.parametrize("mode", ["keep", "default"])
 def test_freed_activation_sized_blocks_stay_with_the_process_only_when_asked(mode):
-    import subprocess
-    import sys
-
     out = subprocess.run(
         [sys.executable, "-c", FREE_AND_MEASURE, mode], capture_output=True, text=True, check=True
     ).stdout.split()
