@@ -256,6 +256,32 @@ def test_workers_leave_when_the_bench_that_started_them_is_killed(tmp_path):
     assert not running(worker)
 
 
+WARN_IN_A_WORKER = """
+import warnings
+from e2urec.bench import worker_pool
+
+def shown():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+    return len(seen)
+
+if __name__ == "__main__":
+    with worker_pool(1) as pool:
+        print(pool.submit(shown).result())
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with worker_pool(1) as pool:
+        print(pool.submit(shown).result())
+"""
+
+
+def test_workers_keep_the_warning_filters_of_the_process_that_started_them(tmp_path):
+    script = tmp_path / "warn.py"
+    script.write_text(WARN_IN_A_WORKER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0"]  # shown before the caller filters it, not after
+
+
 def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's exit may wait for a reaper that never comes)."""
     try:

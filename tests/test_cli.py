@@ -41,3 +41,15 @@ def test_unlearn_refuses_unknown_method_option(tmp_path, data_dir, trained, caps
     assert main(args) == 2
     assert "unknown option(s) alpah" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_commands_that_train_keep_freed_memory_and_the_service_does_not(tmp_path, monkeypatch):
+    import e2urec.resources
+
+    calls = []
+    monkeypatch.setattr(e2urec.resources, "keep_freed_memory", lambda: calls.append(1))
+    missing = str(tmp_path / "missing")
+    assert main(["train", "--data", missing, "--out", str(tmp_path / "o")]) == 2
+    assert calls == [1]
+    assert main(["serve", "--deploy", missing]) == 2
+    assert calls == [1]

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -177,14 +178,17 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """`workers` single-thread processes: on few cores, two one-thread trainings finish sooner
     than one two-thread training."""
     spawn = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    return ProcessPoolExecutor(workers, spawn, initializer=_worker, initargs=(os.getpid(),))
+    # A spawned process starts with Python's default warning filters: the caller's go along.
+    args = (os.getpid(), list(warnings.filters))
+    return ProcessPoolExecutor(workers, spawn, initializer=_worker, initargs=args)
 
 
-def _worker(parent: int) -> None:
+def _worker(parent: int, filters: list) -> None:
     import torch
 
     torch.set_num_threads(1)
     keep_freed_memory()
+    warnings.filters[:] = filters
     # A killed bench (kill, OOM, lost session) would leave its workers training on, writing
     # into stages that a rerun of the same command also writes: they leave with their parent.
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()

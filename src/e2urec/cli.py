@@ -398,9 +398,18 @@ def _quiet_libraries() -> None:
     )
 
 
+# Commands that train in this process keep the memory a step frees (`bench` does so itself).
+# Not `serve`: a long-lived process would hold it between requests.
+TRAINING = ("train", "unlearn", "forget", "apply", "tune")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    if args.command in TRAINING:
+        from e2urec.resources import keep_freed_memory
+
+        keep_freed_memory()
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as err:
