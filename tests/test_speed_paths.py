@@ -22,7 +22,7 @@ from e2urec.methods.teacher import (
 )
 from e2urec.model import backbone, score
 from e2urec.model.scoring import encode, lengths
-from e2urec.model.train import TrainConfig, mean_loss, shuffled_batches, train
+from e2urec.model.train import TrainConfig, fit, mean_loss, shuffled_batches, train
 
 
 def test_training_stops_when_valid_loss_stops_improving_and_keeps_the_best(
@@ -43,9 +43,27 @@ def test_training_stops_when_valid_loss_stops_improving_and_keeps_the_best(
     assert on_disk["epochs_run"] == report["epochs_run"]
 
 
-def test_patience_is_checked():
+def test_patience_and_schedule_are_checked():
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(schedule="cosine")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_linear_schedule_takes_the_lr_to_zero_over_the_epochs(schedule):
+    # With a constant gradient each AdamW step moves the weight by about its lr.
+    w = torch.nn.Parameter(torch.zeros(()))
+    seen = []
+
+    def loss(model, batch):
+        seen.append(float(w))
+        return w * 1.0
+
+    fit(torch.nn.ParameterList([w]), loss, lambda e: [[0]] * 4, 2, 0.1, "t", schedule=schedule)
+    steps = torch.diff(torch.tensor([*seen, float(w)])).neg()
+    expected = [0.1 * (1 - t / 8) if schedule == "linear" else 0.1 for t in range(8)]
+    assert steps.tolist() == pytest.approx(expected, rel=0.02)
 
 
 def test_prompts_are_tokenised_once(trained, splits, monkeypatch):

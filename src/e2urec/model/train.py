@@ -23,6 +23,7 @@ from e2urec.model.scoring import autocast, by_length, encode, forward, lengths
 from e2urec.resources import PeakMemory
 
 WINDOW = 50  # batches sorted by length together; the batches themselves are then shuffled
+SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -36,10 +37,14 @@ class TrainConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # "linear": the lr falls to 0 over `epochs` (early stopping may end training sooner)
+    schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self):
         check_training(self.epochs, self.lr, self.batch_size)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.patience < 1:
             raise ValueError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.eval_batch_size < 1:
@@ -113,15 +118,22 @@ def fit(
     lr: float,
     desc: str,
     after_epoch: Callable[[torch.nn.Module, int], bool] | None = None,
+    schedule: str = "constant",
 ) -> torch.nn.Module:
     """The one optimisation loop: AdamW over trainable parameters, via accelerate.
 
     Under `accelerate launch` every process walks the same batches and takes its share of each,
     so n processes make the same steps as one. `after_epoch` (validation, saving) runs on the
-    main process only; when it returns True, every process stops."""
+    main process only; when it returns True, every process stops. With `schedule` "linear" the
+    lr falls from `lr` to 0 over `epochs` x the first epoch's batches."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
+    horizon = epochs * len(epoch_batches(0)) if schedule == "linear" else 0
+    # Stepped here, once a batch, not through accelerate, which steps a scheduler once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1 - step / horizon) if horizon else 1.0
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
     quiet = not accelerator.is_main_process
@@ -140,6 +152,7 @@ def fit(
                 loss = loss_fn(model, mine)
             loss = backward(accelerator, model, loss, factor)
             optimizer.step()
+            scheduler.step()
             total += loss  # no host sync per step: the loss is read once an epoch
             steps += 1
         mean = (total / max(1, steps)).item()
@@ -203,6 +216,7 @@ def train(
             config.lr,
             desc=f"train {Path(out).name}",
             after_epoch=validate,
+            schedule=config.schedule,
         )
     report = {
         "seconds": time.perf_counter() - start,
