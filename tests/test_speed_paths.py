@@ -57,11 +57,11 @@ def test_linear_schedule_takes_the_lr_to_zero_over_the_epochs(schedule):
     seen = []
 
     def loss(model, batch):
-        seen.append(float(w))
+        seen.append(float(w.detach()))
         return w * 1.0
 
     fit(torch.nn.ParameterList([w]), loss, lambda e: [[0]] * 4, 2, 0.1, "t", schedule=schedule)
-    steps = torch.diff(torch.tensor([*seen, float(w)])).neg()
+    steps = torch.diff(torch.tensor([*seen, float(w.detach())])).neg()
     expected = [0.1 * (1 - t / 8) if schedule == "linear" else 0.1 for t in range(8)]
     assert steps.tolist() == pytest.approx(expected, rel=0.02)
 
