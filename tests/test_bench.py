@@ -199,6 +199,12 @@ def test_paired_differences_cancel_what_a_seed_does_to_every_row():
     assert not rows[0][2].endswith("*")  # test AUC: the same in every seed, interval [0, 0]
 
 
+def test_the_study_is_the_demo_over_seeds():
+    demo, study = preset("demo"), preset("study")
+    assert "extends" not in study
+    assert study == {**demo, "seeds": [0, 1, 2, 3, 4], "requests": 0}
+
+
 def test_bench_refuses_more_requests_than_forgotten_users(tmp_path, capsys):
     code = main(["bench", "--preset", "smoke", "--sequential", "99", "--out", str(tmp_path)])
     assert code == 2 and "cannot split" in capsys.readouterr().err

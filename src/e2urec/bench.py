@@ -83,7 +83,9 @@ def preset(name: str) -> dict:
     )
     if name not in known:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(known)}")
-    return load_yaml(Path(str(files / f"{name}.yaml")))
+    values = load_yaml(Path(str(files / f"{name}.yaml")))
+    base = values.pop("extends", None)  # a preset written as its differences from another
+    return merge(preset(base), values) if base else values
 
 
 def merge(base: dict, extra: dict) -> dict:
