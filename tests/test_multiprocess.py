@@ -46,4 +46,7 @@ def test_two_processes_train_the_same_model_as_one(data_dir, splits, trained, tm
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
     report = json.loads((tmp_path / "two" / "train_report.json").read_text())
+    # Two lone processes, each on all the data, would also match `one`: the report says
+    # whether they trained as one group.
+    assert report["processes"] == 2
     assert report["epochs_run"] == 2  # written once, by the main process, with every epoch

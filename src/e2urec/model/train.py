@@ -86,6 +86,13 @@ def share(batch, rank: int, world: int):
     return mine, len(mine) * world / len(batch)
 
 
+def processes() -> PartialState:
+    """The processes this run trains on. Asked with `cpu` as `fit`'s Accelerator asks: the state
+    is built once per process, and without it a CPU run under `accelerate launch` is n lone
+    processes, each training on all the data and each writing the output as its main."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def precision() -> str:
     if not torch.cuda.is_available():
         return "no"  # CPU autocast to bf16 is slower than float32 on most CPUs
@@ -184,7 +191,8 @@ def train(
         if config.lora
         else rec.model
     )
-    main = PartialState().is_main_process
+    state = processes()
+    main = state.is_main_process
     best = {"valid_loss": float("inf"), "epoch": 0}
     history = []
 
@@ -224,6 +232,7 @@ def train(
         "trainable_params": backbone.count_parameters(net),
         "peak_rss_mb": peak.mb,
         "peak_gpu_mb": peak.gpu_mb,
+        "processes": state.num_processes,
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "history": history,
