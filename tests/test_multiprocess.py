@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from e2urec.cli import main
 from e2urec.model import backbone
 from e2urec.model.train import TrainConfig, train
-
-HERE = Path(__file__).parent
 
 
 def _without_dropout(base: str, out: Path) -> str:
@@ -36,7 +35,9 @@ def test_two_processes_train_the_same_model_as_one(data_dir, splits, trained, tm
     # On a machine without GPUs, accelerate's multi-GPU launcher starts CPU processes on gloo.
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(HERE / "multiprocess_train.py"), str(data_dir), base, str(tmp_path / "two")]
+    command += ["-m", "e2urec.cli", "train", "--data", str(data_dir), "--model", base]
+    command += ["--out", str(tmp_path / "two"), "--set", "epochs=2", "patience=2", "lr=0.003"]
+    command += ["batch_size=16", "eval_batch_size=32"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     one = backbone.load(tmp_path / "one").model.state_dict()
@@ -49,4 +50,12 @@ def test_two_processes_train_the_same_model_as_one(data_dir, splits, trained, tm
     # Two lone processes, each on all the data, would also match `one`: the report says
     # whether they trained as one group.
     assert report["processes"] == 2
-    assert report["epochs_run"] == 2  # written once, by the main process, with every epoch
+    assert report["epochs_run"] == 2 and "test" in report  # written once, by the main process
+    assert run.stdout.count('"trainable_params"') == 1  # and printed once
+
+
+def test_other_commands_refuse_several_processes(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", "--preset", "smoke", "--out", str(tmp_path / "run")]) == 2
+    assert "only `e2urec train` shares its work" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

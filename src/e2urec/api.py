@@ -16,7 +16,7 @@ from e2urec.methods import Task, get_method
 from e2urec.metrics import classification
 from e2urec.model import backbone, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
-from e2urec.model.train import TrainConfig, train
+from e2urec.model.train import TrainConfig, processes, train
 from e2urec.requests import DeletionRequest, sample_key, select
 from e2urec.standing import judge, standing
 
@@ -67,13 +67,17 @@ def train_recommender(data, out, model: str = "tiny", split: str = "train", opti
     tiny = from_dict(TinyT5, options.pop("tiny", {}), "tiny")
     config = from_dict(TrainConfig, options, "train")
     splits = load_splits(data)
+    group = processes()  # under `accelerate launch` only the main process writes
     if model == "tiny":
         model = str(Path(out) / "base")
-        build_tiny_t5([s.input for s in splits["train"]], model, tiny)
+        if group.is_main_process:
+            build_tiny_t5([s.input for s in splits["train"]], model, tiny)
+        group.wait_for_everyone()
     report = train(model, splits[split], splits["valid"], out, config)
-    report["test"] = evaluate(out, splits["test"], config.eval_batch_size)
-    report["base"] = str(model)
-    (Path(out) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if group.is_main_process:
+        report["test"] = evaluate(out, splits["test"], config.eval_batch_size)
+        report["base"] = str(model)
+        (Path(out) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

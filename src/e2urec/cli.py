@@ -109,10 +109,12 @@ def add_train(sub) -> None:
 
 def run_train(args) -> None:
     from e2urec.api import train_recommender
+    from e2urec.model.train import processes
 
     options = _options(args)
     report = train_recommender(args.data, args.out, args.model, args.split, options)
-    print(json.dumps({k: report[k] for k in ("test", "seconds", "trainable_params")}, indent=2))
+    if processes().is_main_process:
+        print(json.dumps({k: report[k] for k in ("test", "seconds", "trainable_params")}, indent=2))
 
 
 def add_unlearn(sub) -> None:
@@ -406,6 +408,14 @@ TRAINING = ("train", "unlearn", "forget", "apply", "tune")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Each process would run the whole command and write the same files.
+        print(
+            f"e2urec {args.command}: error: runs in one process; under `accelerate launch` with"
+            " several processes only `e2urec train` shares its work",
+            file=sys.stderr,
+        )
+        return 2
     if args.command in TRAINING:
         from e2urec.resources import keep_freed_memory
 
