@@ -10,6 +10,7 @@ from e2urec.bench import Bench, merge, preset
 from e2urec.cli import main
 from e2urec.data import load_splits
 from e2urec.data.canaries import real
+from e2urec import tune as tune_module
 from e2urec.tune import Judge, TuneConfig, pick, tune
 
 
@@ -62,13 +63,27 @@ def test_tune_runs_the_same_grid_for_each_method_on_the_tune_half(tmp_path):
     assert result["forget_tune_samples"] == sum(s.user in tune_half for s in forget) > 0
 
 
-def test_tune_scores_retrain_once_for_the_whole_grid(tmp_path, monkeypatch):
+def test_tune_scores_retrain_once_and_looks_only_at_valid_and_the_tune_half(tmp_path, monkeypatch):
     bench = Bench.from_dict(merge(preset("smoke"), {"methods": ["retrain", "neggrad"]}))
-    made = []
-    real_init = Judge.__init__
+    made, scored = [], []
+    real_init, real_score = Judge.__init__, tune_module.score
     monkeypatch.setattr(Judge, "__init__", lambda self, *a: made.append(1) or real_init(self, *a))
+    monkeypatch.setattr(
+        tune_module,
+        "score",
+        lambda rec, xs, *a, **k: scored.append(xs) or real_score(rec, xs, *a, **k),
+    )
     tune(bench, tmp_path, TuneConfig(lrs=(1e-3, 3e-3), epochs=(1,)))
     assert len(made) == 1  # one process, two grid points, one Judge
+    splits = load_splits(tmp_path / "data")
+    tune_half = set(
+        json.loads((tmp_path / "data" / "manifest.json").read_text())["forgotten_halves"]["tune"]
+    )
+    allowed = [splits["valid"], [s for s in real(splits["forget"]) if s.user in tune_half]]
+    # Retrain on the tune half, then the original and each trial on valid and the tune half:
+    # never test, never the reported half
+    assert len(scored) == 1 + 2 * 3 and all(xs in allowed for xs in scored)
+    assert allowed[1] and all(any(xs == a for xs in scored) for a in allowed)
 
 
 def test_tune_command_prints_the_chosen_options(tmp_path, capsys):
