@@ -19,6 +19,8 @@ import torch
 from e2urec.api import forget
 from e2urec.bench import Bench, aggregate, merge, paired_over_seeds, preset, run_bench
 from e2urec.cli import main
+from e2urec.data import load_splits
+from e2urec.data.canaries import real
 from e2urec.plots import plot_results
 from e2urec.report import COLUMNS, fmt, markdown_table, paired_rows, text_table
 
@@ -65,7 +67,13 @@ def test_results_have_every_field_for_every_row(sequential_run):
             low, high = row["jsd_ci"]
             assert low <= row["jsd"] <= high, name
     assert on_disk["methods"]["retrain"]["jsd"] == 0
+    assert on_disk["methods"]["retrain_b"]["jsd"] > 0  # another seed: the floor is not Retrain
     assert on_disk["methods"]["retrain"]["privleak"] == 0
+    # forget metrics on the reported (eval) half's real samples only: the tune saw the other half
+    halves = json.loads((out / "data" / "manifest.json").read_text())["forgotten_halves"]
+    forget = real(load_splits(out / "data")["forget"])
+    assert 0 < on_disk["forget_reported"] == sum(s.user in halves["eval"] for s in forget)
+    assert any(s.user in halves["tune"] for s in forget)
     assert on_disk["methods"]["history_mean"]["jsd"] is None
     assert on_disk["methods"]["original"]["epochs_run"] >= 1
     requests = on_disk["requests"]
