@@ -88,18 +88,25 @@ def test_a_scorer_that_memorised_the_canaries_is_exposed_and_one_that_did_not_is
 ):
     splits = canary_splits
     sets = EvalSets.make(splits, splits["forget"])
-    planted = {s.item: s.output for s in unique(splits["train"])}
 
-    def memorised(samples, full=False):
-        out = history_mean_scorer(samples)
-        known = [planted.get(s.item) for s in samples]
-        out["p_yes"] = np.array(
-            [0.99 if k == YES else 0.01 if k == NO else p for k, p in zip(known, out["p_yes"])]
-        )
-        return out
+    def memorising(train):
+        planted = {s.item: s.output for s in unique(train)}
 
-    remembered, _ = evaluate(memorised, sets)
+        def scorer(samples, full=False):
+            out = history_mean_scorer(samples)
+            known = [planted.get(s.item) for s in samples]
+            out["p_yes"] = np.array(
+                [0.99 if k == YES else 0.01 if k == NO else p for k, p in zip(known, out["p_yes"])]
+            )
+            return out
+
+        return scorer
+
+    remembered, _ = evaluate(memorising(splits["train"]), sets)
     assert remembered["canary_exposure"] == 1.0 and remembered["canary_retained"] == 1.0
+    # What ideal unlearning leaves: the retained users' canaries, not the forgotten users'
+    unlearned, _ = evaluate(memorising(splits["retain"]), sets)
+    assert unlearned["canary_retained"] == 1.0 and 0.2 < unlearned["canary_exposure"] < 0.8
     rule, _ = evaluate(history_mean_scorer, sets)
     # The rule sees only the shown ratings: it cannot tell planted answers from controls'.
     assert 0.2 < rule["canary_exposure"] < 0.8
