@@ -34,8 +34,11 @@ def test_training_stops_when_valid_loss_stops_improving_and_keeps_the_best(
     assert report["epochs_run"] == len(losses) <= 6
     best = report["best_epoch"]
     assert losses[best - 1] == min(losses)
-    if report["epochs_run"] < 6:  # stopped early: the last epoch did not beat the best
-        assert report["epochs_run"] == best + 1
+    # Epochs since the best so far, after each epoch: the run never went on past the patience,
+    # and ended by it or at the cap (at lr 0.05 it overfits within a few epochs)
+    waited = [e - (min(range(e), key=losses.__getitem__) + 1) for e in range(1, len(losses) + 1)]
+    assert all(w < config.patience for w in waited[:-1])
+    assert waited[-1] >= config.patience or len(losses) == config.epochs
     saved = backbone.load(tmp_path / "m")
     again = mean_loss(saved, saved.model, splits["valid"], 32)
     assert again == pytest.approx(losses[best - 1], rel=1e-4)
