@@ -125,3 +125,19 @@ def test_an_attack_on_a_model_that_only_knows_the_label_scores_one_half(canary_s
 
     metrics, _ = evaluate(label_only, sets)
     assert metrics["mia_auc"] == pytest.approx(0.5)
+
+
+def test_the_accuracy_cut_is_chosen_on_valid_and_applied_to_test(canary_splits):
+    sets = EvalSets.make(canary_splits, canary_splits["forget"])
+
+    def shifted(samples, full=False):  # separates the labels at 0.7 on valid, at 0.3 on test
+        out = history_mean_scorer(samples)
+        low = {id(sets.valid): 0.6, id(sets.test): 0.2}.get(id(samples))
+        if low is not None:
+            out["p_yes"] = np.array([low + 0.2 * s.label for s in samples])
+        return out
+
+    metrics, _ = evaluate(shifted, sets)
+    assert metrics["threshold"] == pytest.approx(0.7)
+    negatives = np.mean([s.label == 0 for s in sets.test])
+    assert 0 < negatives < 1 and metrics["test"]["acc"] == pytest.approx(negatives)

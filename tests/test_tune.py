@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from e2urec import tune as tune_module
 from e2urec.bench import Bench, merge, preset
 from e2urec.cli import main
 from e2urec.data import load_splits
 from e2urec.data.canaries import real
-from e2urec import tune as tune_module
 from e2urec.tune import Judge, TuneConfig, pick, tune
 
 
