@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from e2urec import tune as tune_module
 from e2urec.bench import Bench, merge, preset
@@ -94,3 +95,19 @@ def test_tune_command_prints_the_chosen_options(tmp_path, capsys):
     assert main([*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("method_options:\n  neggrad:") and "lr: 0.003" in printed
+
+
+def test_the_tune_trains_its_original_on_one_thread_as_the_bench_workers_do(tmp_path, monkeypatch):
+    # One thread against two changes the float sums, so the original, at the demo's size
+    bench = Bench.from_dict(merge(preset("smoke"), {"methods": ["retrain"], "workers": 2}))
+    threads, real_setup = [], tune_module.setup
+    monkeypatch.setattr(
+        tune_module, "setup", lambda *a: threads.append(torch.get_num_threads()) or real_setup(*a)
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tune(bench, tmp_path, TuneConfig(lrs=(3e-3,), epochs=(1,)))
+        assert threads == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -134,7 +134,7 @@ def run_seeds(bench: Bench, out: Path) -> dict:
     if bench.workers > 1:
         with worker_pool(bench.workers) as pool:
             _schedule(pool, bench, folders)
-        return _single_threaded(lambda: {s: run_seed(bench, folders[s], s) for s in seeds})
+        return single_threaded(lambda: {s: run_seed(bench, folders[s], s) for s in seeds})
     return {s: run_seed(bench, folders[s], s) for s in seeds}
 
 
@@ -164,7 +164,7 @@ def _schedule(pool: ProcessPoolExecutor, bench: Bench, folders: dict) -> None:
             pending.update(nexts)
 
 
-def _single_threaded(work):
+def single_threaded(work):
     """`work()` on one thread, as the workers ran: requests are timed against their Retrain."""
     import torch
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e2urec.bench import INFO, Bench, Run, setup, unlearn, worker_pool
+from e2urec.bench import INFO, Bench, Run, setup, single_threaded, unlearn, worker_pool
 from e2urec.data.canaries import real
 from e2urec.functional import js_divergence
 from e2urec.metrics import classification
@@ -62,8 +62,15 @@ def tune(bench: Bench, out: str | Path, config: TuneConfig | None = None) -> dic
     """Run the grid for the bench's approximate methods; write and return tune.json."""
     config = config or TuneConfig()
     out = Path(out)
-    run = setup(bench, out)
-    unlearn(run, "retrain", "retrain", bench.method_options.get("retrain"), bench.train)
+
+    def start() -> Run:
+        run = setup(bench, out)
+        unlearn(run, "retrain", "retrain", bench.method_options.get("retrain"), bench.train)
+        return run
+
+    # Trained on one thread, as the bench's workers train them: the thread count changes the
+    # order of float sums, and so the original the options are chosen for.
+    run = single_threaded(start) if bench.workers > 1 else start()
     forget = _tune_forget(run)
     if not forget:
         raise ValueError("the tune half of the forgotten users has no samples: forget more users")
