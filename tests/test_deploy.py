@@ -25,6 +25,7 @@ from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, live_model, request, status
 from e2urec.layout import tree_hash
 from e2urec.ledger import GENESIS, Ledger, row_hash, verify
+from e2urec.methods.base import Method
 from e2urec.model import backbone
 from e2urec.model.ensemble import save_ensemble
 from e2urec.requests import shown_as, shown_ratings, target_title
@@ -82,7 +83,17 @@ def applied(tmp_path_factory, source, model):
     rated = _pair_with_history(read_jsonl(root / "data" / "train.jsonl"))
     first = request(root, users=[HIDDEN])
     second = request(root, interactions=[(rated.user, rated.item)])
-    return {"root": root, "ids": (first, second), "rated": rated, "outcomes": apply(root)}
+    tasks, real = [], Method.unlearn
+    with pytest.MonkeyPatch.context() as patch:  # what the model was asked to unlearn
+        patch.setattr(Method, "unlearn", lambda self, task: tasks.append(task) or real(self, task))
+        outcomes = apply(root)
+    return {
+        "root": root,
+        "ids": (first, second),
+        "rated": rated,
+        "outcomes": outcomes,
+        "tasks": tasks,
+    }
 
 
 def _copy(applied, tmp_path) -> Path:
@@ -101,6 +112,21 @@ def _samples(root: Path) -> dict:
 def test_a_request_end_to_end(applied, source):
     root, rated = applied["root"], applied["rated"]
     assert _files_with(source, HIDDEN)  # the user was there
+    # The model unlearned exactly what was asked: HIDDEN's samples, the rating and its echoes
+    [task] = applied["tasks"]
+    asked = [s for s in read_jsonl(source / "train.jsonl") if s.user == HIDDEN]
+    assert asked and all(s in task.forget for s in asked)
+    assert (rated.user, rated.item) in {(s.user, s.item) for s in task.forget}
+    assert {s.user for s in task.forget} == {HIDDEN, rated.user}
+    assert all(
+        s.user == HIDDEN or shown_as(rated) in shown_ratings(s) or s.item == rated.item
+        for s in task.forget
+    )
+    echoes = [
+        s for s in task.retain if s.user == rated.user and shown_as(rated) in shown_ratings(s)
+    ]
+    assert not echoes and not any(s.user == HIDDEN or s in task.forget for s in task.retain)
+    assert len(task.retain) + len(task.forget) == len(read_jsonl(source / "train.jsonl"))
     assert {o["id"] for o in applied["outcomes"]} == set(applied["ids"])
     for outcome in applied["outcomes"]:
         assert outcome["state"] == "purged" and outcome["version"] == "v1"
