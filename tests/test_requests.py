@@ -11,6 +11,7 @@ import pytest
 from e2urec.cli import main
 from e2urec.data.prompt import build_prompt
 from e2urec.data.sample import NO, YES, Sample
+from e2urec.methods.base import Method
 from e2urec.requests import (
     DeletionRequest,
     parse_users,
@@ -117,10 +118,21 @@ def _forget(data_dir, model, out, *request) -> int:
     return main([*args, "--method", "e2urec", *request, "--set", *FAST_E2UREC])
 
 
-def test_forget_command_applies_a_request_and_chains(data_dir, splits, trained, tmp_path, capsys):
+def test_forget_command_applies_a_request_and_chains(
+    data_dir, splits, trained, tmp_path, capsys, monkeypatch
+):
+    tasks, real = [], Method.unlearn  # what the model was asked to unlearn
+    monkeypatch.setattr(
+        Method, "unlearn", lambda self, task: tasks.append(task) or real(self, task)
+    )
     counts = Counter(s.user for s in splits["train"])
     first, second = [u for u, _ in counts.most_common()][-2:]
     assert _forget(data_dir, trained["original"], tmp_path / "one", "--users", first) == 0
+    mine = [s for s in splits["train"] if s.user == first]
+    assert tasks[0].forget == mine and tasks[0].original == trained["original"]
+    assert sorted(map(sample_key, tasks[0].retain + mine)) == sorted(
+        map(sample_key, splits["train"])
+    )
     report = json.loads((tmp_path / "one" / "forget_report.json").read_text())
     assert report["request"] == {"users": [first], "interactions": []}
     assert report["removed"]["samples"] == counts[first] == report["removed"]["targets"]
@@ -136,6 +148,12 @@ def test_forget_command_applies_a_request_and_chains(data_dir, splits, trained, 
     pairs.write_text(f"user,item\n{second},{item}\n")
     out2 = tmp_path / "two"
     assert _forget(data_dir, tmp_path / "one", out2, "--interactions", str(pairs)) == 0
+    assert (second, item) in {(s.user, s.item) for s in tasks[1].forget}
+    assert {s.user for s in tasks[1].forget} == {second} and tasks[1].original == str(tmp_path / "one")
+    # the first request's samples stay out of the second one's retain set
+    assert not {sample_key(s) for s in tasks[1].retain} & {
+        sample_key(s) for s in mine + tasks[1].forget
+    }
     report2 = json.loads((out2 / "forget_report.json").read_text())
     assert report2["counts"]["removed_before"] == counts[first]
     assert report2["counts"]["retain"] == len(splits["train"]) - len(report2["removed_keys"])
