@@ -466,7 +466,9 @@ def test_cli_prepares_an_interactions_log(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["protocol"]["threshold"] == 4.0
     assert [str(p) for p in manifest["raw"]] == [str(log), str(titles)]
-    assert samples_by_key(out)[("a", "m3")].output == "Yes."
+    samples = samples_by_key(out)
+    assert samples[("a", "m3")].output == "Yes."
+    assert samples[("c", "m1")].output == "No."  # rated 4: Yes at the default threshold of 3
     assert "wrote" in capsys.readouterr().out
 
 
