@@ -170,7 +170,12 @@ def many_users(users=60, per_user=30):
 
 
 def test_sample_draws_each_split_with_many_users_and_no_dominant_one():
-    data = Interactions(many_users())
+    # One user has a quarter of all rows, at every time: an uncapped draw gives them ~25%
+    prolific = frame(
+        [(60, 100 + 20 * i + k, 4.0, 1000 * i + 100 + k) for i in range(30) for k in range(20)]
+    )
+    prolific["title"] = "Prolific Title"
+    data = Interactions(pd.concat([many_users(), prolific], ignore_index=True))
     p = Protocol(history=3, min_history=5, last=10_000, sample=(200, 60, 60), seed=5)
     splits = make_splits(data, p)
     full = make_splits(data, Protocol(history=3, min_history=5, last=10_000, seed=5))
