@@ -500,7 +500,12 @@ def test_small_blocks_give_the_same_samples_and_line_numbers(tmp_path, monkeypat
     raw = write_ml1m(tmp_path / "raw")
     prepare(tmp_path / "whole", dataset="ml-1m", raw=raw, protocol=SMALL)
     monkeypatch.setattr(engine, "BLOCK_BYTES", 16)  # one or two lines a block
+    sizes, real_split = [], engine.split_lines
+    monkeypatch.setattr(
+        engine, "split_lines", lambda *a: sizes.append(len(out := real_split(*a))) or out
+    )
     prepare(tmp_path / "cut", dataset="ml-1m", raw=raw, protocol=SMALL)
+    assert len(sizes) > 10 and max(sizes) <= 2  # read a block at a time
     assert prompts(tmp_path / "cut") == prompts(tmp_path / "whole")
     write_ml1m(raw, ratings=replace_line(RATINGS, 8, "3::1::2::soon\n"))
     with pytest.raises(ValueError, match=re.escape(f"{raw / 'ratings.dat'}, line 8: Timestamp")):
@@ -539,6 +544,7 @@ def test_memory_limit_is_set_and_the_engine_folder_removed(tmp_path):
         limit = db.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         spill = db.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
         assert limit.startswith("286") and spill.startswith(str(tmp_path / ".out.engine-"))
+        assert len(list(tmp_path.glob(".out.engine-*/work.duckdb"))) == 1  # on disk, not in memory
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="memory limit 'lots' is not a size such as 2GB"):
         prepare(out, dataset="ml-1m", raw=write_ml1m(tmp_path / "raw"), memory_limit="lots")
