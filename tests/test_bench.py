@@ -103,6 +103,50 @@ def test_table_shows_seconds_with_one_decimal(sequential_run):
     assert f"forget-set loss {aug} against the original's {orig}" in text_table(results)
 
 
+# The report's columns, read straight from a results row: the tables must show these numbers
+SHOWN = {
+    "test AUC": lambda r: r["test"]["auc"],
+    "test ACC": lambda r: r["test"]["acc"],
+    "ACC@0.5": lambda r: r["test"]["acc_05"],
+    "test LogLoss": lambda r: r["test"]["logloss"],
+    "forget AUC": lambda r: r["forget"]["auc"],
+    "forget LogLoss": lambda r: r["forget"]["logloss"],
+    "JSD": lambda r: r["jsd"],
+    "sym-KL": lambda r: r["sym_kl"],
+    "L2": lambda r: r["l2"],
+    "JSD Yes/No": lambda r: r["jsd_yes_no"],
+    "canary exp.": lambda r: r["canary_exposure"],
+    "canary kept": lambda r: r["canary_retained"],
+    "MIA AUC": lambda r: r["mia_auc"],
+    "PrivLeak": lambda r: r["privleak"],
+    "seconds": lambda r: r["seconds"],
+    "peak RSS MB": lambda r: r["peak_rss_mb"],
+}
+
+
+def test_csv_and_markdown_show_each_rows_numbers_in_their_columns(sequential_run):
+    out, results = sequential_run
+    with (out / "results.csv").open() as fh:
+        csv_rows = {r["method"]: r for r in csv.DictReader(fh)}
+    lines = (out / "results.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    md_rows = {
+        c[0]: c
+        for c in (
+            [x.strip() for x in ln.strip("|").split("|")]
+            for ln in lines[2 : 2 + len(results["methods"])]
+        )
+    }
+    for name in ("original", "retrain_b", "e2urec"):
+        row = results["methods"][name]
+        for title, read in SHOWN.items():
+            value = read(row)
+            shown = csv_rows[name][title]
+            assert (shown == "") if value is None else float(shown) == value, (name, title)
+            decimals = 1 if title in ("seconds", "peak RSS MB") else 4
+            assert md_rows[name][header.index(title)] == fmt(value, decimals), (name, title)
+
+
 def test_sequential_requests_forget_the_users_step_by_step(sequential_run):
     out, results = sequential_run
     seq = results["sequential"]
@@ -156,7 +200,14 @@ def test_seeds_move_data_and_init_and_report_mean_std_and_interval(tmp_path):
     assert manifests[0]["forgotten_users"] != manifests[1]["forgotten_users"]
     inits = [json.loads((tmp_path / f"seed-{s}" / "base" / "e2urec.json").read_text()) for s in (0, 1)]  # fmt: skip
     assert [i["size"]["seed"] for i in inits] == [0, 1]
-    assert " ± " in text_table(results) and "test AUC std" in (tmp_path / "results.csv").read_text()
+    assert " ± " in text_table(results)
+    with (tmp_path / "results.csv").open() as fh:
+        csv_rows = {r["method"]: r for r in csv.DictReader(fh)}
+    for name in ("original", "e2urec"):
+        std = results["std"]["methods"][name]
+        for title, read in SHOWN.items():
+            if read(std) is not None:
+                assert float(csv_rows[name][f"{title} std"]) == read(std), (name, title)
     assert results["paired"]["e2urec"]["jsd - retrain_b"]["n"] == 2
     assert "## Paired over seeds" in (tmp_path / "results.md").read_text()
 
