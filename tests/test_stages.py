@@ -62,3 +62,23 @@ def test_a_changed_input_file_redoes_the_stage(tmp_path):
     raw.write_text("a,b\n1,3\n")
     stage(tmp_path / "s", {}, [raw], _work(calls, 1), lambda _: None)
     assert calls == ["s", "s"]
+
+
+def test_a_changed_file_inside_an_input_folder_redoes_the_stage(tmp_path):
+    # A raw data folder or a local backbone: no marker, so its files count
+    calls = []
+    raw = tmp_path / "ml-1m"
+    (raw / "sub").mkdir(parents=True)
+    (raw / "ratings.dat").write_text("1::1::5::0\n")
+    (raw / "sub" / "users.dat").write_text("1::F::1::10::48067\n")
+
+    def run():
+        stage(tmp_path / "s", {}, [raw], _work(calls, 1), lambda _: None)
+
+    run()
+    run()
+    (raw / "sub" / "users.dat").write_text("1::M::1::10::48067\n")
+    run()
+    (raw / "sub" / "users.dat").rename(raw / "users.dat")  # same bytes, another place
+    run()
+    assert calls == ["s", "s", "s"]
