@@ -203,17 +203,33 @@ def _edit(db: Path, sql: str) -> None:
         ("swap", "models/v1: its files do not match"),
         # A rewritten chain still has to tell a consistent story.
         ("rechain", "events out of order: received, verified, purged"),
+        # Rows that each still match their own hash: only the links and the head tell
+        ("reorder", "row 2: does not follow the row before it"),
+        ("forge last", "rows were removed or added"),
     ],
 )
 def test_ledger_verify_detects_tampering(applied, tmp_path, tamper, problem):
     root = _copy(applied, tmp_path)
+    db = root / "ledger.sqlite"
     if tamper == "swap":
         weights = root / "models" / "v1" / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[::-1])
     elif tamper == "rechain":
-        _rechain_without(root / "ledger.sqlite", "applied")
+        _rechain_without(db, "applied")
+    elif tamper == "reorder":  # rows 2 and 3 change places
+        _edit(db, "UPDATE ledger SET seq = -seq WHERE seq IN (2, 3)")
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE ledger SET seq = CASE seq WHEN -2 THEN 3 ELSE 2 END WHERE seq < 0")
+    elif tamper == "forge last":  # new content, and a hash that matches it
+        with Ledger(db) as book:
+            last = book.rows()[-1]
+        last["samples"] = (last["samples"] or 0) + 1
+        _edit(db, f"UPDATE ledger SET samples = {last['samples']} WHERE seq = {last['seq']}")
+        with sqlite3.connect(db) as conn:
+            forged = row_hash(last["prev_hash"], last)
+            conn.execute("UPDATE ledger SET hash = ? WHERE seq = ?", (forged, last["seq"]))
     else:
-        _edit(root / "ledger.sqlite", tamper)
+        _edit(db, tamper)
     result = verify(root)
     assert not result["ok"]
     assert any(problem in p for p in result["problems"]), result["problems"]
