@@ -66,7 +66,8 @@ def items(folder, n):
 def body(folder, n_history=3, n_candidates=5):
     ids, _ = items(folder, n_history + n_candidates)
     history = [{"item": i, "rating": 4} for i in ids[:n_history]]
-    return {"user": {"gender": "female"}, "history": history, "candidates": ids[n_history:]}
+    user = {"gender": "female", "age": "25-34", "job": "writer"}  # every field reaches the prompt
+    return {"user": user, "history": history, "candidates": ids[n_history:]}
 
 
 def test_score_ranks_with_the_one_prompt_builder_and_scorer(read_only):
@@ -270,3 +271,13 @@ def test_an_apply_held_off_by_another_is_retried_not_failed(fresh, splits):
         assert follow()["state"] == "received"
         fcntl.flock(lock, fcntl.LOCK_UN)
         wait_for(lambda: follow()["state"] == "purged" or None)
+
+
+def test_the_page_shows_a_failing_ledger_check(fresh):
+    live = deploy.status(fresh)["live"]
+    (fresh / "models" / live / "notes.txt").write_text("added after the ledger vouched")
+    with client(fresh) as c:
+        page = c.get("/", headers=AUTH)
+    assert page.status_code == 200, page.text
+    assert 'id="ledger" class="bad"' in page.text
+    assert f"models/{live}: its files do not match the hash in the ledger" in page.text
