@@ -103,6 +103,8 @@ def test_registry_matches_method_files():
         ("scrub", {"msteps": 4, "epochs": 3}),
         ("scrub", {"kl_weight": -1}),
         ("e2urec", {"weight": 2}),
+        ("e2urec", {"lora_rank": 0}),
+        ("e2urec", {"lora_dropout": 1.0}),
         ("retrain", {"epochs": 0}),
         ("neggrad", {"no_such_option": 1}),
     ],

@@ -149,7 +149,9 @@ def test_forget_command_applies_a_request_and_chains(
     out2 = tmp_path / "two"
     assert _forget(data_dir, tmp_path / "one", out2, "--interactions", str(pairs)) == 0
     assert (second, item) in {(s.user, s.item) for s in tasks[1].forget}
-    assert {s.user for s in tasks[1].forget} == {second} and tasks[1].original == str(tmp_path / "one")
+    assert {s.user for s in tasks[1].forget} == {second} and tasks[1].original == str(
+        tmp_path / "one"
+    )
     # the first request's samples stay out of the second one's retain set
     assert not {sample_key(s) for s in tasks[1].retain} & {
         sample_key(s) for s in mine + tasks[1].forget

@@ -22,6 +22,7 @@ from e2urec.methods.teacher import (
 )
 from e2urec.model import backbone, score
 from e2urec.model.scoring import encode, lengths
+from e2urec.model.tiny import TinyT5
 from e2urec.model.train import TrainConfig, fit, mean_loss, shuffled_batches, train
 
 
@@ -46,9 +47,13 @@ def test_training_stops_when_valid_loss_stops_improving_and_keeps_the_best(
     assert on_disk["epochs_run"] == report["epochs_run"]
 
 
-def test_patience_and_schedule_are_checked():
+def test_patience_schedule_and_lora_shape_are_checked():
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="lora_alpha must be positive"):
+        TrainConfig(lora=True, lora_alpha=0)
+    with pytest.raises(ValueError, match="tiny: heads must be at least 1, got 0"):
+        TinyT5(heads=0)
     with pytest.raises(ValueError, match="schedule must be one of"):
         TrainConfig(schedule="cosine")
 

@@ -87,6 +87,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_lora(rank: int, alpha: float, dropout: float) -> None:
+    """Checked where configs are made: peft would refuse them only once training starts."""
+    if rank < 1:
+        raise ValueError(f"lora_rank must be at least 1, got {rank}")
+    if alpha <= 0:
+        raise ValueError(f"lora_alpha must be positive, got {alpha}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {dropout}")
+
+
 def check_training(epochs: int, lr: float, batch_size: int) -> None:
     """The checks every optimisation config shares."""
     if epochs < 1:

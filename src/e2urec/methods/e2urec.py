@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from e2urec.config import check_lora
 from e2urec.functional import forgetting_teacher
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
 from e2urec.methods.teacher import BUDGET_MB, Teacher
@@ -49,6 +50,7 @@ class E2URecConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_lora(self.lora_rank, self.lora_alpha, self.lora_dropout)
         if not 0 <= self.weight <= 1:
             raise ValueError(f"weight must be in [0, 1], got {self.weight}")
         if self.alpha < 0:

@@ -24,13 +24,11 @@ class TinyT5:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("vocab_size", "d_model", "d_ff", "heads", "encoder_layers", "decoder_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tiny: {name} must be at least 1, got {getattr(self, name)}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if (
-            min(self.vocab_size, self.d_model, self.d_ff, self.encoder_layers, self.decoder_layers)
-            < 1
-        ):
-            raise ValueError("tiny T5 sizes must be positive")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"tiny T5 dropout must be in [0, 1), got {self.dropout}")
 

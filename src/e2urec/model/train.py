@@ -15,7 +15,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
-from e2urec.config import check_training
+from e2urec.config import check_lora, check_training
 from e2urec.data.sample import Sample
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora
@@ -43,6 +43,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_training(self.epochs, self.lr, self.batch_size)
+        check_lora(self.lora_rank, self.lora_alpha, self.lora_dropout)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.patience < 1:
