@@ -171,7 +171,27 @@ def test_malformed_and_oversized_bodies(read_only):
 
         streamed = c.post("/v1/deletions", content=chunks(), headers=AUTH)
         assert streamed.status_code == 413
+    with client(read_only, max_history=2, max_candidates=3) as c:
+        long = c.post("/v1/score", json=body(read_only, n_history=3, n_candidates=3), headers=AUTH)
+        assert long.status_code == 413 and "history" in long.json()["detail"]
+        many = c.post("/v1/score", json=body(read_only, n_history=2, n_candidates=4), headers=AUTH)
+        assert many.status_code == 413 and "candidates" in many.json()["detail"]
+        fits = c.post("/v1/score", json=body(read_only, n_history=2, n_candidates=3), headers=AUTH)
+        assert fits.status_code == 200, fits.text
     assert deploy.status(read_only)["requests"] == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"token": "short"}, "at least 16 characters"),
+        ({"max_history": 0}, "max_history must be at least 1"),
+        ({"window": -1}, "window must be >= 0"),
+    ],
+)
+def test_bad_service_settings_are_refused(read_only, change, message):
+    with pytest.raises(ValueError, match=message):
+        ServiceConfig(**{"deploy": read_only, "token": TOKEN, **change})
 
 
 def test_deletion_refusals_change_nothing(read_only):
