@@ -16,7 +16,7 @@ import torch
 from e2urec.config import from_dict, override
 from e2urec.methods.teacher import Teacher, exact_kl, model_outputs
 from e2urec.model import backbone, score
-from e2urec.model.scoring import encode, forward
+from e2urec.model.scoring import MAX_LENGTH, encode, forward, token_ids
 from e2urec.model.train import TrainConfig
 
 
@@ -172,3 +172,15 @@ def test_training_progress_bars_follow_tqdm_disable():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "quiet epoch 1" not in run.stderr
+
+
+def test_an_over_long_prompt_loses_its_oldest_history_not_the_question(trained, splits):
+    rec = backbone.load(trained["base"])
+    question = splits["train"][0].input.rsplit("\n", 1)[1]  # "You should ONLY tell me yes or no."
+    old = " ".join(["watched"] * 2000)
+    [ids] = token_ids(rec, [f"{old}\nnewest history\n{question}"])
+    assert len(ids) == MAX_LENGTH
+    kept = rec.tokenizer.decode(ids, skip_special_tokens=True)
+    assert kept.endswith(f"newest history {question}") or kept.endswith(
+        f"newest history\n{question}"
+    )
