@@ -223,13 +223,17 @@ def test_canaries_are_planted_in_both_groups_with_controls_never_trained_on():
     assert trained == {s.item for s in forget + retain}
     assert not trained & {s.item for s in controls}
     assert sum(is_canary(s) for s in splits["train"]) == 3 * len(trained)
+
     # Each is one of its user's real prompts with the target swapped for an invented title
-    untargeted = {(s.user, re.sub(r"\*\*\*.*\*\*\*", "", s.input)) for s in real(splits["train"])}
+    def untargeted(s):
+        return s.user, re.sub(r"\*\*\*.*\*\*\*", "", s.input)
+
+    prompts = {untargeted(s) for s in real(splits["train"])}
     for c in forget + retain + controls:
         assert is_canary(c) and c.output in ("Yes.", "No.")
         title = c.input.split("***")[1]
         assert len(title.split()) == 4 and title not in titles  # invented: 3 words and a year
-        assert (c.user, re.sub(r"\*\*\*.*\*\*\*", "", c.input)) in untargeted
+        assert untargeted(c) in prompts
     # The planted answer is drawn at random: both, in about equal numbers
     yes = sum(c.output == "Yes." for c in forget + retain + controls)
     assert 0.3 < yes / len(forget + retain + controls) < 0.7
