@@ -16,9 +16,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from e2urec.bench import Bench, preset, setup, worker_pool
+from e2urec.bench import Bench, preset
+from e2urec.bench.evaluation import _planted_log_odds, model_scorer
+from e2urec.bench.pool import worker_pool
+from e2urec.bench.run import setup
 from e2urec.data.canaries import unique
-from e2urec.evaluation import _planted_log_odds, model_scorer
 from e2urec.metrics import classification, exposure
 
 

@@ -19,8 +19,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from e2urec import api, deploy, ledger
+from e2urec import api, deploy
 from e2urec.data import load_splits
+from e2urec.deploy import ledger
 
 
 def timed(fn, *args, **kwargs):

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from e2urec.bench import Bench, preset
+from e2urec.bench.evaluation import _planted_log_odds, model_scorer
 from e2urec.data import load_splits
 from e2urec.data.canaries import unique
-from e2urec.evaluation import _planted_log_odds, model_scorer
 from e2urec.metrics import classification, exposure
 from e2urec.model.tiny import build_tiny_t5
 from e2urec.model.train import train

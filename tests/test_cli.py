@@ -45,10 +45,10 @@ def test_unlearn_refuses_unknown_method_option(tmp_path, data_dir, trained, caps
 
 
 def test_commands_that_train_keep_freed_memory_and_the_service_does_not(tmp_path, monkeypatch):
-    import e2urec.resources
+    import e2urec.memory
 
     calls = []
-    monkeypatch.setattr(e2urec.resources, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(e2urec.memory, "keep_freed_memory", lambda: calls.append(1))
     missing = str(tmp_path / "missing")
     assert main(["train", "--data", missing, "--out", str(tmp_path / "o")]) == 2
     assert calls == [1]

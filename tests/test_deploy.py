@@ -18,17 +18,16 @@ from pathlib import Path
 import pytest
 
 import e2urec
-from e2urec import deploy as dep
-from e2urec import rollout
 from e2urec.cli import main
+from e2urec.data.deletion import shown_as, shown_ratings, target_title
 from e2urec.data.sample import read_jsonl, write_jsonl
-from e2urec.deploy import Busy, apply, init, live_model, request, status
-from e2urec.layout import tree_hash
-from e2urec.ledger import GENESIS, Ledger, row_hash, verify
+from e2urec.deploy import Busy, apply, init, intake, live_model, request, status
+from e2urec.deploy import apply_loop as rollout
+from e2urec.deploy.folder import tree_hash
+from e2urec.deploy.ledger import GENESIS, Ledger, row_hash, verify
 from e2urec.methods.base import Method
-from e2urec.model import backbone
+from e2urec.model import backbone, loader
 from e2urec.model.ensemble import save_ensemble
-from e2urec.requests import shown_as, shown_ratings, target_title
 
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "batch_size": 16}
 OPTIONS = {**FAST, "verify": {"samples": 20}}
@@ -148,7 +147,7 @@ def test_a_request_end_to_end(applied, source):
     assert state["live"] == "v1" and live_model(root) == root / "models" / "v1"
     [live] = [m for m in state["models"] if m["live"]]
     assert live["id"] == "v1" and live["hash"] == tree_hash(live_model(root))
-    assert backbone.load(live_model(root)).yes_id is not None
+    assert loader.load(live_model(root)).yes_id is not None
     with Ledger(root / "ledger.sqlite") as ledger:
         events = [r["event"] for r in ledger.records() if r["request"] == applied["ids"][0]]
         assert events == ["received", "verified", "applied", "purged"]
@@ -386,25 +385,25 @@ def test_models_are_copied_with_what_they_build_on_still_found(tmp_path, source,
     assert backbone.read_meta(lora)["base"].startswith("..")  # relative: a copy would lose it
     root = tmp_path / "elsewhere" / "d"
     init(source, lora, root)
-    assert backbone.load(live_model(root)).model is not None
+    assert loader.load(live_model(root)).model is not None
     assert verify(root)["ok"]
     # An ensemble (SISA, RecEraser) names its shards relatively too.
     ensemble = tmp_path / "runs" / "ensemble"
     save_ensemble(ensemble, [lora, trained["original"]])
     init(source, ensemble, tmp_path / "elsewhere" / "e")
-    assert backbone.load(live_model(tmp_path / "elsewhere" / "e")).model is not None
+    assert loader.load(live_model(tmp_path / "elsewhere" / "e")).model is not None
 
 
 def test_two_requests_at_once_for_the_same_user_one_is_refused(applied, tmp_path, monkeypatch):
     root = _copy(applied, tmp_path)
     other = next(s.user for s in read_jsonl(root / "data" / "train.jsonl"))
-    start, results, checks = threading.Barrier(2), [], dep._refuse
+    start, results, checks = threading.Barrier(2), [], intake._refuse
 
     def slow_checks(*args):  # widen the window between checking and recording
         checks(*args)
         time.sleep(0.5)
 
-    monkeypatch.setattr(dep, "_refuse", slow_checks)
+    monkeypatch.setattr(intake, "_refuse", slow_checks)
 
     def submit():
         start.wait()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from e2urec.bench.evaluation import EvalSets, evaluate, history_mean_scorer, shown_mean
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.data.canaries import is_canary, unique
 from e2urec.data.sample import NO, YES, Sample
-from e2urec.evaluation import EvalSets, evaluate, history_mean_scorer, shown_mean
 from e2urec.metrics import best_threshold, bootstrap_ci, classification, exposure, jsd_verdict
 
 

@@ -7,7 +7,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 from sklearn.metrics import log_loss, roc_auc_score
 
-from e2urec.functional import forgetting_teacher, js_divergence, kl_div, l2_distance, symmetric_kl
+from e2urec.maths import forgetting_teacher, js_divergence, kl_div, l2_distance, symmetric_kl
 from e2urec.metrics import classification, closeness
 
 rng = np.random.default_rng(0)

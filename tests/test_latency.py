@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import e2urec.standing
+import e2urec.scorecard
 from e2urec.api import forget
-from e2urec.latency import time_requests
+from e2urec.bench.request_timing import time_requests
 
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "batch_size": 16}
 
@@ -37,9 +37,9 @@ def test_a_request_scores_the_whole_test_set_once_per_model(
     data_dir, splits, trained, tmp_path, monkeypatch
 ):
     scored = []
-    inner = e2urec.standing.score
+    inner = e2urec.scorecard.score
     monkeypatch.setattr(
-        e2urec.standing,
+        e2urec.scorecard,
         "score",
         lambda rec, s, *a, **k: scored.append(len(s)) or inner(rec, s, *a, **k),
     )

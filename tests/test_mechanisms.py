@@ -20,10 +20,10 @@ import e2urec.methods.bad_teacher
 import e2urec.methods.e2urec
 import e2urec.methods.sisa
 from e2urec.data.sample import NO, YES, Sample
-from e2urec.functional import forgetting_teacher, kl_div
+from e2urec.maths import forgetting_teacher, kl_div
 from e2urec.methods import METHODS, Method, Task, get_method
 from e2urec.methods.base import paired_batches
-from e2urec.model import backbone, score
+from e2urec.model import backbone, loader, score
 from e2urec.model.ensemble import Ensemble, ShardAttention
 from e2urec.model.scoring import encode, forward
 from e2urec.model.train import answer_loss
@@ -77,7 +77,7 @@ def jiggle(params, scale=0.05, seed=0):
 @pytest.fixture(scope="module")
 def rec(trained):
     """The original recommender: the reference the methods start from."""
-    return backbone.load(trained["original"])
+    return loader.load(trained["original"])
 
 
 def test_neggrad_loss_falls_as_the_forget_loss_rises(make_task, rec, tmp_path):
@@ -101,7 +101,7 @@ def test_neggrad_run_raises_the_forget_loss(splits, make_task, rec, tmp_path):
     after = {}
     for weight in (0.0, 1.0):
         out = make("neggrad", weight=weight).unlearn(make_task(tmp_path / str(weight)))
-        after[weight] = score(backbone.load(out.model), forget)["loss"].mean()
+        after[weight] = score(loader.load(out.model), forget)["loss"].mean()
     assert after[1.0] > before
     assert after[1.0] > after[0.0]  # the rise comes from the forget term, not from retain tuning
 
@@ -129,7 +129,7 @@ def test_bad_t_run_moves_forget_answers_towards_the_flipped_ones(splits, make_ta
     toward = {}
     for weight in (0.0, 2.0):
         out = make("bad_t", weight=weight).unlearn(make_task(tmp_path / str(weight)))
-        moved = score(backbone.load(out.model), forget)["p_yes"] - before
+        moved = score(loader.load(out.model), forget)["p_yes"] - before
         toward[weight] = np.where(labels == 1, -moved, moved).mean()  # + : towards the flip
     assert toward[2.0] > 0
     assert toward[2.0] > toward[0.0]
@@ -172,7 +172,7 @@ def test_bad_teacher_distils_yes_no_from_a_random_forget_teacher(
     # (Seed 0's draw is the tiny base itself, which build_tiny_t5 initialises under seed 0 too.)
     _, batch_b, teacher_b, _, _ = bad_teacher_step(make_task, tmp_path / "1", monkeypatch, seed=1)
     assert_close(teacher_b[:n], yes_no(rec, rec.model, batch_b.retain))
-    base = backbone.load(trained["base"])
+    base = loader.load(trained["base"])
     assert not torch.allclose(teacher_b[n:], yes_no(rec, base.model, batch_b.forget), atol=1e-3)
     by_sample = incompetent[np.argsort(batch.forget_idx)]
     by_sample_b = teacher_b[n:][np.argsort(batch_b.forget_idx)]
@@ -375,7 +375,7 @@ def test_receraser_retrains_only_the_shard_of_a_forgotten_user(
 
 
 def test_ensemble_averages_members_and_attention_starts_as_the_average(trained, splits, rec):
-    members = [backbone.load(trained[k]).model.eval() for k in ("base", "original")]
+    members = [loader.load(trained[k]).model.eval() for k in ("base", "original")]
     batch = encode(rec, splits["valid"][:4])
     hidden = members[0].config.hidden_size
     with torch.no_grad():

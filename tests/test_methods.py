@@ -13,7 +13,7 @@ import torch
 
 import e2urec.methods
 from e2urec.methods import METHODS, LossMethod, Method, get_method
-from e2urec.model import backbone, score
+from e2urec.model import loader, score
 from e2urec.model.lora import TARGETS
 
 # Small and fast; each method takes the options its config has.
@@ -65,8 +65,8 @@ def test_method_contract(name, trained, splits, make_task, tmp_path):
     if isinstance(method, LossMethod):
         assert losses and all(torch.isfinite(v) for v in losses)
     assert 0 < result.seconds <= result.info["wall_seconds"]
-    original = backbone.load(trained["original"])
-    rec = backbone.load(result.model)
+    original = loader.load(trained["original"])
+    rec = loader.load(result.model)
     changed = changed_params(rec.model, original.model)
     assert changed, "no parameter moved"
     assert all(may_change(method, p) for p in changed), sorted(changed)[:5]

@@ -15,13 +15,13 @@ import torch
 
 from e2urec.config import from_dict, override
 from e2urec.methods.teacher import Teacher, exact_kl, model_outputs
-from e2urec.model import backbone, score
+from e2urec.model import backbone, loader, score
 from e2urec.model.scoring import MAX_LENGTH, encode, forward, token_ids
 from e2urec.model.train import TrainConfig
 
 
 def test_score_matches_a_hand_computation(trained, splits):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     sample = splits["test"][0]
     ids = rec.tokenizer(sample.input, return_tensors="pt")["input_ids"]
     start = torch.tensor([[rec.model.config.decoder_start_token_id]])
@@ -34,7 +34,7 @@ def test_score_matches_a_hand_computation(trained, splits):
 
 
 def test_answer_tokens_are_distinct_words(trained):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     assert rec.tokenizer.convert_ids_to_tokens([rec.yes_id, rec.no_id]) == ["Yes", "No"]
 
 
@@ -42,8 +42,8 @@ def test_training_writes_a_loadable_model_and_report(trained, splits):
     report = json.loads((Path(trained["original"]) / "train_report.json").read_text())
     assert report["best_epoch"] == 1 and report["trainable_params"] > 0
     assert math.isfinite(report["history"][0]["valid_loss"])
-    base = backbone.load(trained["base"]).model.state_dict()
-    tuned = backbone.load(trained["original"]).model.state_dict()
+    base = loader.load(trained["base"]).model.state_dict()
+    tuned = loader.load(trained["original"]).model.state_dict()
     changed = [k for k in base if not torch.equal(base[k], tuned[k])]
     assert len(changed) == len(base)  # full fine-tuning moves every tensor
 
@@ -52,23 +52,23 @@ def test_a_loaded_model_is_placed_where_models_run(monkeypatch, trained):
     # On a GPU machine, a model loaded for scoring (evaluation, serving) must not stay on the CPU.
     placed = []
     monkeypatch.setattr(backbone, "to_device", lambda model: placed.append(model) or model)
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     assert placed and placed[-1] is rec.model
 
 
 def test_t5_loads_with_plain_attention_on_a_cpu(trained):
     # SDPA's math path (a float mask, T5's position bias) is the slower kernel on a CPU.
-    assert backbone.load(trained["original"]).model.config._attn_implementation == "eager"
+    assert loader.load(trained["original"]).model.config._attn_implementation == "eager"
 
 
 def test_a_loaded_ensemble_is_placed_with_its_aggregator(monkeypatch, trained, tmp_path):
     from e2urec.model.ensemble import Ensemble, ShardAttention, save_ensemble
 
-    hidden = backbone.load(trained["base"]).model.config.hidden_size
+    hidden = loader.load(trained["base"]).model.config.hidden_size
     save_ensemble(tmp_path / "e", [trained["base"], trained["original"]], ShardAttention(2, hidden))
     placed = []
     monkeypatch.setattr(backbone, "to_device", lambda model: placed.append(model) or model)
-    rec = backbone.load(tmp_path / "e")
+    rec = loader.load(tmp_path / "e")
     assert isinstance(placed[-1], Ensemble) and placed[-1] is rec.model
 
 
@@ -81,16 +81,16 @@ def test_lora_training_saves_only_an_adapter(tmp_path, trained, splits):
     )
     assert (tmp_path / "m" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "m" / "e2urec.json").read_text())["kind"] == "lora"
-    full = backbone.count_parameters(backbone.load(trained["base"]).model)
+    full = backbone.count_parameters(loader.load(trained["base"]).model)
     assert 0 < report["trainable_params"] < full / 5
-    p = score(backbone.load(tmp_path / "m"), splits["test"][:4])["p_yes"]
+    p = score(loader.load(tmp_path / "m"), splits["test"][:4])["p_yes"]
     assert ((p > 0) & (p < 1)).all()
 
 
 def test_cached_teacher_equals_on_the_fly(trained, splits):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     samples = splits["forget"][:6]
-    outputs = model_outputs(rec, backbone.load(trained["original"]).model)
+    outputs = model_outputs(rec, loader.load(trained["original"]).model)
     cached = Teacher(rec, outputs, samples, range(6), cache_mb=100)
     live = Teacher(rec, outputs, samples, range(6), cache_mb=0, fallback=True)
     assert cached.cached and not live.cached
@@ -121,7 +121,7 @@ def test_tiny_dropout_reaches_the_saved_model_and_is_checked(tmp_path, splits):
 
     size = TinyT5(vocab_size=300, d_model=16, d_ff=32, heads=2, encoder_layers=1, decoder_layers=1)
     build_tiny_t5([s.input for s in splits["train"]], tmp_path, replace(size, dropout=0.0))
-    model = backbone.load(str(tmp_path)).model
+    model = loader.load(str(tmp_path)).model
     assert model.config.dropout_rate == 0.0
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     with pytest.raises(ValueError, match="dropout must be in"):
@@ -175,7 +175,7 @@ def test_training_progress_bars_follow_tqdm_disable():
 
 
 def test_an_over_long_prompt_loses_its_oldest_history_not_the_question(trained, splits):
-    rec = backbone.load(trained["base"])
+    rec = loader.load(trained["base"])
     question = splits["train"][0].input.rsplit("\n", 1)[1]  # "You should ONLY tell me yes or no."
     old = " ".join(["watched"] * 2000)
     [ids] = token_ids(rec, [f"{old}\nnewest history\n{question}"])

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from e2urec.cli import main
-from e2urec.model import backbone
+from e2urec.model import backbone, loader
 from e2urec.model.train import TrainConfig, train
 
 
 def _without_dropout(base: str, out: Path) -> str:
     """Dropout draws differ between processes; without it the two runs must agree."""
-    rec = backbone.load(base)
+    rec = loader.load(base)
     rec.model.config.dropout_rate = 0.0
     backbone.save(rec, rec.model, out, base=None)
     return str(out)
@@ -40,9 +40,9 @@ def test_two_processes_train_the_same_model_as_one(data_dir, splits, trained, tm
     command += ["batch_size=16", "eval_batch_size=32"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    one = backbone.load(tmp_path / "one").model.state_dict()
-    two = backbone.load(tmp_path / "two").model.state_dict()
-    base_state = backbone.load(base).model.state_dict()
+    one = loader.load(tmp_path / "one").model.state_dict()
+    two = loader.load(tmp_path / "two").model.state_dict()
+    base_state = loader.load(base).model.state_dict()
     assert any(not torch.equal(two[k], base_state[k]) for k in two)  # it did train
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)

@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 from e2urec.cli import main
-from e2urec.data.prompt import build_prompt
-from e2urec.data.sample import NO, YES, Sample
-from e2urec.methods.base import Method
-from e2urec.requests import (
+from e2urec.data.deletion import (
     DeletionRequest,
     parse_users,
     read_interactions,
@@ -20,6 +17,9 @@ from e2urec.requests import (
     select,
     split_users,
 )
+from e2urec.data.prompt import build_prompt
+from e2urec.data.sample import NO, YES, Sample
+from e2urec.methods.base import Method
 
 FAST_E2UREC = ["epochs=1", "aug_epochs=1", "lora_rank=2", "lora_alpha=4", "batch_size=16"]
 

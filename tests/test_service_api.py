@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from e2urec import deploy
 from e2urec.data.prompt import MOVIE, Profile, build_prompt
 from e2urec.data.sample import YES, Sample
-from e2urec.model import backbone
+from e2urec.model import loader
 from e2urec.model.scoring import score
 from e2urec.service.app import create_app
 from e2urec.service.config import TOKEN_FILE, ServiceConfig, read_token
@@ -54,7 +54,7 @@ def expected_scores(folder, version, req) -> dict[str, float]:
         Sample(build_prompt(past, titles[c], profile, MOVIE), YES, "", c, 0, 0)
         for c in req["candidates"]
     ]
-    rec = backbone.load(Path(folder) / "models" / version)
+    rec = loader.load(Path(folder) / "models" / version)
     return dict(zip(req["candidates"], map(float, score(rec, samples)["p_yes"])))
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2urec import deploy, ledger
+from e2urec import deploy
 from e2urec.data import load_splits
+from e2urec.deploy import ledger
 
 # A quick unlearning run and a small verification: these tests are about the service.
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "verify": {"samples": 20}}

@@ -20,7 +20,7 @@ from e2urec.methods.teacher import (
     exact_kl,
     model_outputs,
 )
-from e2urec.model import backbone, score
+from e2urec.model import backbone, loader, score
 from e2urec.model.scoring import encode, lengths
 from e2urec.model.tiny import TinyT5
 from e2urec.model.train import TrainConfig, fit, mean_loss, shuffled_batches, train
@@ -40,7 +40,7 @@ def test_training_stops_when_valid_loss_stops_improving_and_keeps_the_best(
     waited = [e - (min(range(e), key=losses.__getitem__) + 1) for e in range(1, len(losses) + 1)]
     assert all(w < config.patience for w in waited[:-1])
     assert waited[-1] >= config.patience or len(losses) == config.epochs
-    saved = backbone.load(tmp_path / "m")
+    saved = loader.load(tmp_path / "m")
     again = mean_loss(saved, saved.model, splits["valid"], 32)
     assert again == pytest.approx(losses[best - 1], rel=1e-4)
     on_disk = json.loads((tmp_path / "m" / "train_report.json").read_text())
@@ -75,7 +75,7 @@ def test_linear_schedule_takes_the_lr_to_zero_over_the_epochs(schedule):
 
 
 def test_prompts_are_tokenised_once(trained, splits, monkeypatch):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     calls = []
     inner = rec.tokenizer.__call__
     monkeypatch.setattr(
@@ -87,14 +87,14 @@ def test_prompts_are_tokenised_once(trained, splits, monkeypatch):
     assert n >= 1 and len(calls) == n  # the second pass reads the cache
     for key in first:
         assert torch.equal(first[key], second[key])
-    fresh = backbone.load(trained["original"]).tokenizer
+    fresh = loader.load(trained["original"]).tokenizer
     by_tokenizer = fresh([s.input for s in splits["test"][:8]], padding=True, return_tensors="pt")
     assert torch.equal(first["input_ids"], by_tokenizer["input_ids"])
     assert torch.equal(first["attention_mask"], by_tokenizer["attention_mask"])
 
 
 def test_length_sorted_scoring_keeps_the_sample_order(trained, splits):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     samples = splits["test"][:20]
     together = score(rec, samples, batch_size=7)["p_yes"]
     one_by_one = [score(rec, [s], batch_size=1)["p_yes"][0] for s in samples]
@@ -102,7 +102,7 @@ def test_length_sorted_scoring_keeps_the_sample_order(trained, splits):
 
 
 def test_length_buckets_are_seeded_random_and_pad_less(trained, splits):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     items = list(range(len(splits["train"])))
     sizes = lengths(rec, splits["train"])
     a = shuffled_batches(items, 8, seed=3, sizes=sizes)
@@ -120,7 +120,7 @@ def test_length_buckets_are_seeded_random_and_pad_less(trained, splits):
 
 
 def test_compact_teacher_kl_is_within_1e3_of_the_exact_kl(trained, splits):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     batch = encode(rec, splits["forget"][:16])
     with torch.no_grad():
         from e2urec.model.scoring import forward
@@ -185,9 +185,9 @@ def test_a_row_kept_whole_gives_finite_gradients():
 
 
 def test_teacher_cache_stays_within_its_budget_and_within_1e3_when_rows_fit(trained, splits):
-    rec = backbone.load(trained["original"])
+    rec = loader.load(trained["original"])
     samples = splits["retain"][:24]
-    outputs = model_outputs(rec, backbone.load(trained["original"]).model)
+    outputs = model_outputs(rec, loader.load(trained["original"]).model)
     batch = encode(rec, samples)
     with torch.no_grad():
         from e2urec.model.scoring import forward
@@ -240,13 +240,13 @@ def test_e2urec_full_augmented_mode_tunes_a_copy_and_trains_only_the_adapter(
     task = make_task(tmp_path / "full")
     result = method.unlearn(task)
     assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
-    full = backbone.count_parameters(backbone.load(trained["original"]).model, False)
+    full = backbone.count_parameters(loader.load(trained["original"]).model, False)
     assert 0 < result.trainable_params < full / 5
 
 
 FREE_AND_MEASURE = """
 import sys, torch
-from e2urec.resources import current_rss_mb, keep_freed_memory
+from e2urec.memory import current_rss_mb, keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "keep" else None
 blocks = [torch.ones(4 << 20) for _ in range(16)]  # 16 x 16 MiB, touched
 full = current_rss_mb()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2urec.stages import MARKER, stage
+from e2urec.bench.resumable import MARKER, stage
 
 
 def _work(calls, value):

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from e2urec import tune as tune_module
 from e2urec.bench import Bench, merge, preset
+from e2urec.bench import tune as tune_module
+from e2urec.bench.tune import Judge, TuneConfig, pick, tune
 from e2urec.cli import main
 from e2urec.data import load_splits
 from e2urec.data.canaries import real
-from e2urec.tune import Judge, TuneConfig, pick, tune
 
 
 def test_pick_keeps_utility_then_takes_the_closest_to_retrain():

@@ -1,4 +1,5 @@
-"""Library functions behind the `train`, `unlearn` and `forget` commands."""
+"""Library functions behind the `train`, `unlearn` and `forget` commands, and `assess` (a model
+before and after a request), which bench/ (request timing) and deploy/ (verification) call too."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ import numpy as np
 from e2urec import mia
 from e2urec.config import from_dict
 from e2urec.data import load_splits
+from e2urec.data.deletion import DeletionRequest, sample_key, select
 from e2urec.methods import Task, get_method
 from e2urec.metrics import classification
-from e2urec.model import backbone, score
+from e2urec.model import backbone, loader, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, processes, train
-from e2urec.requests import DeletionRequest, sample_key, select
-from e2urec.standing import judge, standing
+from e2urec.scorecard import judge, standing
 
 
 def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
-    rec = backbone.load(model)
+    rec = loader.load(model)
     p = score(rec, samples, batch_size)["p_yes"]
     return classification(np.array([s.label for s in samples]), p)
 
@@ -34,7 +35,7 @@ def assess(
     (with the vocabulary distribution when `full`, for closeness to Retrain). The attack's
     non-members come from `heldout` (train-period samples no model saw) or, without one, from
     test (later in time: the attack then also sees the change of period)."""
-    rec = backbone.load(model) if isinstance(model, (str, Path)) else model
+    rec = loader.load(model) if isinstance(model, (str, Path)) else model
     name = Path(rec.path).name
     pool = heldout or test
     plan = mia.Plan.make(len(retain), len(pool), seed)
@@ -213,5 +214,5 @@ def forget(
 
 
 def _judge(model: str, test, chosen) -> dict:
-    rec = backbone.load(model)
+    rec = loader.load(model)
     return judge(rec, chosen.forget, standing(model, rec, test, chosen.retain))

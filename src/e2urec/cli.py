@@ -163,7 +163,7 @@ def add_forget(sub) -> None:
 
 def run_forget(args) -> None:
     from e2urec.api import forget
-    from e2urec.requests import parse_users, read_interactions
+    from e2urec.data.deletion import parse_users, read_interactions
 
     if not args.users and not args.interactions:
         raise ValueError("give --users and/or --interactions")
@@ -233,7 +233,7 @@ def _bench_values(args) -> dict:
 
 def run_bench_cli(args) -> None:
     from e2urec.bench import Bench, run_bench
-    from e2urec.report import sequential_table, text_table
+    from e2urec.bench.report import sequential_table, text_table
 
     values = _bench_values(args)
     out = args.out or f"runs/{args.preset}"
@@ -255,7 +255,7 @@ def run_tune(args) -> None:
     import yaml
 
     from e2urec.bench import Bench
-    from e2urec.tune import TuneConfig, tune
+    from e2urec.bench.tune import TuneConfig, tune
 
     bench = Bench.from_dict(_bench_values(args), where=f"preset {args.preset}")
     grid = from_dict(TuneConfig, load_yaml(args.grid) if args.grid else {}, "grid")
@@ -289,8 +289,8 @@ def add_request(sub) -> None:
 
 
 def run_request(args) -> None:
+    from e2urec.data.deletion import parse_users, read_interactions
     from e2urec.deploy import request
-    from e2urec.requests import parse_users, read_interactions
 
     users = parse_users(args.users) if args.users else ()
     pairs = read_interactions(args.interactions) if args.interactions else ()
@@ -339,7 +339,7 @@ def add_ledger(sub) -> None:
 
 
 def run_ledger_verify(args) -> None:
-    from e2urec.ledger import verify
+    from e2urec.deploy.ledger import verify
 
     result = verify(args.deploy)
     print(json.dumps(result, indent=2))
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.command in TRAINING:
-        from e2urec.resources import keep_freed_memory
+        from e2urec.memory import keep_freed_memory
 
         keep_freed_memory()
     try:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from e2urec.functional import js_divergence, l2_distance, symmetric_kl
+from e2urec.maths import js_divergence, l2_distance, symmetric_kl
 
 # Which way is better, for tables and plots.
 HIGHER_IS_BETTER = {

@@ -1,4 +1,5 @@
-"""Data: raw formats -> interactions -> prompts -> splits."""
+"""Data: raw formats -> interactions -> prompts -> splits, and which samples a deletion request
+selects (data/deletion.py). It imports only the shared modules (config), never model/ or above."""
 
 from e2urec.data.prepare import SPLITS, load_splits, prepare
 from e2urec.data.protocol import Protocol

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from e2urec.functional import kl_div
+from e2urec.maths import kl_div
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
 from e2urec.model import backbone
 from e2urec.model.scoring import by_length, encode, forward

@@ -18,10 +18,10 @@ import torch
 
 from e2urec.config import check_training
 from e2urec.data.sample import Sample
-from e2urec.model import backbone
+from e2urec.memory import PeakMemory
+from e2urec.model import backbone, loader
 from e2urec.model.lora import add_lora
 from e2urec.model.train import TrainConfig, fit
-from e2urec.resources import PeakMemory
 
 
 @dataclass
@@ -174,7 +174,7 @@ class LossMethod(Method):
         return rec.model.requires_grad_(True)  # a merged LoRA recommender loads frozen
 
     def run(self, task: Task) -> tuple[str, int, dict]:
-        self.rec = backbone.load(task.original)
+        self.rec = loader.load(task.original)
         info = self.prepare(task, self.rec)
         net = self.student(self.rec)
         net = backbone.to_device(net)

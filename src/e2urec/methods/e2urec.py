@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from e2urec.config import check_lora
-from e2urec.functional import forgetting_teacher
+from e2urec.maths import forgetting_teacher
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
 from e2urec.methods.teacher import BUDGET_MB, Teacher
 from e2urec.model import backbone

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from e2urec.data.sample import Sample
 from e2urec.methods.base import Task
 from e2urec.methods.sisa import Sisa, SisaConfig
-from e2urec.model import backbone
+from e2urec.model import backbone, loader
 from e2urec.model.ensemble import Ensemble, ShardAttention
 from e2urec.model.train import answer_loss, fit, shuffled_batches
 
@@ -56,7 +56,7 @@ class RecEraser(Sisa):
 
     def aggregate(self, task: Task, shard_dirs: list[str]) -> ShardAttention:
         c = self.config
-        members = [backbone.load(d) for d in shard_dirs]
+        members = [loader.load(d) for d in shard_dirs]
         hidden = members[0].model.config.hidden_size
         ensemble = Ensemble(
             [m.model for m in members], ShardAttention(len(members), hidden, c.attention_size)

@@ -1,6 +1,9 @@
-"""Model: load a backbone, score Yes/No, fine-tune it into a recommender."""
+"""Model: load a backbone (model/loader.py reads every kind of model folder), score Yes/No (the one
+scoring function), fine-tune it into a recommender. It may import data/ and the shared modules
+(config, memory), never methods/ or above."""
 
-from e2urec.model.backbone import Recommender, count_parameters, load, save
+from e2urec.model.backbone import Recommender, count_parameters, save
+from e2urec.model.loader import load
 from e2urec.model.scoring import encode, forward, score, yes_probability
 
 __all__ = [

@@ -1,9 +1,7 @@
 """Load a recommender backbone (seq2seq or causal LM) with its tokenizer and Yes/No answer tokens.
 
-A model folder is either a full checkpoint (`save_pretrained`) or a LoRA adapter whose
-`e2urec.json` names the folder it sits on; adapters load recursively and are merged, so an
-unlearning adapter on top of a LoRA-tuned recommender loads like any other model. An ensemble
-folder (SISA, RecEraser) lists shard folders; it loads as one module (model/ensemble.py).
+A model folder is a full checkpoint (`save_pretrained`), a LoRA adapter or an ensemble, each
+described by its `e2urec.json`; `model.loader.load` reads all three.
 """
 
 from __future__ import annotations
@@ -23,11 +21,8 @@ from transformers import (
 )
 
 from e2urec.data.sample import NO, YES
-from e2urec.model import smollm
 
 META = "e2urec.json"
-# Model names that stand for a folder made on first use (from weights a package ships).
-NAMED = {smollm.NAME: smollm.folder}
 
 
 @dataclass
@@ -88,22 +83,9 @@ def wrap(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str) 
     return Recommender(model, tokenizer, seq2seq, yes, no, path)
 
 
-def load(path: str | Path, dtype: torch.dtype = torch.float32) -> Recommender:
-    """Load a model folder, a name in NAMED, or a hub name (its weights in the local cache)."""
-    path = str(path)
-    if path in NAMED and not Path(path).exists():
-        path = NAMED[path]()
-    meta = read_meta(path)
-    if meta.get("kind") == "ensemble":
-        from e2urec.model.ensemble import load_ensemble  # it builds on this module
-
-        return load_ensemble(path, meta, dtype)
-    if meta.get("kind") == "lora":
-        from peft import PeftModel
-
-        base = load(resolve(path, meta["base"]), dtype)
-        model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
-        return wrap(model, base.tokenizer, path)
+def load_checkpoint(path: str, dtype: torch.dtype = torch.float32) -> Recommender:
+    """A full checkpoint folder (or a hub name in the local cache); `model.loader.load` reads
+    every kind of model folder."""
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as err:

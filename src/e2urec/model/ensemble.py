@@ -92,8 +92,8 @@ def save_ensemble(
     (out / backbone.META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_ensemble(path: str, meta: dict, dtype: torch.dtype) -> backbone.Recommender:
-    members = [backbone.load(backbone.resolve(path, s), dtype) for s in meta["shards"]]
+def assemble(path: str, meta: dict, members: list[backbone.Recommender]) -> backbone.Recommender:
+    """The ensemble in folder `path` from its loaded shard models and its stored aggregator."""
     attention = None
     if meta.get("aggregator"):
         state = torch.load(Path(path) / meta["aggregator"], weights_only=True)

@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from e2urec.config import check_lora, check_training
 from e2urec.data.sample import Sample
-from e2urec.model import backbone
+from e2urec.memory import PeakMemory
+from e2urec.model import backbone, loader
 from e2urec.model.lora import add_lora
 from e2urec.model.scoring import autocast, by_length, encode, forward, lengths
-from e2urec.resources import PeakMemory
 
 WINDOW = 50  # batches sorted by length together; the batches themselves are then shuffled
 SCHEDULES = ("constant", "linear")
@@ -186,7 +186,7 @@ def train(
     `patience` epochs (at most `epochs`); the epoch with the best valid loss is kept in `out`."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
-    rec = backbone.load(model)
+    rec = loader.load(model)
     net = (
         add_lora(rec.model, config.lora_rank, config.lora_alpha, config.lora_dropout)
         if config.lora

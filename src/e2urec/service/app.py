@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from e2urec import __version__
-from e2urec.layout import Layout
+from e2urec.deploy.folder import Layout
 from e2urec.service.config import ServiceConfig, read_token
 from e2urec.service.limits import BodyLimit
 from e2urec.service.live import LiveModel, load_live

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from e2urec import deploy as deployment
 from e2urec.data.prompt import BOOK, MOVIE, ItemKind
-from e2urec.model import backbone
+from e2urec.model import loader
 from e2urec.model.backbone import Recommender
 
 KINDS = {"movie": MOVIE, "book": BOOK}
@@ -56,7 +56,7 @@ def load_live(deploy: str | Path) -> Live:
         # An apply may switch versions between the two reads; then read again.
         if deployment.status(deploy)["live"] == version:
             break
-    return Live(str(version), backbone.load(path), read_catalogue(deploy))
+    return Live(str(version), loader.load(path), read_catalogue(deploy))
 
 
 class LiveModel:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2urec import deploy as deployment
-from e2urec import ledger
-from e2urec.layout import Layout
-from e2urec.ledger import Ledger, versions
+from e2urec.deploy import ledger
+from e2urec.deploy.folder import Layout
+from e2urec.deploy.ledger import Ledger, versions
 from e2urec.service.live import LiveModel, load_live
 
 log = logging.getLogger("e2urec.service")

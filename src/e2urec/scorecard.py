@@ -1,4 +1,4 @@
-"""A model's standing on the fixed evaluation sets, computed once and kept beside it.
+"""A model's scorecard (its standing) on the fixed evaluation sets, computed once and kept beside it.
 
 A deletion request's report compares the model before and after it. What does not depend on
 the request (test metrics, the membership attack's member and non-member features) is computed

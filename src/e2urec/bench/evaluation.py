@@ -11,15 +11,22 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from e2urec import mia
+from e2urec.bench.resumable import local_inputs, stage
 from e2urec.data.canaries import real, unique
+from e2urec.data.deletion import shown_ratings
 from e2urec.data.sample import YES, Sample
-from e2urec.metrics import best_threshold, classification, exposure
-from e2urec.model import backbone, score
-from e2urec.requests import shown_ratings
+from e2urec.maths import js_divergence
+from e2urec.metrics import best_threshold, classification, closeness, exposure, jsd_verdict
+from e2urec.mia import privleak
+from e2urec.model import loader, score
+
+if TYPE_CHECKING:
+    from e2urec.bench.config import Bench
 
 Scorer = Callable[[list[Sample], bool], dict]
 _STARS = re.compile(r"\((\d+(?:\.\d+)?) stars?\)$")
@@ -61,7 +68,7 @@ class EvalSets:
 
 
 def model_scorer(model, batch_size: int) -> Scorer:
-    rec = backbone.load(model) if isinstance(model, str) else model
+    rec = loader.load(model) if isinstance(model, str) else model
     name = Path(rec.path).name
     return lambda samples, full: score(rec, samples, batch_size, full=full, desc=f"eval {name}")
 
@@ -120,3 +127,50 @@ def _planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
     p = np.clip(scorer(canaries, False)["p_yes"], 1e-7, 1 - 1e-7)
     log_odds = np.log(p) - np.log1p(-p)
     return np.where([s.output == YES for s in canaries], log_odds, -log_odds)
+
+
+def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=None) -> None:
+    """Every model and the no-training rule on the same sets; then, against Retrain: closeness
+    on the forget set with paired bootstrap intervals and verdicts, and PrivLeak. With `cache`
+    (a folder), each model's evaluation is a resumable stage there."""
+    dists = {}
+    for name, model in models.items():
+        metrics, dists[name] = evaluate_row(model, sets, bench, cache and Path(cache) / name)
+        rows[name].update(metrics)
+    if "original" in models:  # a full run (not a sequential step): the reference rule too
+        rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
+        rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
+    ref = dists.get("retrain")
+    per_sample = {}
+    for name, row in rows.items():
+        if ref is None or name not in dists:
+            row.update(dict.fromkeys(("jsd", "sym_kl", "l2", "jsd_yes_no", "privleak")))
+            continue
+        f = dists[name]
+        row.update(closeness(f["dist"], ref["dist"], f["p_yes"], ref["p_yes"]))
+        per_sample[name] = js_divergence(f["dist"], ref["dist"])
+        row["privleak"] = privleak(row["mia_auc"], rows["retrain"]["mia_auc"])
+    if {"original", "retrain_b"} <= per_sample.keys():
+        for name, jsd in per_sample.items():
+            floor = per_sample["retrain_b"]
+            rows[name].update(jsd_verdict(jsd, per_sample["original"], floor, bench.mia_seed))
+
+
+FORGET = "forget_scores.npz"
+
+
+def evaluate_row(model: str, sets: EvalSets, bench: Bench, folder: Path | None):
+    """(metrics, forget scores) of one model; with `folder`, a resumable stage that keeps
+    the forget scores beside its marker."""
+    if folder is None:
+        return evaluate(model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed)
+
+    def work(out: Path) -> dict:  # loads the model only when the stage must run
+        metrics, forget = evaluate(model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed)
+        np.savez(out / FORGET, **forget)
+        return metrics
+
+    settings = {"mia_seed": bench.mia_seed, "eval_batch_size": bench.eval_batch_size}
+    data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
+    metrics = stage(folder, settings, [data, *local_inputs(model)], work)
+    return metrics, dict(np.load(folder / FORGET))

@@ -18,7 +18,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from e2urec.layout import Layout, tree_hash
+from e2urec.deploy.folder import Layout, tree_hash
 
 FIELDS = (
     "time",

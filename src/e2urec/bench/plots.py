@@ -8,7 +8,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from e2urec.report import cell
+from e2urec.bench.report import cell
 
 # Figure without pyplot renders with the Agg backend and leaves the caller's backend alone.
 

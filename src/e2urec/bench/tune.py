@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from e2urec.bench import INFO, Bench, Run, setup, single_threaded, unlearn, worker_pool
+from e2urec.bench.config import Bench
+from e2urec.bench.pool import single_threaded, worker_pool
+from e2urec.bench.resumable import MARKER
+from e2urec.bench.run import INFO, Run, setup, unlearn
 from e2urec.data.canaries import real
-from e2urec.functional import js_divergence
+from e2urec.maths import js_divergence
 from e2urec.metrics import classification
-from e2urec.model import backbone, score
-from e2urec.stages import MARKER
+from e2urec.model import loader, score
 
 APPROXIMATE = ("neggrad", "bad_t", "bad_teacher", "scrub", "e2urec")
 
@@ -151,7 +153,7 @@ class Judge:
     def __init__(self, run: Run, forget: list, batch_size: int):
         self.valid, self.forget, self.batch_size = run.splits["valid"], forget, batch_size
         self.labels = np.array([s.label for s in self.valid])
-        self.retrain = self._dist(backbone.load(run.models["retrain"]))
+        self.retrain = self._dist(loader.load(run.models["retrain"]))
 
     def _dist(self, rec) -> np.ndarray:
         return score(rec, self.forget, self.batch_size, full=True)["dist"]
@@ -161,6 +163,6 @@ class Judge:
         return classification(self.labels, p)["auc"]
 
     def __call__(self, model: str) -> dict:
-        rec = backbone.load(model)  # once for both numbers
+        rec = loader.load(model)  # once for both numbers
         jsd = js_divergence(self._dist(rec), self.retrain).mean()
         return {"valid_auc": self._valid_auc(rec), "tune_jsd": float(jsd)}

@@ -93,3 +93,8 @@ def _write(path: Path, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def local_inputs(model: str) -> list[str]:
+    """A model that is a local folder is an input whose change redoes what uses it."""
+    return [model] if Path(model).exists() else []

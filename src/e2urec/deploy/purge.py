@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2urec.data.deletion import shown_as, shown_ratings
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
-from e2urec.layout import write_atomic
-from e2urec.requests import shown_as, shown_ratings
+from e2urec.deploy.folder import write_atomic
 
 
 @dataclass(frozen=True)

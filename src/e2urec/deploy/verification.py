@@ -16,7 +16,7 @@ import numpy as np
 from e2urec.api import assess
 from e2urec.data.sample import Sample
 from e2urec.metrics import closeness
-from e2urec.model import backbone, score
+from e2urec.model import loader, score
 
 
 @dataclass
@@ -119,7 +119,7 @@ def verify(
         "jsd_retrain": None,
     }
     if reference is not None:
-        ref = score(backbone.load(reference), forget, full=True)
+        ref = score(loader.load(reference), forget, full=True)
         numbers["jsd_retrain"] = closeness(f_now["dist"], ref["dist"], f_now["p_yes"], ref["p_yes"])["jsd"]  # fmt: skip
     numbers = _clean(numbers)
     failures = _failures(numbers, bounds)

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
-from e2urec.layout import Layout, tree_hash
-from e2urec.ledger import Ledger, request_views, states, versions
-from e2urec.purge import Eraser, purge_folder, read_split
-from e2urec.requests import DeletionRequest, select
+from e2urec.data.deletion import DeletionRequest, select
+from e2urec.deploy.folder import Layout, tree_hash
+from e2urec.deploy.ledger import Ledger, request_views, states, versions
+from e2urec.deploy.purge import Eraser, purge_folder, read_split
 
 # Modules that load torch are imported inside the unlearning run only, so that rolling a crashed
 # run forward (and `request` and `status`, which import this module) start quickly.
 if TYPE_CHECKING:
+    from e2urec.deploy.verification import Bounds
     from e2urec.methods import Task
-    from e2urec.verification import Bounds
 
 CRASH_ENV = "E2UREC_CRASH_AT"  # fault injection for the crash tests: the step to die after
 STEPS = (
@@ -105,7 +105,7 @@ def _tidy(layout: Layout, ledger: Ledger) -> None:
 
 
 def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
-    from e2urec.verification import Bounds
+    from e2urec.deploy.verification import Bounds
 
     opts = dict(options) if options is not None else None
     if opts is None:
@@ -116,8 +116,8 @@ def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict,
 
 def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[dict]:
     """A fresh run for requests only received: unlearn, verify, then promote or fail."""
+    from e2urec.deploy.verification import verify
     from e2urec.methods import get_method
-    from e2urec.verification import verify
 
     config = layout.config()
     method, opts, bounds = _run_settings(config, method, options)

@@ -1,0 +1,13 @@
+"""Carrying deletion requests out on a deployment folder: `init` makes it, `request` records a
+request, `apply` unlearns, verifies, puts the new version live and purges the data, `status`
+and the hash-chained ledger show what was done.
+
+It may import api and everything below it (methods, model, data, the shared modules), never
+bench/, service/ or cli.
+"""
+
+from e2urec.deploy.apply_loop import Busy, apply
+from e2urec.deploy.create import catalogue, init
+from e2urec.deploy.intake import Refused, live_model, request, status
+
+__all__ = ["Busy", "Refused", "apply", "catalogue", "init", "live_model", "request", "status"]

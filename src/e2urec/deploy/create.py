@@ -1,0 +1,152 @@
+"""`init`: a deployment folder made from a prepared data folder and a trained model: the live
+data, the first model version, the ledger, the settings `apply` uses and the catalogue the service
+scores from.
+
+Modules that load torch are imported inside `init` only, so that `request` and `status` start
+in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from e2urec.config import from_dict
+from e2urec.data.canaries import real
+from e2urec.data.deletion import target_title
+from e2urec.data.prepare import load_splits
+from e2urec.deploy.folder import Layout, tree_hash, write_atomic
+from e2urec.deploy.intake import status
+from e2urec.deploy.ledger import Ledger
+from e2urec.deploy.purge import read_split
+
+# Files a model folder made by `e2urec forget` carries: they list forgotten ids in clear.
+LEAKY = ("forget_report.json",)
+
+
+def init(data, model, out, method: str = "e2urec", options=None) -> dict:
+    """Create the deployment folder `out` from a prepared data folder and a trained model;
+    returns `status`. `options` holds the method's options and, under "verify", the
+    verification bounds (`e2urec.deploy.verification.Bounds`); `apply` uses them unless told otherwise."""
+    data, model, out = Path(data), Path(model), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not empty; give a new folder for the deployment")
+    splits = load_splits(data)
+    if not model.is_dir():
+        raise FileNotFoundError(f"{model}: no such model folder")
+    leaky = [name for name in LEAKY if (model / name).exists()]
+    if leaky:
+        raise ValueError(
+            f"{model} was made by `e2urec forget` ({leaky[0]} lists forgotten ids in clear); "
+            "start from the original model and submit those deletions as requests"
+        )
+    settings = _settings(method, dict(options or {}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        _build(Layout(tmp), data, model, settings, splits["train"])
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return status(out)
+
+
+def _settings(method: str, options: dict) -> dict:
+    """Method, its options and the verification bounds, each checked now rather than at apply."""
+    from e2urec.deploy.verification import Bounds
+    from e2urec.methods import get_method
+
+    bounds = from_dict(Bounds, options.pop("verify", None), "verify")
+    get_method(method, options)
+    return {"method": method, "options": options, "verify": asdict(bounds)}
+
+
+def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list) -> None:
+    shutil.copytree(data, layout.data)
+    v0 = layout.version("v0")
+    _copy_model(model, v0)
+    layout.secret_file.write_bytes(secrets.token_bytes(32))
+    layout.secret_file.chmod(0o600)
+    report = _train_report(model)
+    config = {
+        **settings,
+        "base": _locate_base(model, report.get("base")),
+        "train_config": report.get("config"),
+    }
+    write_atomic(layout.config_file, json.dumps(config, indent=2) + "\n")
+    write_atomic(layout.catalogue, json.dumps(catalogue(layout.data), indent=1) + "\n")
+    event = {
+        "event": "created",
+        "version": "v0",
+        "model_after": tree_hash(v0),
+        "users": len({s.user for s in train}),
+        "samples": len(train),
+        "details": {"method": settings["method"], "verify": settings["verify"]},
+    }
+    with Ledger.create(layout.ledger) as ledger:
+        ledger.append([event])
+    layout.set_live("v0")
+
+
+def _train_report(model: Path) -> dict:
+    path = model / "train_report.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Copy a model folder; what it builds on (an adapter's base, an ensemble's shards) outside
+    the folder is then named by absolute path, as the relative one no longer leads there."""
+    from e2urec.model import backbone
+
+    shutil.copytree(src, dst)
+    meta, was = backbone.read_meta(dst), backbone.read_meta(dst)
+
+    def outside(name: str) -> str:
+        found = Path(backbone.resolve(src, name))
+        inside = not found.exists() or found.resolve().is_relative_to(src.resolve())
+        return name if inside else str(found.resolve())
+
+    if meta.get("kind") == "lora":
+        meta["base"] = outside(meta["base"])
+    if meta.get("kind") == "ensemble":
+        meta["shards"] = [outside(s) for s in meta["shards"]]
+    if meta != was:
+        (dst / backbone.META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _locate_base(model: Path, base: str | None) -> str | None:
+    """The backbone Retrain and SISA train from: inside the deployment when it was inside the
+    model folder (the tiny model's case), else an absolute path or a hub name."""
+    from e2urec.model import backbone
+
+    if base is None:
+        return None
+    found = Path(backbone.resolve(model, base))
+    if not found.exists():
+        return base
+    found = found.resolve()
+    if found.is_relative_to(model.resolve()):
+        return str(Path("models/v0") / found.relative_to(model.resolve()))
+    return str(found)
+
+
+def catalogue(data: Path) -> dict:
+    """{"kind": "movie" | "book", "items": {item: title}} from the prompts' targets."""
+    items: dict[str, str] = {}
+    kind = "movie"
+    for path in sorted(data.glob("*.jsonl")):
+        for s in real(read_split(path)):  # an invented canary title is no item to serve
+            title = target_title(s)
+            if title is not None:
+                items.setdefault(s.item, title)
+            if "the following books" in s.input:
+                kind = "book"
+    return {"kind": kind, "items": items}

@@ -1,0 +1,138 @@
+"""Deletion requests submitted to a deployment (`request`: checked, then recorded pending),
+and what the deployment holds and has done (`status`, `live_model`). `apply`
+(e2urec.deploy.apply_loop) carries the pending requests out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from e2urec.data.deletion import DeletionRequest, select, unknown
+from e2urec.deploy.apply_loop import locked
+from e2urec.deploy.folder import Layout
+from e2urec.deploy.ledger import Ledger, request_views, versions
+from e2urec.deploy.purge import read_split, shown
+
+
+class Refused(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # what the ledger keeps: the message names ids
+
+
+# ---- request ------------------------------------------------------------------------------
+
+
+def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
+    """Record a deletion request for `users` and/or (user, item) `interactions`; its id.
+
+    Refusals (an empty request, ids not in the live training data, already forgotten or already
+    pending) raise `Refused` (a ValueError) naming the ids and leave only a "refused" row."""
+    layout = Layout.of(deploy)
+    users = tuple(dict.fromkeys(str(u).strip() for u in users if str(u).strip()))
+    pairs = tuple(dict.fromkeys((str(u).strip(), str(i).strip()) for u, i in interactions))
+    rid = f"r-{uuid.uuid4().hex[:12]}"
+    # Requests queue for a moment (not behind `apply`): two at once cannot both pass the checks.
+    with locked(layout.request_lock, wait=True), Ledger(layout.ledger) as ledger:
+        try:
+            if not users and not pairs:
+                raise Refused("empty", "a deletion request needs users or (user, item) pairs")
+            req = DeletionRequest(users, pairs)
+            train = read_split(layout.data / "train.jsonl")
+            _refuse(layout, ledger, req, train)
+            chosen = select(train, req)
+        except Refused as err:
+            counts = {"users": len(users), "samples": 0}
+            details = {"reason": err.reason, "interactions": len(pairs)}
+            ledger.append([{"event": "refused", "request": rid, **counts, "details": details}])
+            raise
+        keys = {
+            "users": [layout.keyed(u) for u in users],
+            "interactions": [layout.keyed(u, i) for u, i in pairs],
+        }
+        body = {
+            "users": list(users),
+            "interactions": [list(p) for p in pairs],
+            "shown": shown(train, pairs),
+        }
+        event = {
+            "event": "received",
+            "request": rid,
+            "users": len(chosen.users),
+            "samples": len(chosen.forget),
+            "details": {"keys": keys, "interactions": len(pairs), "history": chosen.history},
+        }
+        ledger.append([event], add_pending=(rid, body))
+    return rid
+
+
+def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -> None:
+    done_users, done_pairs = _forgotten_keys(ledger)
+    pending = ledger.pending().values()
+    wait_users = {u for b in pending for u in b["users"]}
+    wait_pairs = {tuple(p) for b in pending for p in b["interactions"]}
+    found: dict[str, list[str]] = {"already forgotten": [], "pending": [], "unknown": []}
+    for u in req.users:
+        if layout.keyed(u) in done_users:
+            found["already forgotten"].append(u)
+        elif u in wait_users:
+            found["pending"].append(u)
+    for u, i in req.interactions:
+        if layout.keyed(u) in done_users or layout.keyed(u, i) in done_pairs:
+            found["already forgotten"].append(f"{u}/{i}")
+        elif u in wait_users or (u, i) in wait_pairs:
+            found["pending"].append(f"{u}/{i}")
+    named = set(found["already forgotten"] + found["pending"])
+    bad_users, bad_pairs = unknown(req, train)
+    found["unknown"] = [u for u in bad_users if u not in named]
+    found["unknown"] += [f"{u}/{i}" for u, i in bad_pairs if f"{u}/{i}" not in named]
+    what = {
+        "unknown": "not in the live training data",
+        "already forgotten": "already forgotten by an earlier request",
+        "pending": "already in a request waiting for `apply`",
+    }
+    problems = [f"{what[k]}: {', '.join(v)}" for k, v in found.items() if v]
+    if problems:
+        reason = ", ".join(k for k, v in found.items() if v)
+        raise Refused(reason, "; ".join(problems) + ". Nothing was changed.")
+
+
+def _forgotten_keys(ledger: Ledger) -> tuple[set[str], set[str]]:
+    """HMACs of the users and pairs of purged requests."""
+    rows = ledger.records()
+    purged = {r["request"] for r in rows if r["event"] == "purged"}
+    users, pairs = set(), set()
+    for r in rows:
+        if r["event"] == "received" and r["request"] in purged:
+            users.update(r["details"]["keys"]["users"])
+            pairs.update(r["details"]["keys"]["interactions"])
+    return users, pairs
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+def status(deploy, request_id: str | None = None) -> dict:
+    """Requests (all, or `request_id`'s), model versions and the live one, the ledger's head."""
+    layout = Layout.of(deploy)
+    with Ledger(layout.ledger) as ledger:
+        rows, head = ledger.records(), ledger.head()
+    requests = request_views(rows)
+    if request_id is not None and request_id not in requests:
+        raise ValueError(f"{deploy}: no request {request_id!r} in the ledger")
+    live = layout.live()
+    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] == "verified"}  # fmt: skip
+    models = [
+        {**info, "id": v, "verification": checks.get(v), "live": v == live}
+        for v, info in versions(rows).items()
+    ]
+    chosen = [requests[request_id]] if request_id else list(requests.values())
+    return {"live": live, "models": models, "requests": chosen, "ledger": head}
+
+
+def live_model(deploy) -> Path:
+    """The folder of the version being served (`backbone.load` opens it)."""
+    layout = Layout.of(deploy)
+    return layout.version(layout.live())
