@@ -18,6 +18,7 @@ import torch
 
 from e2urec.api import forget
 from e2urec.bench import Bench, aggregate, merge, paired_over_seeds, preset, run_bench
+from e2urec.bench.over_seeds import over_seeds
 from e2urec.bench.plots import plot_results
 from e2urec.bench.report import COLUMNS, fmt, markdown_table, paired_rows, text_table
 from e2urec.cli import main
@@ -26,6 +27,7 @@ from e2urec.data.canaries import real
 
 FIELDS = ["jsd", "sym_kl", "l2", "jsd_yes_no", "mia_auc", "seconds", "trainable_params"]
 FIELDS += ["peak_rss_mb", "privleak", "canary_exposure", "canary_retained", "threshold"]
+FIELDS += ["forget_quality", "canary_exposure_ci", "canary_retained_ci"]
 TRAINED = ["jsd_ci", "below_original", "above_floor"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -58,17 +60,22 @@ def test_results_have_every_field_for_every_row(sequential_run):
     ]
     assert {"config", "versions", "git"} <= on_disk.keys()
     for name, row in on_disk["methods"].items():
-        for split in ("test", "forget"):
-            assert set(row[split]) == {"auc", "acc", "acc_05", "logloss"}, name
+        assert set(row["forget"]) == {"auc", "acc", "acc_05", "logloss"}, name
+        assert set(row["test"]) == {"auc", "auc_ci", "acc", "acc_05", "logloss"}, name
+        low, high = row["test"]["auc_ci"]
+        assert low <= row["test"]["auc"] <= high, name
         assert set(FIELDS) <= row.keys(), name
         assert 0 <= row["mia_auc"] <= 1, name
         if name != "history_mean":
             assert set(TRAINED) <= row.keys() and row["jsd"] >= 0, name
-            low, high = row["jsd_ci"]
-            assert low <= row["jsd"] <= high, name
+            # One reported user here: no interval, and no verdict can be sure.
+            assert on_disk["forget_users"] == 1 and row["jsd_ci"] is None, name
+            assert not row["below_original"] and not row["above_floor"], name
     assert on_disk["methods"]["retrain"]["jsd"] == 0
     assert on_disk["methods"]["retrain_b"]["jsd"] > 0  # another seed: the floor is not Retrain
     assert on_disk["methods"]["retrain"]["privleak"] == 0
+    assert on_disk["methods"]["retrain"]["forget_quality"] == 1.0  # Retrain against itself
+    assert 0 <= on_disk["methods"]["retrain_b"]["forget_quality"] <= 1
     # forget metrics on the reported (eval) half's real samples only: the tune saw the other half
     halves = json.loads((out / "data" / "manifest.json").read_text())["forgotten_halves"]
     forget = real(load_splits(out / "data")["forget"])
@@ -115,6 +122,7 @@ SHOWN = {
     "sym-KL": lambda r: r["sym_kl"],
     "L2": lambda r: r["l2"],
     "JSD Yes/No": lambda r: r["jsd_yes_no"],
+    "forget quality": lambda r: r["forget_quality"],
     "canary exp.": lambda r: r["canary_exposure"],
     "canary kept": lambda r: r["canary_retained"],
     "MIA AUC": lambda r: r["mia_auc"],
@@ -216,6 +224,14 @@ def test_seeds_move_data_and_init_and_report_mean_std_and_interval(tmp_path):
             if read(std) is not None:
                 assert _shows(csv_rows[name][f"{title} std"], read(std)), (name, title)
     assert results["paired"]["e2urec"]["jsd - retrain_b"]["n"] == 2
+    for name in ("original", "e2urec"):  # intervals over the seeds, not averaged endpoints
+        row, half = results["methods"][name], results["ci95"]["methods"][name]["jsd"]
+        assert row["jsd_ci"] == pytest.approx([max(0.0, row["jsd"] - half), row["jsd"] + half])
+        half = results["ci95"]["methods"][name]["test"]["auc"]
+        auc = row["test"]["auc"]
+        assert row["test"]["auc_ci"] == pytest.approx([max(0, auc - half), min(1, auc + half)])
+    below = results["paired"]["e2urec"]["jsd - original"]["high"] < 0
+    assert results["methods"]["e2urec"]["below_original"] is below
     assert "## Paired over seeds" in (tmp_path / "results.md").read_text()
 
 
@@ -264,6 +280,23 @@ def test_paired_differences_cancel_what_a_seed_does_to_every_row():
     assert header[1:] == ["JSD - original", "test AUC - original"]
     assert rows[0][1].endswith("*")  # beyond the seed spread
     assert not rows[0][2].endswith("*")  # test AUC: the same in every seed, interval [0, 0]
+
+
+def test_with_seeds_intervals_and_verdicts_are_taken_over_the_seeds():
+    def seed(jsd, low, high):
+        row = {"jsd": jsd, "jsd_ci": [low, high], "below_original": True, "above_floor": True}
+        return {"original": {"jsd": 0.05, "jsd_ci": [0.04, 0.06]}, "e2urec": row}
+
+    # Each seed's sample interval is narrow and below the original; the seeds disagree.
+    seeds = [seed(0.01, 0.009, 0.011), seed(0.09, 0.089, 0.091), seed(0.02, 0.019, 0.021)]
+    mean, std = aggregate(seeds)
+    results = {"methods": mean, "std": {"methods": std}}
+    results["paired"] = paired_over_seeds(seeds)
+    over_seeds(results, 3)
+    row, half = results["methods"]["e2urec"], 4.303 * np.std([0.01, 0.09, 0.02], ddof=1) / 3**0.5
+    assert row["jsd_ci"] == pytest.approx([0.0, 0.04 + half], rel=1e-3)  # clipped at 0
+    assert row["below_original"] is False  # in every seed, but not beyond the seeds' spread
+    assert row["above_floor"] is None  # no retrain_b row to compare with
 
 
 def test_the_study_is_the_demo_over_seeds():

@@ -9,7 +9,15 @@ from e2urec.bench.evaluation import EvalSets, evaluate, history_mean_scorer, sho
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.data.canaries import is_canary, unique
 from e2urec.data.sample import NO, YES, Sample
-from e2urec.metrics import best_threshold, bootstrap_ci, classification, exposure, jsd_verdict
+from e2urec.metrics import (
+    auc_ci,
+    best_threshold,
+    bootstrap_ci,
+    classification,
+    exposure,
+    forget_quality,
+    jsd_verdict,
+)
 
 
 def test_threshold_chosen_on_valid_reads_a_model_whose_scores_all_sit_above_half():
@@ -29,27 +37,82 @@ def test_exposure_is_the_auc_of_planted_against_controls():
     assert abs(same - 0.5) < 0.03
 
 
-def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_samples():
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_users():
     rng = np.random.default_rng(1)
     small, large = rng.normal(1, 1, 50), rng.normal(1, 1, 5000)
-    lo_s, hi_s = bootstrap_ci(small)
-    lo_l, hi_l = bootstrap_ci(large)
+    lo_s, hi_s = bootstrap_ci(small, np.arange(50))
+    lo_l, hi_l = bootstrap_ci(large, np.arange(5000))
     assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
     assert hi_l - lo_l < (hi_s - lo_s) / 5
+
+
+def test_a_users_copies_of_one_value_do_not_narrow_the_interval():
+    # Samples of one user are not independent: ten samples of each user carry what one did.
+    rng = np.random.default_rng(4)
+    per_user, users = rng.normal(0, 1, 40), np.array([f"u{i}" for i in range(40)])
+    once = bootstrap_ci(per_user, users)
+    assert bootstrap_ci(np.repeat(per_user, 10), np.repeat(users, 10)) == pytest.approx(once)
+    as_if_independent = bootstrap_ci(np.repeat(per_user, 10), np.arange(400))
+    assert as_if_independent[1] - as_if_independent[0] < (once[1] - once[0]) / 2
+
+
+def test_auc_interval_resamples_users():
+    rng = np.random.default_rng(5)
+    labels, users = np.tile([0, 1], 30), np.repeat(np.arange(30), 2)
+    rank = labels + rng.normal(0, 1, 60)
+    low, high = auc_ci(labels, rank, users)
+    assert low < classification(labels, rank)["auc"] < high
+    assert auc_ci(np.zeros(6), rank[:6], users[:6]) is None  # one class: no AUC
+    assert auc_ci(labels, rank, np.zeros(60)) is None  # one user: no spread between users
+    assert all(np.isnan(bootstrap_ci(rank, np.zeros(60))))
+
+
+def test_auc_ranks_by_log_odds_where_probabilities_saturate():
+    labels = np.array([0, 0, 1, 1])
+    log_odds = np.array([18.0, 19.0, 20.0, 21.0])  # a confident model, ranked right
+    p_yes = (1 / (1 + np.exp(-log_odds))).astype(np.float32)
+    assert set(p_yes.tolist()) == {1.0}  # float32 P(Yes) ties: an AUC of 0.5 from them
+    assert classification(labels, p_yes)["auc"] == 0.5
+    assert classification(labels, p_yes, log_odds=log_odds)["auc"] == 1.0
+
+
+def test_forget_quality_is_the_ks_p_value_against_retrain():
+    rng = np.random.default_rng(6)
+    retrain = rng.normal(0, 1, 300)
+    assert forget_quality(retrain, retrain) == 1.0
+    assert forget_quality(rng.normal(0, 1, 300), retrain) > 0.01
+    assert forget_quality(rng.normal(1, 1, 300), retrain) < 1e-6
 
 
 def test_jsd_verdict_is_paired_over_samples():
     rng = np.random.default_rng(2)
     original = rng.uniform(0.05, 0.2, 300)
+    users = np.arange(300)
     # Shifts far smaller than the spread between samples: the three intervals overlap, and
     # only differences taken sample by sample show the method below the original, above the floor
     close = original - 0.003 + rng.normal(0, 0.001, 300)
     floor = original - 0.006
-    v = jsd_verdict(close, original, floor)
+    v = jsd_verdict(close, original, floor, users)
     assert v["below_original"] and v["above_floor"]
     assert v["jsd_ci"][0] < close.mean() < v["jsd_ci"][1]
-    same = jsd_verdict(original, original, original)
+    same = jsd_verdict(original, original, original, users)
     assert not same["below_original"] and not same["above_floor"]
+
+
+def test_jsd_verdict_resamples_users_not_samples():
+    # Three users, each a hundred samples: the method's gain is one user's; per sample it
+    # looks sure, per user it is not.
+    rng = np.random.default_rng(7)
+    users = np.repeat(["a", "b", "c"], 100)
+    original = rng.uniform(0.05, 0.2, 300)
+    method = original - np.where(users == "a", 0.01, -0.002) + rng.normal(0, 1e-4, 300)
+    assert bootstrap_ci(method - original, np.arange(300))[1] < 0
+    assert not jsd_verdict(method, original, original, users)["below_original"]
+
+
+def logit(scores: dict) -> dict:
+    """A fake scorer's scores with the log-odds its P(Yes) implies, as `score` returns them."""
+    return {**scores, "log_odds": np.log(scores["p_yes"]) - np.log1p(-scores["p_yes"])}
 
 
 def prompt(ratings: list[float]) -> str:
@@ -100,7 +163,7 @@ def test_a_scorer_that_memorised_the_canaries_is_exposed_and_one_that_did_not_is
             out["p_yes"] = np.array(
                 [0.99 if k == YES else 0.01 if k == NO else p for k, p in zip(known, out["p_yes"])]
             )
-            return out
+            return logit(out)
 
         return scorer
 
@@ -112,7 +175,7 @@ def test_a_scorer_that_memorised_the_canaries_is_exposed_and_one_that_did_not_is
     rule, _ = evaluate(history_mean_scorer, sets)
     # The rule sees only the shown ratings: it cannot tell planted answers from controls'.
     assert 0.2 < rule["canary_exposure"] < 0.8
-    assert set(rule["test"]) == {"auc", "acc", "acc_05", "logloss"}
+    assert set(rule["test"]) == {"auc", "auc_ci", "acc", "acc_05", "logloss"}
 
 
 def test_an_attack_on_a_model_that_only_knows_the_label_scores_one_half(canary_splits):
@@ -121,7 +184,7 @@ def test_an_attack_on_a_model_that_only_knows_the_label_scores_one_half(canary_s
 
     def label_only(samples, full=False):
         p = np.array([0.9 if s.label else 0.1 for s in samples])
-        return {"p_yes": p, "loss": -np.log(np.where([s.label for s in samples], p, 1 - p))}
+        return logit({"p_yes": p, "loss": -np.log(np.where([s.label for s in samples], p, 1 - p))})
 
     metrics, _ = evaluate(label_only, sets)
     assert metrics["mia_auc"] == pytest.approx(0.5)
@@ -135,7 +198,7 @@ def test_the_accuracy_cut_is_chosen_on_valid_and_applied_to_test(canary_splits):
         low = {id(sets.valid): 0.6, id(sets.test): 0.2}.get(id(samples))
         if low is not None:
             out["p_yes"] = np.array([low + 0.2 * s.label for s in samples])
-        return out
+        return logit(out)
 
     metrics, _ = evaluate(shifted, sets)
     assert metrics["threshold"] == pytest.approx(0.7)

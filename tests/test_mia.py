@@ -14,14 +14,23 @@ from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import answer_loss, fit
 
 
-def test_features_are_loss_true_answer_probability_and_entropy():
+def test_features_are_loss_true_answer_log_odds_and_log_entropy():
     p_yes = np.array([0.9, 0.9, 0.5])
-    x = mia.features(p_yes, loss=np.array([0.1, 2.3, 0.7]), labels=np.array([1, 0, 1]))
+    log_odds = np.log(p_yes) - np.log1p(-p_yes)
+    x = mia.features(log_odds, loss=np.array([0.1, 2.3, 0.7]), labels=np.array([1, 0, 1]))
     assert x.shape == (3, len(mia.FEATURES))
     np.testing.assert_allclose(x[:, 0], [0.1, 2.3, 0.7])
-    np.testing.assert_allclose(x[:, 1], [0.9, 0.1, 0.5])
-    expected = -(0.9 * np.log2(0.9) + 0.1 * np.log2(0.1))
-    np.testing.assert_allclose(x[:, 2], [expected, expected, 1.0])
+    np.testing.assert_allclose(x[:, 1], [np.log(9), -np.log(9), 0.0], atol=1e-12)
+    entropy = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(x[:, 2], np.log([entropy, entropy, np.log(2)]))
+
+
+def test_features_of_confident_answers_do_not_tie():
+    # P(true) and the entropy saturate in floating point long before the log-odds do.
+    log_odds = np.array([20.0, 30.0, 40.0, 60.0])
+    x = mia.features(log_odds, loss=np.zeros(4), labels=np.ones(4))
+    assert len(set(x[:, 1])) == 4 and len(set(x[:, 2])) == 4
+    assert np.all(np.diff(x[:, 2]) < 0) and np.all(np.isfinite(x))
 
 
 def test_attack_trains_on_balanced_classes_and_held_out_halves_are_disjoint():
@@ -40,8 +49,8 @@ def synthetic(rng, n: int, member: bool):
     loss = rng.gamma(2.0, 0.1 if member else 0.4, n)
     p_true = np.exp(-loss)
     labels = (rng.random(n) < 0.5).astype(int)
-    p_yes = np.where(labels == 1, p_true, 1 - p_true)
-    return mia.features(p_yes, loss, labels), labels
+    p_yes = np.clip(np.where(labels == 1, p_true, 1 - p_true), 1e-12, 1 - 1e-12)
+    return mia.features(np.log(p_yes) - np.log1p(-p_yes), loss, labels), labels
 
 
 def test_known_answer_on_synthetic_features():

@@ -15,7 +15,7 @@ from e2urec.config import from_dict
 from e2urec.data import load_splits
 from e2urec.data.deletion import DeletionRequest, sample_key, select
 from e2urec.methods import Task, get_method
-from e2urec.metrics import classification
+from e2urec.metrics import classification, scored_classification
 from e2urec.model import backbone, loader, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, processes, train
@@ -24,8 +24,8 @@ from e2urec.scorecard import judge, standing
 
 def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
     rec = loader.load(model)
-    p = score(rec, samples, batch_size)["p_yes"]
-    return classification(np.array([s.label for s in samples]), p)
+    s = score(rec, samples, batch_size)
+    return classification(np.array([x.label for x in samples]), s["p_yes"], log_odds=s["log_odds"])
 
 
 def assess(
@@ -45,8 +45,8 @@ def assess(
     m = score(rec, members, batch_size, desc=f"eval {name} members")
     pool_x = mia.sample_features(test, t) if pool is test else _features(rec, pool, batch_size)
     metrics = {
-        "test": classification(np.array([s.label for s in test]), t["p_yes"]),
-        "forget": classification(np.array([s.label for s in forget]), f["p_yes"]),
+        "test": scored_classification(test, t),
+        "forget": scored_classification(forget, f),
         "mia_auc": mia.mia_auc(
             mia.sample_features(members, m),
             mia.subset(pool_x, plan.nonmembers),

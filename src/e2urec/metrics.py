@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from e2urec.maths import js_divergence, l2_distance, symmetric_kl
@@ -27,20 +28,39 @@ HIGHER_IS_BETTER = {
 
 
 def classification(
-    labels: np.ndarray, p_yes: np.ndarray, threshold: float | None = None
+    labels: np.ndarray,
+    p_yes: np.ndarray,
+    threshold: float | None = None,
+    log_odds: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """AUC, accuracy and log loss of P(Yes) against 0/1 labels (sklearn). Accuracy is at 0.5,
-    or at `threshold` (chosen on valid by `best_threshold`) with `acc_05` the one at 0.5."""
+    """AUC, accuracy and log loss of P(Yes) against 0/1 labels (sklearn). The AUC ranks by
+    `log_odds` (the Yes-No logit difference) when given: confident models' P(Yes) tie at 1.0.
+    Accuracy is at 0.5, or at `threshold` (chosen on valid by `best_threshold`) with `acc_05`
+    the one at 0.5."""
     labels, p_yes = np.asarray(labels), np.clip(np.asarray(p_yes, np.float64), 1e-7, 1 - 1e-7)
-    auc = roc_auc_score(labels, p_yes) if len(set(labels.tolist())) == 2 else math.nan
+    rank = p_yes if log_odds is None else np.asarray(log_odds, np.float64)
     out = {
-        "auc": float(auc),
+        "auc": auc(labels, rank),
         "acc": float(accuracy_score(labels, p_yes > (0.5 if threshold is None else threshold))),
         "logloss": float(log_loss(labels, p_yes, labels=[0, 1])),
     }
     if threshold is not None:
         out["acc_05"] = float(accuracy_score(labels, p_yes > 0.5))
     return out
+
+
+def scored_classification(samples, scores: dict, threshold: float | None = None) -> dict:
+    """`classification` of samples (each with its 0/1 `label`) from what `score` returned."""
+    labels = np.array([s.label for s in samples])
+    return classification(labels, scores["p_yes"], threshold, scores["log_odds"])
+
+
+def auc(labels: np.ndarray, rank: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """ROC AUC, NaN when only one class is present."""
+    labels = np.asarray(labels)
+    if len(set(labels[weight > 0].tolist() if weight is not None else labels.tolist())) < 2:
+        return math.nan
+    return float(roc_auc_score(labels, rank, sample_weight=weight))
 
 
 def best_threshold(labels: np.ndarray, p_yes: np.ndarray) -> float:
@@ -60,14 +80,45 @@ def exposure(planted: np.ndarray, controls: np.ndarray) -> float:
     return float(roc_auc_score(y, np.concatenate([planted, controls])))
 
 
-def bootstrap_ci(values: np.ndarray, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` (samples resampled with replacement);
-    for paired differences pass the per-sample differences."""
-    values = np.asarray(values, np.float64)
+def user_draws(users, draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """[draws, N] weights of a cluster bootstrap: users drawn with replacement, each sample
+    weighted by how often its user was drawn. A user's samples are not independent (same
+    history, same model errors), so resampling samples alone gives intervals that are too
+    narrow."""
+    _, user_of = np.unique(np.asarray(users, dtype=str), return_inverse=True)
+    n_users = int(user_of.max()) + 1 if len(user_of) else 0
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
+    counts = rng.multinomial(n_users, np.full(n_users, 1 / n_users), size=draws)
+    return counts[:, user_of].astype(np.float64)
+
+
+def bootstrap_ci(values: np.ndarray, users, draws: int = 1000, seed: int = 0):
+    """95% percentile interval of the mean of `values` under a cluster bootstrap over `users`
+    (one user id per value); for paired differences pass the per-sample differences. NaN with
+    fewer than two users: one user's samples say nothing of the spread between users."""
+    values = np.asarray(values, np.float64)
+    if len(set(np.asarray(users, dtype=str).tolist())) < 2:
+        return math.nan, math.nan
+    weights = user_draws(users, draws, seed)
+    means = weights @ values / weights.sum(1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+def auc_ci(labels, rank, users, draws: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% percentile interval of the AUC under a cluster bootstrap over `users`; None when
+    either class or a second user is missing."""
+    if len(set(np.asarray(labels).tolist())) < 2 or len(set(np.asarray(users, str).tolist())) < 2:
+        return None
+    aucs = [auc(labels, rank, w) for w in user_draws(users, draws, seed)]
+    aucs = np.array([a for a in aucs if a == a])  # a draw may miss one class
+    return [float(v) for v in np.percentile(aucs, [2.5, 97.5])]
+
+
+def forget_quality(log_odds: np.ndarray, ref_log_odds: np.ndarray) -> float:
+    """open-unlearning's forget quality: the KS test's p-value between a model's and Retrain's
+    per-sample Yes/No log-odds (high: indistinguishable from Retrain)."""
+    return float(stats.ks_2samp(log_odds, ref_log_odds).pvalue)
 
 
 def closeness(dist: np.ndarray, ref_dist: np.ndarray, p_yes: np.ndarray, ref_p_yes: np.ndarray):
@@ -86,14 +137,16 @@ def closeness(dist: np.ndarray, ref_dist: np.ndarray, p_yes: np.ndarray, ref_p_y
     }
 
 
-def jsd_verdict(jsd: np.ndarray, original: np.ndarray, floor: np.ndarray, seed: int = 0) -> dict:
+def jsd_verdict(jsd, original, floor, users, seed: int = 0) -> dict:
     """Per-sample JSDs to Retrain of a method, the original and a second Retrain (the noise
-    floor), paired over the same forget samples: the method's 95% bootstrap interval, and
-    whether it is surely below the original's and surely above the floor."""
-    below = bootstrap_ci(jsd - original, seed=seed)[1] < 0
-    above = bootstrap_ci(jsd - floor, seed=seed)[0] > 0
+    floor), paired over the same forget samples of `users`: the method's 95% cluster-bootstrap
+    interval, and whether it is surely below the original's and surely above the floor. The
+    seed's spread is not in these: with seeds the bench takes them over the seeds instead."""
+    below = bootstrap_ci(jsd - original, users, seed=seed)[1] < 0
+    above = bootstrap_ci(jsd - floor, users, seed=seed)[0] > 0
+    interval = bootstrap_ci(jsd, users, seed=seed)
     return {
-        "jsd_ci": list(bootstrap_ci(jsd, seed=seed)),
+        "jsd_ci": None if math.isnan(interval[0]) else list(interval),
         "below_original": bool(below),
         "above_floor": bool(above),
     }

@@ -20,17 +20,20 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-EPS = 1e-12
-FEATURES = ("loss", "p_true", "entropy")
+FEATURES = ("loss", "log_odds_true", "log_entropy")
 
 
-def features(p_yes: np.ndarray, loss: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """[N, 3]: loss of the true answer, P(true answer), entropy (bits) of the Yes/No pair."""
-    p_yes = np.clip(np.asarray(p_yes, np.float64), EPS, 1 - EPS)
-    labels = np.asarray(labels)
-    p_true = np.where(labels == 1, p_yes, 1 - p_yes)
-    entropy = -(p_yes * np.log2(p_yes) + (1 - p_yes) * np.log2(1 - p_yes))
-    return np.stack([np.asarray(loss, np.float64), p_true, entropy], axis=1)
+def features(log_odds: np.ndarray, loss: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[N, 3]: loss of the true answer, log-odds of the true answer against the other, and the
+    log of the Yes/No pair's entropy (nats), all in float64 from the logit difference: P(true)
+    and the entropy themselves saturate (1.0 and 0.0) for confident models and tie."""
+    log_odds = np.asarray(log_odds, np.float64)
+    true = np.where(np.asarray(labels) == 1, log_odds, -log_odds)
+    x = np.minimum(np.abs(log_odds), 700.0)  # beyond, e^-x is 0 in float64
+    # H = log(1 + e^-x) + x e^-x / (1 + e^-x), summed in log space: stable for large x.
+    soft = np.log1p(np.exp(-x))
+    log_entropy = np.logaddexp(np.log(soft), np.log(np.maximum(x, 1e-300)) - x - soft)
+    return np.stack([np.asarray(loss, np.float64), true, log_entropy], axis=1)
 
 
 def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +112,7 @@ class Plan:
 def sample_features(samples, scores: dict) -> Labelled:
     """Features and labels of `samples` from `e2urec.model.score`'s output on them."""
     labels = np.array([s.label for s in samples])
-    return features(scores["p_yes"], scores["loss"], labels), labels
+    return features(scores["log_odds"], scores["loss"], labels), labels
 
 
 def subset(data: Labelled, idx) -> Labelled:

@@ -18,7 +18,7 @@ import numpy as np
 
 from e2urec import mia
 from e2urec.data.sample import Sample
-from e2urec.metrics import classification
+from e2urec.metrics import scored_classification
 from e2urec.model import score
 from e2urec.model.backbone import Recommender
 
@@ -26,7 +26,8 @@ STANDING = "standing.json"
 
 
 def _digest(test: list[Sample], seed: int) -> str:
-    text = json.dumps([seed] + [[s.user, s.item, s.timestamp] for s in test])
+    # The feature names too: a standing kept with other attack features is stale.
+    text = json.dumps([seed, mia.FEATURES] + [[s.user, s.item, s.timestamp] for s in test])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -46,7 +47,7 @@ def standing(
     pool = mia.sample_features(test, t)
     data = {
         "digest": digest,
-        "test": classification(np.array([s.label for s in test]), t["p_yes"]),
+        "test": scored_classification(test, t),
         "members": _listed(mia.sample_features(members, score(rec, members, batch_size))),
         "nonmembers": _listed(mia.subset(pool, plan.nonmembers)),
         "unseen": _listed(mia.subset(pool, plan.unseen)),
@@ -68,7 +69,7 @@ def judge(rec: Recommender, forget: list[Sample], known: dict, batch_size=64, se
     )
     return {
         "test": known["test"],
-        "forget": classification(np.array([s.label for s in forget]), f["p_yes"]),
+        "forget": scored_classification(forget, f),
         "mia_auc": auc,
     }
 

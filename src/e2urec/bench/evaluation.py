@@ -21,7 +21,15 @@ from e2urec.data.canaries import real, unique
 from e2urec.data.deletion import shown_ratings
 from e2urec.data.sample import YES, Sample
 from e2urec.maths import js_divergence
-from e2urec.metrics import best_threshold, classification, closeness, exposure, jsd_verdict
+from e2urec.metrics import (
+    auc_ci,
+    best_threshold,
+    closeness,
+    exposure,
+    forget_quality,
+    jsd_verdict,
+    scored_classification,
+)
 from e2urec.mia import privleak
 from e2urec.model import loader, score
 
@@ -85,7 +93,7 @@ def history_mean_scorer(samples: list[Sample], full: bool = False) -> dict:
     p = np.clip((np.array([shown_mean(s) for s in samples]) - 0.5) / 4.5, 1e-3, 1 - 1e-3)
     labels = np.array([s.label for s in samples])
     loss = -np.log(np.where(labels == 1, p, 1 - p))
-    return {"p_yes": p, "loss": loss}
+    return {"p_yes": p, "loss": loss, "log_odds": np.log(p) - np.log1p(-p)}
 
 
 def evaluate(scorer: Scorer, sets: EvalSets, seed: int = 0) -> tuple[dict, dict]:
@@ -100,8 +108,11 @@ def evaluate(scorer: Scorer, sets: EvalSets, seed: int = 0) -> tuple[dict, dict]
         for s in (sets.members, sets.nonmembers, sets.unseen)
     )
     metrics = {
-        "test": classification(_labels(sets.test), test["p_yes"], cut),
-        "forget": classification(_labels(sets.forget), forget["p_yes"], cut),
+        "test": {
+            **scored_classification(sets.test, test, cut),
+            "auc_ci": auc_ci(_labels(sets.test), test["log_odds"], _users(sets.test), seed=seed),
+        },
+        "forget": scored_classification(sets.forget, forget, cut),
         "threshold": cut,
         "mia_auc": mia.mia_auc(
             members, nonmembers, mia.sample_features(sets.forget, forget), unseen, seed
@@ -113,9 +124,13 @@ def evaluate(scorer: Scorer, sets: EvalSets, seed: int = 0) -> tuple[dict, dict]
             ("canary_exposure", sets.canaries),
             ("canary_retained", sets.canaries_retained),
         ):
-            metrics[key] = (
-                exposure(_planted_log_odds(scorer, planted), controls) if planted else None
-            )
+            metrics[key] = metrics[f"{key}_ci"] = None
+            if planted:
+                scores = np.concatenate([_planted_log_odds(scorer, planted), controls])
+                kind = np.concatenate([np.ones(len(planted)), np.zeros(len(controls))])
+                users = _users(planted) + _users(sets.controls)
+                metrics[key] = exposure(scores[kind == 1], scores[kind == 0])
+                metrics[f"{key}_ci"] = auc_ci(kind, scores, users, seed=seed)
     return metrics, forget
 
 
@@ -123,9 +138,12 @@ def _labels(samples: list[Sample]) -> np.ndarray:
     return np.array([s.label for s in samples])
 
 
+def _users(samples: list[Sample]) -> list[str]:
+    return [s.user for s in samples]
+
+
 def _planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
-    p = np.clip(scorer(canaries, False)["p_yes"], 1e-7, 1 - 1e-7)
-    log_odds = np.log(p) - np.log1p(-p)
+    log_odds = scorer(canaries, False)["log_odds"]
     return np.where([s.output == YES for s in canaries], log_odds, -log_odds)
 
 
@@ -144,18 +162,24 @@ def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=N
     per_sample = {}
     for name, row in rows.items():
         if ref is None or name not in dists:
-            row.update(dict.fromkeys(("jsd", "sym_kl", "l2", "jsd_yes_no", "privleak")))
+            row.update(dict.fromkeys(NEEDS_RETRAIN))
             continue
         f = dists[name]
         row.update(closeness(f["dist"], ref["dist"], f["p_yes"], ref["p_yes"]))
+        row["forget_quality"] = forget_quality(f["log_odds"], ref["log_odds"])
         per_sample[name] = js_divergence(f["dist"], ref["dist"])
         row["privleak"] = privleak(row["mia_auc"], rows["retrain"]["mia_auc"])
     if {"original", "retrain_b"} <= per_sample.keys():
+        users, original, floor = (
+            _users(sets.forget),
+            per_sample["original"],
+            per_sample["retrain_b"],
+        )
         for name, jsd in per_sample.items():
-            floor = per_sample["retrain_b"]
-            rows[name].update(jsd_verdict(jsd, per_sample["original"], floor, bench.mia_seed))
+            rows[name].update(jsd_verdict(jsd, original, floor, users, bench.mia_seed))
 
 
+NEEDS_RETRAIN = ("jsd", "sym_kl", "l2", "jsd_yes_no", "forget_quality", "privleak")
 FORGET = "forget_scores.npz"
 
 
@@ -170,7 +194,12 @@ def evaluate_row(model: str, sets: EvalSets, bench: Bench, folder: Path | None):
         np.savez(out / FORGET, **forget)
         return metrics
 
-    settings = {"mia_seed": bench.mia_seed, "eval_batch_size": bench.eval_batch_size}
+    # "ranks": an evaluation kept from before AUCs ranked by log-odds is not reused.
+    settings = {
+        "mia_seed": bench.mia_seed,
+        "eval_batch_size": bench.eval_batch_size,
+        "ranks": "log_odds",
+    }
     data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
     metrics = stage(folder, settings, [data, *local_inputs(model)], work)
     return metrics, dict(np.load(folder / FORGET))

@@ -84,3 +84,34 @@ def paired_over_seeds(seeds: list[dict]) -> dict:
 def _number(row: dict | None, path: tuple[str, ...]) -> float:
     value = cell(row, path)
     return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+# Metrics whose single-run interval is stored beside them as `<name>_ci`, and their range.
+INTERVALS = {
+    ("jsd",): (0.0, 1.0),
+    ("test", "auc"): (0.0, 1.0),
+    ("canary_exposure",): (0.0, 1.0),
+    ("canary_retained",): (0.0, 1.0),
+}
+
+
+def over_seeds(results: dict, n: int) -> None:
+    """With seeds, each row's intervals become the 95% t-intervals of its per-seed values,
+    clipped to the metric's range (the mean of each seed's interval endpoints is an interval
+    of nothing), and its verdicts come from the paired differences over seeds: below the
+    original when the interval of JSD - original's lies below 0, above the floor when that of
+    JSD - retrain_b's lies above 0."""
+    stds = results["std"]["methods"]
+    for name, row in results["methods"].items():
+        for path, (low, high) in INTERVALS.items():
+            ci_path = (*path[:-1], path[-1] + "_ci")
+            mean, half = cell(row, path), ci95(cell(stds.get(name), path), n)
+            if not isinstance(mean, float) or half is None:
+                continue
+            parent = cell(row, ci_path[:-1])  # the row itself for a top-level metric
+            parent[ci_path[-1]] = [max(low, mean - half), min(high, mean + half)]
+        if "below_original" in row:
+            paired = results["paired"].get(name, {})
+            below, above = paired.get("jsd - original"), paired.get("jsd - retrain_b")
+            row["below_original"] = None if below is None else bool(below["high"] < 0)
+            row["above_floor"] = None if above is None else bool(above["low"] > 0)

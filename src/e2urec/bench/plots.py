@@ -25,11 +25,11 @@ def _std(results: dict, name: str, path: tuple[str, ...]):
 
 
 def _jsd_error(results: dict, name: str):
-    """Seeds: the std; one run: the bootstrap interval, as distances below and above."""
-    std = _std(results, name, ("jsd",))
+    """The row's 95% interval (over users, or with seeds over the seeds) as distances below and
+    above; the std over seeds where it has none."""
     row = results["methods"][name]
-    if std is not None or not row.get("jsd_ci") or results.get("seeds"):
-        return std
+    if not row.get("jsd_ci"):
+        return _std(results, name, ("jsd",))
     low, high = row["jsd_ci"]
     return [[max(0.0, row["jsd"] - low)], [max(0.0, high - row["jsd"])]]
 
@@ -61,11 +61,13 @@ def plot_results(results: dict, path: str | Path) -> Path:
             label=name,
         )
         left.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
+        if row.get("jsd_yes_no") is not None:  # how much of the distance is the decision
+            left.plot(row["jsd_yes_no"], y, marker="x", ms=8, color=colors[name], ls="none")
     if all(row.get("jsd") is None for row in rows.values()):
         left.text(
             0.5, 0.5, "no Retrain run: JSD unavailable", ha="center", transform=left.transAxes
         )
-    left.set_xlabel("JSD to Retrain on the forget set (lower: closer to Retrain)")
+    left.set_xlabel("JSD to Retrain on the forget set (o: vocabulary, x: Yes/No; lower: closer)")
     left.set_ylabel("test AUC (higher: more useful)")
     left.set_title("Utility against forgetting")
     left.grid(alpha=0.3)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 COLUMNS = [
     ("test AUC", ("test", "auc")),
+    ("test AUC 95% CI", ("test", "auc_ci")),
     ("test ACC", ("test", "acc")),
     ("ACC@0.5", ("test", "acc_05")),
     ("test LogLoss", ("test", "logloss")),
@@ -28,6 +29,7 @@ COLUMNS = [
     ("sym-KL", ("sym_kl",)),
     ("L2", ("l2",)),
     ("JSD Yes/No", ("jsd_yes_no",)),
+    ("forget quality", ("forget_quality",)),
     ("canary exp.", ("canary_exposure",)),
     ("canary kept", ("canary_retained",)),
     ("MIA AUC", ("mia_auc",)),
@@ -169,9 +171,7 @@ def noise_note(results: dict) -> str:
     if floor is not None:
         lines.append(
             f"Noise floor: retrain_b (Retrain, another seed) is at JSD {fmt(floor)} from Retrain. "
-            "JSD 95% CI: paired bootstrap over the reported forget samples; '< orig' / '> floor': "
-            "the interval of the difference to the original / to retrain_b excludes 0"
-            + (" (with seeds: the share of seeds where it did)." if results.get("seeds") else ".")
+            + (SEEDS_NOTE if results.get("seeds") else RUN_NOTE)
         )
     if "history_mean" in rows:
         lines.append(
@@ -190,6 +190,15 @@ def noise_note(results: dict) -> str:
     return "\n".join(lines)
 
 
+RUN_NOTE = (
+    "JSD 95% CI: bootstrap over the reported forgotten users (a user's samples move together); "
+    "'< orig' / '> floor': that interval of the per-sample difference to the original / to "
+    "retrain_b excludes 0. One run: the seed's spread is not in these; see the study."
+)
+SEEDS_NOTE = (
+    "JSD 95% CI: the 95% t-interval over seeds; '< orig' / '> floor': the t-interval over "
+    "seeds of the paired difference to the original / to retrain_b excludes 0."
+)
 PAIRED_NOTE = (
     "Differences to a reference row taken within each seed, then their mean over seeds with "
     "a 95% t-interval; '*': the interval excludes 0 (the difference is beyond the seed spread)."

@@ -10,13 +10,14 @@ from pathlib import Path
 
 from e2urec.bench.config import Bench, jsonable, method_rows, seeded
 from e2urec.bench.evaluation import EvalSets, evaluate_all, evaluate_row
-from e2urec.bench.over_seeds import aggregate, ci95, paired_over_seeds
+from e2urec.bench.over_seeds import aggregate, ci95, over_seeds, paired_over_seeds
 from e2urec.bench.plots import plot_results, plot_sequential
 from e2urec.bench.pool import single_threaded, worker_pool
 from e2urec.bench.report import git_commit, write_results
 from e2urec.bench.request_timing import time_requests
 from e2urec.bench.resumable import local_inputs, stage
 from e2urec.data import load_splits, prepare
+from e2urec.data.canaries import real
 from e2urec.data.deletion import DeletionRequest, sample_key, select, split_users
 from e2urec.memory import keep_freed_memory
 from e2urec.methods import METHODS, Task, get_method
@@ -40,6 +41,7 @@ def run_bench(bench: Bench, out: str | Path) -> dict:
         results = {**mean, "std": std, "ci95": ci95(std, len(runs)), "seeds": list(bench.seeds)}
         results["per_seed"] = {str(s): r for s, r in runs.items()}
         results["paired"] = paired_over_seeds([r["methods"] for r in runs.values()])
+        over_seeds(results, len(runs))
         results["data"] = runs[bench.seeds[0]]["data"]
     results["config"] = jsonable(bench)
     results["git"] = commit
@@ -209,6 +211,9 @@ def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
         "methods": run.rows,
         "data": run.manifest["counts"],
         "forget_reported": len(sets.forget),
+        "forget_users": len({s.user for s in sets.forget}),
+        # The forget set the methods see holds canaries too: its real part's size.
+        "forget_real": len(real(run.splits["forget"])),
     }
     if bench.requests and "e2urec" in bench.methods and "retrain" in run.rows:
         results["requests"] = time_single_requests(bench, run)

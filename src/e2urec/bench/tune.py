@@ -159,8 +159,8 @@ class Judge:
         return score(rec, self.forget, self.batch_size, full=True)["dist"]
 
     def _valid_auc(self, rec) -> float:
-        p = score(rec, self.valid, self.batch_size)["p_yes"]
-        return classification(self.labels, p)["auc"]
+        s = score(rec, self.valid, self.batch_size)
+        return classification(self.labels, s["p_yes"], log_odds=s["log_odds"])["auc"]
 
     def __call__(self, model: str) -> dict:
         rec = loader.load(model)  # once for both numbers

@@ -149,7 +149,8 @@ def score(
     full: bool = False,
     desc: str = "scoring",
 ) -> dict[str, np.ndarray]:
-    """P(Yes) per sample; with `full`, also the vocabulary distribution at the answer position.
+    """P(Yes), the Yes-No logit difference (float64) and the loss per sample; with `full`, also
+    the vocabulary distribution at the answer position.
 
     Batches are formed shortest prompt first; results come back in the order of `samples`."""
     model = model or rec.model
@@ -157,13 +158,15 @@ def score(
     model.eval()
     device = next(model.parameters()).device
     order = by_length(rec, samples)
-    p_yes, dists, loss = [], [], []
+    p_yes, log_odds, dists, loss = [], [], [], []
     for idx in tqdm(list(batches(order, batch_size)), desc=desc, leave=False):
         batch = {k: v.to(device) for k, v in encode(rec, [samples[i] for i in idx]).items()}
         with autocast(device):
             out = forward(rec, model, batch)
         answer = out.answer().float()
         p_yes.append(yes_probability(rec, answer))
+        # Ranks by this, not P(Yes): the float32 two-way softmax reaches 1.0 at a gap of ~17.
+        log_odds.append(answer[:, rec.yes_id].double() - answer[:, rec.no_id].double())
         loss.append(F.cross_entropy(answer, out.targets[out.first], reduction="none"))
         if full:
             dists.append(torch.softmax(answer, dim=-1).cpu())
@@ -172,6 +175,7 @@ def score(
     result = {
         "p_yes": torch.cat(p_yes).cpu()[back].numpy(),
         "loss": torch.cat(loss).cpu()[back].numpy(),
+        "log_odds": torch.cat(log_odds).cpu()[back].numpy(),
     }
     if full:
         result["dist"] = torch.cat(dists)[back].numpy()
