@@ -20,7 +20,7 @@ import numpy as np
 
 from e2urec.bench import Bench, preset
 from e2urec.bench.evaluation import _planted_log_odds, model_scorer
-from e2urec.data import load_splits
+from e2urec.data import load_splits, template_texts
 from e2urec.data.canaries import unique
 from e2urec.metrics import classification, exposure
 from e2urec.model.tiny import build_tiny_t5
@@ -31,7 +31,7 @@ def main(data: str, out: Path, dropout: float, lr: float, seed: int = 0, sizes=N
     demo = Bench.from_dict(preset("demo"))
     s = load_splits(data)
     size = replace(demo.tiny, dropout=dropout, seed=seed, **(sizes or {}))
-    build_tiny_t5([x.input for x in s["train"]], out / "base", size)
+    build_tiny_t5(template_texts(data), out / "base", size)
     config = replace(demo.train, lr=lr, seed=seed)
     report = train(out / "base", s["train"], s["valid"], out / "model", config)
     scorer = model_scorer(str(out / "model"), 64)

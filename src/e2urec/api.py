@@ -12,7 +12,7 @@ import numpy as np
 
 from e2urec import mia
 from e2urec.config import from_dict
-from e2urec.data import load_splits
+from e2urec.data import load_splits, template_texts
 from e2urec.data.deletion import DeletionRequest, sample_key, select
 from e2urec.methods import Task, get_method
 from e2urec.metrics import classification, scored_classification
@@ -72,7 +72,7 @@ def train_recommender(data, out, model: str = "tiny", split: str = "train", opti
     if model == "tiny":
         model = str(Path(out) / "base")
         if group.is_main_process:
-            build_tiny_t5([s.input for s in splits["train"]], model, tiny)
+            build_tiny_t5(template_texts(data), model, tiny)
         group.wait_for_everyone()
     report = train(model, splits[split], splits["valid"], out, config)
     if group.is_main_process:

@@ -16,7 +16,7 @@ from e2urec.bench.pool import single_threaded, worker_pool
 from e2urec.bench.report import git_commit, write_results
 from e2urec.bench.request_timing import time_requests
 from e2urec.bench.resumable import local_inputs, stage
-from e2urec.data import load_splits, prepare
+from e2urec.data import load_splits, prepare, template_texts
 from e2urec.data.canaries import real
 from e2urec.data.deletion import DeletionRequest, sample_key, select, split_users
 from e2urec.memory import keep_freed_memory
@@ -159,7 +159,7 @@ def setup(bench: Bench, out: Path, original: bool = True) -> Run:
         base = str(out / "base")
 
         def build(folder: Path) -> None:
-            build_tiny_t5([s.input for s in splits["train"]], folder, bench.tiny)
+            build_tiny_t5(template_texts(data), folder, bench.tiny)
 
         stage(base, asdict(bench.tiny), [data], build)
 

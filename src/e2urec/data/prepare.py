@@ -12,12 +12,15 @@ from pathlib import Path
 from e2urec import __version__
 from e2urec.data import sources
 from e2urec.data.canaries import real, unique
+from e2urec.data.prompt import KINDS, template_prompts
 from e2urec.data.protocol import Protocol, Splits, make_splits
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
 from e2urec.data.sampling import split_stats
 from e2urec.data.sources.engine import workspace
 
 SPLITS = ("train", "valid", "test", "retain", "forget")
+TITLES = "titles.json"
+MAX_TITLES = 20_000  # enough text for a tokenizer; GoodReads has 2.3M books
 # Written only when the protocol asks for them (`holdout`, `canaries`); read as empty otherwise.
 OPTIONAL = ("holdout", "canary_control")
 
@@ -39,6 +42,7 @@ def prepare(
     with workspace(out, memory_limit) as db:
         data = sources.load(dataset, raw, db=db, **loader_options)
         splits = make_splits(data, protocol)
+        titles = catalogue_titles(data.db)
     manifest = {
         "dataset": dataset,
         "raw": [str(p) for p in data.files],
@@ -61,11 +65,33 @@ def prepare(
         "canaries": len(unique(splits["train"])),
         "e2urec_version": __version__,
     }
-    write_splits(out, splits, manifest)
+    catalogue = {"kind": data.kind.noun, "history": protocol.history, "titles": titles}
+    write_splits(out, splits, manifest, catalogue)
     return manifest
 
 
-def write_splits(out: str | Path, splits: Splits, manifest: dict) -> None:
+def catalogue_titles(db) -> list[str]:
+    """Titles of the source's items, chosen by a hash of the item id: what the item catalogue
+    holds, whichever users rated what."""
+    query = (
+        "SELECT min(title) FROM interactions GROUP BY item "
+        f"ORDER BY md5(item), item LIMIT {MAX_TITLES}"
+    )
+    return [row[0] for row in db.execute(query).fetchall()]
+
+
+def template_texts(folder: str | Path) -> list[str]:
+    """The prepared data's template prompts over its catalogue titles (data/prompt.py)."""
+    path = Path(folder) / TITLES
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: missing (prepared by an older e2urec); prepare the data again"
+        )
+    catalogue = json.loads(path.read_text())
+    return template_prompts(catalogue["titles"], KINDS[catalogue["kind"]], catalogue["history"])
+
+
+def write_splits(out: str | Path, splits: Splits, manifest: dict, catalogue: dict) -> None:
     """Write into a temporary sibling folder, then swap it in: never a half-written `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +100,7 @@ def write_splits(out: str | Path, splits: Splits, manifest: dict) -> None:
         for name in SPLITS + OPTIONAL:
             if name in SPLITS or splits[name]:
                 write_jsonl(splits[name], tmp / f"{name}.jsonl")
+        (tmp / TITLES).write_text(json.dumps(catalogue) + "\n")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

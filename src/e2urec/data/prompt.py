@@ -70,3 +70,23 @@ def build_prompt(
     ]
     head = profile_sentence(profile)
     return "\n".join([head, *lines] if head else lines)
+
+
+KINDS = {kind.noun: kind for kind in (MOVIE, BOOK)}
+STAR_VALUES = (0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5)
+
+
+def template_prompts(titles: Sequence[str], kind: ItemKind, history: int) -> list[str]:
+    """The prompt template filled with catalogue titles and every star value: text with the
+    prompts' words that no user owns (the tiny backbone's tokenizer is trained on it, so that
+    the exact methods start from a vocabulary none of the forgotten users' data shaped)."""
+    out, step = [], history + 1
+    for offset in range(len(STAR_VALUES)):  # each title beside each star value once
+        for i in range(0, len(titles), step):
+            chunk = titles[i : i + step]
+            if len(chunk) < 2:
+                continue
+            stars_ = STAR_VALUES[offset:] + STAR_VALUES[:offset]
+            shown = [(title, stars_[j % len(stars_)]) for j, title in enumerate(chunk[:-1])]
+            out.append(build_prompt(shown, chunk[-1], kind=kind))
+    return out

@@ -47,6 +47,12 @@ class Task:
     base: str | None = None  # the backbone before recommendation tuning (for retraining)
     train_config: TrainConfig = field(default_factory=TrainConfig)
 
+    def retained_valid(self) -> list[Sample]:
+        """Valid samples of users with nothing in the forget set: what an exact method may
+        choose its epoch on (a forgotten user's later prompts show the forgotten ratings)."""
+        gone = {s.user for s in self.forget}
+        return [s for s in self.valid if s.user not in gone]
+
 
 @dataclass
 class Result:

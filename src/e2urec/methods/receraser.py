@@ -2,8 +2,8 @@
 
 Users (not samples) are dealt into `shards` shards balanced by sample count, so all of a user's
 data sits in one shard; each shard trains a model as in SISA. The shards' answers are combined by
-an attention over their last hidden states (model/ensemble.py), trained on the validation set
-with the shards frozen. A deletion request retrains the shards that held forgotten users and then
+an attention over their last hidden states (model/ensemble.py), trained on the retain set with
+the shards frozen. A deletion request retrains the shards that held forgotten users and then
 the attention; Result.seconds is that work alone. (RecEraser groups similar users by k-means on
 pretrained embeddings; here the grouping is a seeded random balanced one.)
 """
@@ -24,7 +24,8 @@ from e2urec.model.train import answer_loss, fit, shuffled_batches
 
 @dataclass
 class RecEraserConfig(SisaConfig):
-    """epochs / lr / batch_size train the attention on the validation set."""
+    """epochs / lr / batch_size train the attention on the retain set (the paper trains it on
+    training data; valid holds forgotten users' later prompts, which show their ratings)."""
 
     epochs: int = 1
     lr: float = 1e-3
@@ -67,7 +68,7 @@ class RecEraser(Sisa):
         fit(
             ensemble,
             lambda m, b: answer_loss(rec, m, b)[0],
-            lambda e: shuffled_batches(task.valid, c.batch_size, c.seed + e),
+            lambda e: shuffled_batches(task.retain, c.batch_size, c.seed + e),
             c.epochs,
             c.lr,
             desc="receraser attention",

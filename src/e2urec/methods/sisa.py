@@ -91,5 +91,5 @@ class Sisa(Method):
         epochs = self.config.shard_epochs or base.epochs
         config = replace(base, epochs=epochs, seed=base.seed + shard)
         out = task.out / f"shard_{shard}"
-        report = train(task.base, samples, task.valid, out, config)
+        report = train(task.base, samples, task.retained_valid(), out, config)
         return str(out), report["trainable_params"], report["epochs_run"]
