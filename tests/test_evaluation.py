@@ -9,6 +9,7 @@ from e2urec.bench.evaluation import EvalSets, evaluate, history_mean_scorer, sho
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.data.canaries import is_canary, unique
 from e2urec.data.sample import NO, YES, Sample
+from e2urec.maths import js_divergence
 from e2urec.metrics import (
     auc_ci,
     best_threshold,
@@ -204,3 +205,32 @@ def test_the_accuracy_cut_is_chosen_on_valid_and_applied_to_test(canary_splits):
     assert metrics["threshold"] == pytest.approx(0.7)
     negatives = np.mean([s.label == 0 for s in sets.test])
     assert 0 < negatives < 1 and metrics["test"]["acc"] == pytest.approx(negatives)
+
+
+def test_forget_distributions_are_written_and_read_a_block_at_a_time(tmp_path, monkeypatch):
+    import e2urec.bench.evaluation as evaluation
+    import e2urec.metrics as metrics
+
+    monkeypatch.setattr(evaluation, "CHUNK", 3)  # 8 samples: chunks of 3, 3 and 2
+    monkeypatch.setattr(metrics, "CHUNK", 3)
+    samples = [Sample("x", YES, str(i % 2), str(i), 5, i) for i in range(8)]
+    rng = np.random.default_rng(0)
+    dist = rng.dirichlet(np.ones(5), 8).astype(np.float32)
+    where = {id(s): i for i, s in enumerate(samples)}
+    calls = []
+
+    def scorer(chunk, full):
+        rows = [where[id(s)] for s in chunk]
+        calls.append(len(rows))
+        p = dist[rows, 0]
+        return {"p_yes": p, "loss": -np.log(p), "log_odds": np.log(p / (1 - p)), "dist": dist[rows]}
+
+    out = evaluation.forget_scores(scorer, samples, tmp_path / "d.npy")
+    assert calls == [3, 3, 2] and isinstance(out["dist"], evaluation.Rows)
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), dist)
+    np.testing.assert_array_equal(out["dist"][2:7], dist[2:7])
+    np.testing.assert_array_equal(out["p_yes"], dist[:, 0])
+    ref = rng.dirichlet(np.ones(5), 8)
+    whole = metrics.closeness(dist, ref, dist[:, 0], ref[:, 0])
+    assert metrics.closeness(out["dist"], ref, dist[:, 0], ref[:, 0]) == pytest.approx(whole)
+    assert whole["jsd"] == pytest.approx(float(np.mean(js_divergence(dist, ref))))

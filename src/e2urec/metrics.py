@@ -121,18 +121,34 @@ def forget_quality(log_odds: np.ndarray, ref_log_odds: np.ndarray) -> float:
     return float(stats.ks_2samp(log_odds, ref_log_odds).pvalue)
 
 
-def closeness(dist: np.ndarray, ref_dist: np.ndarray, p_yes: np.ndarray, ref_p_yes: np.ndarray):
+CHUNK = 256  # rows of two [N, V] distributions turned into float64 at a time
+
+
+def distances(dist: np.ndarray, ref_dist: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample jsd, sym_kl and l2 between two [N, V] distributions, a chunk of rows at a
+    time: memory-mapped inputs at the paper's scale (6,500 x 32,128) are never read whole, and
+    only one chunk is ever in float64."""
+    parts: dict[str, list] = {"jsd": [], "sym_kl": [], "l2": []}
+    for start in range(0, len(dist), CHUNK):
+        p, q = dist[start : start + CHUNK], ref_dist[start : start + CHUNK]
+        parts["jsd"].append(js_divergence(p, q))
+        parts["sym_kl"].append(symmetric_kl(p, q))
+        parts["l2"].append(l2_distance(p, q))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def closeness(dist, ref_dist, p_yes, ref_p_yes, per_sample: dict | None = None) -> dict:
     """Mean distances to the reference (Retrain) over samples, at the answer position.
 
     jsd: Jensen-Shannon divergence (base 2) over the vocabulary; sym_kl: what the paper's code
     reports as "JSD"; l2: between the probability vectors; jsd_yes_no: JSD over (Yes, No).
+    `per_sample`: `distances(dist, ref_dist)` when the caller has it already.
     """
+    per_sample = per_sample or distances(dist, ref_dist)
     pair = np.stack([p_yes, 1 - p_yes], axis=1)
     ref_pair = np.stack([ref_p_yes, 1 - ref_p_yes], axis=1)
     return {
-        "jsd": float(js_divergence(dist, ref_dist).mean()),
-        "sym_kl": float(symmetric_kl(dist, ref_dist).mean()),
-        "l2": float(l2_distance(dist, ref_dist).mean()),
+        **{k: float(v.mean()) for k, v in per_sample.items()},
         "jsd_yes_no": float(js_divergence(pair, ref_pair).mean()),
     }
 

@@ -16,27 +16,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from e2urec import mia
-from e2urec.bench.resumable import local_inputs, stage
 from e2urec.data.canaries import real, unique
 from e2urec.data.deletion import shown_ratings
 from e2urec.data.sample import YES, Sample
-from e2urec.maths import js_divergence
 from e2urec.metrics import (
     auc_ci,
     best_threshold,
-    closeness,
     exposure,
-    forget_quality,
-    jsd_verdict,
     scored_classification,
 )
-from e2urec.mia import privleak
 from e2urec.model import loader, score
 
 if TYPE_CHECKING:
-    from e2urec.bench.config import Bench
+    pass
 
 Scorer = Callable[[list[Sample], bool], dict]
+# Forgotten samples scored at a time with their distributions: the demo's fit in one chunk (so
+# its batches are the ones a single call forms), the paper's 6,500 take 0.13 GB a chunk.
+CHUNK = 1024
 _STARS = re.compile(r"\((\d+(?:\.\d+)?) stars?\)$")
 
 
@@ -96,13 +93,15 @@ def history_mean_scorer(samples: list[Sample], full: bool = False) -> dict:
     return {"p_yes": p, "loss": loss, "log_odds": np.log(p) - np.log1p(-p)}
 
 
-def evaluate(scorer: Scorer, sets: EvalSets, seed: int = 0) -> tuple[dict, dict]:
+def evaluate(
+    scorer: Scorer, sets: EvalSets, seed: int = 0, dist_path: Path | None = None
+) -> tuple[dict, dict]:
     """Metrics of one model, and its scores on `sets.forget` (with the vocabulary
-    distribution, for closeness to Retrain)."""
+    distribution, for closeness to Retrain, streamed into `dist_path` when given)."""
     valid = scorer(sets.valid, False)
     cut = best_threshold(_labels(sets.valid), valid["p_yes"])
     test = scorer(sets.test, False)
-    forget = scorer(sets.forget, True)
+    forget = forget_scores(scorer, sets.forget, dist_path)
     members, nonmembers, unseen = (
         mia.sample_features(s, scorer(s, False))
         for s in (sets.members, sets.nonmembers, sets.unseen)
@@ -147,59 +146,64 @@ def _planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
     return np.where([s.output == YES for s in canaries], log_odds, -log_odds)
 
 
-def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=None) -> None:
-    """Every model and the no-training rule on the same sets; then, against Retrain: closeness
-    on the forget set with paired bootstrap intervals and verdicts, and PrivLeak. With `cache`
-    (a folder), each model's evaluation is a resumable stage there."""
-    dists = {}
-    for name, model in models.items():
-        metrics, dists[name] = evaluate_row(model, sets, bench, cache and Path(cache) / name)
-        rows[name].update(metrics)
-    if "original" in models:  # a full run (not a sequential step): the reference rule too
-        rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
-        rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
-    ref = dists.get("retrain")
-    per_sample = {}
-    for name, row in rows.items():
-        if ref is None or name not in dists:
-            row.update(dict.fromkeys(NEEDS_RETRAIN))
-            continue
-        f = dists[name]
-        row.update(closeness(f["dist"], ref["dist"], f["p_yes"], ref["p_yes"]))
-        row["forget_quality"] = forget_quality(f["log_odds"], ref["log_odds"])
-        per_sample[name] = js_divergence(f["dist"], ref["dist"])
-        row["privleak"] = privleak(row["mia_auc"], rows["retrain"]["mia_auc"])
-    if {"original", "retrain_b"} <= per_sample.keys():
-        users, original, floor = (
-            _users(sets.forget),
-            per_sample["original"],
-            per_sample["retrain_b"],
-        )
-        for name, jsd in per_sample.items():
-            rows[name].update(jsd_verdict(jsd, original, floor, users, bench.mia_seed))
+def forget_scores(scorer: Scorer, samples: list[Sample], dist_path: Path | None) -> dict:
+    """Scores of the forgotten samples; with `dist_path`, their vocabulary distributions go
+    into that .npy a chunk of samples at a time and come back as `Rows` read from it a block
+    at a time: at the paper's scale one row's [N, V] is 0.8 GB, and a bench has eleven rows."""
+    if dist_path is None or not samples:
+        return scorer(samples, True)
+    parts, fh = [], None
+    try:
+        for start in range(0, len(samples), CHUNK):
+            out = scorer(samples[start : start + CHUNK], True)
+            if "dist" in out:
+                dist = np.ascontiguousarray(out.pop("dist"), "<f4")
+                if fh is None:
+                    fh = open(dist_path, "wb")  # noqa: SIM115 (closed below)
+                    header = {"descr": "<f4", "fortran_order": False}
+                    shape = (len(samples), dist.shape[1])
+                    np.lib.format.write_array_header_1_0(fh, {**header, "shape": shape})
+                fh.write(dist.tobytes())
+            parts.append(out)
+    finally:
+        if fh is not None:
+            fh.close()
+    scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if fh is not None:
+        scores["dist"] = Rows(dist_path)
+    return scores
 
 
-NEEDS_RETRAIN = ("jsd", "sym_kl", "l2", "jsd_yes_no", "forget_quality", "privleak")
-FORGET = "forget_scores.npz"
+class Rows:
+    """A 2-D .npy read a block of rows at a time by `rows[a:b]`. Not a memory map: the pages of
+    a map count in the process's resident memory until the kernel drops them, so reading
+    eleven 0.8 GB rows through maps shows as 9 GB."""
 
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version != (1, 0):
+                raise ValueError(f"{self.path}: .npy version {version}, expected 1.0")
+            shape, fortran, self.dtype = np.lib.format.read_array_header_1_0(fh)
+            self.offset = fh.tell()
+        if len(shape) != 2 or fortran:
+            raise ValueError(f"{self.path}: expected a C-ordered 2-D array, got shape {shape}")
+        self.shape = shape
 
-def evaluate_row(model: str, sets: EvalSets, bench: Bench, folder: Path | None):
-    """(metrics, forget scores) of one model; with `folder`, a resumable stage that keeps
-    the forget scores beside its marker."""
-    if folder is None:
-        return evaluate(model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed)
+    def __len__(self) -> int:
+        return self.shape[0]
 
-    def work(out: Path) -> dict:  # loads the model only when the stage must run
-        metrics, forget = evaluate(model_scorer(model, bench.eval_batch_size), sets, bench.mia_seed)
-        np.savez(out / FORGET, **forget)
-        return metrics
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("Rows reads contiguous blocks only")
+        width = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * width)
+            data = fh.read(max(0, stop - start) * width)
+        return np.frombuffer(data, self.dtype).reshape(-1, self.shape[1])
 
-    # "ranks": an evaluation kept from before AUCs ranked by log-odds is not reused.
-    settings = {
-        "mia_seed": bench.mia_seed,
-        "eval_batch_size": bench.eval_batch_size,
-        "ranks": "log_odds",
-    }
-    data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
-    metrics = stage(folder, settings, [data, *local_inputs(model)], work)
-    return metrics, dict(np.load(folder / FORGET))
+    def __array__(self, dtype=None, copy=None):  # np.asarray(rows): the whole array
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)

@@ -9,13 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from e2urec.bench.config import Bench, jsonable, method_rows, seeded
-from e2urec.bench.evaluation import EvalSets, evaluate_all, evaluate_row
+from e2urec.bench.evaluation import EvalSets
 from e2urec.bench.over_seeds import aggregate, ci95, over_seeds, paired_over_seeds
 from e2urec.bench.plots import plot_results, plot_sequential
 from e2urec.bench.pool import single_threaded, worker_pool
 from e2urec.bench.report import git_commit, write_results
 from e2urec.bench.request_timing import time_requests
 from e2urec.bench.resumable import local_inputs, stage
+from e2urec.bench.row_evaluation import evaluate_all, evaluate_row
 from e2urec.data import load_splits, prepare, template_texts
 from e2urec.data.canaries import real
 from e2urec.data.deletion import DeletionRequest, sample_key, select, split_users

@@ -1,0 +1,95 @@
+"""Every row of a bench evaluated on the same sets, then against Retrain: closeness on the
+forgotten samples (streamed from each row's distributions on disk), intervals and verdicts,
+forget quality and PrivLeak."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from e2urec.bench.evaluation import EvalSets, Rows, evaluate, history_mean_scorer, model_scorer
+from e2urec.bench.resumable import local_inputs, stage
+from e2urec.metrics import closeness, distances, forget_quality, jsd_verdict
+from e2urec.mia import privleak
+
+if TYPE_CHECKING:
+    from e2urec.bench.config import Bench
+
+NEEDS_RETRAIN = ("jsd", "sym_kl", "l2", "jsd_yes_no", "forget_quality", "privleak")
+FORGET = "forget_scores.npz"
+FORGET_DIST = "forget_dist.npy"
+
+
+def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=None) -> None:
+    """Every model and the no-training rule on the same sets; then, against Retrain: closeness
+    on the forget set with intervals and verdicts, forget quality and PrivLeak. With `cache`
+    (a folder), each model's evaluation is a resumable stage there; without, the rows'
+    distributions wait in a temporary folder."""
+    with contextlib.ExitStack() as stack:
+        root = Path(cache) if cache else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        dists = {}
+        for name, model in models.items():
+            folder = root / name
+            metrics, dists[name] = evaluate_row(model, sets, bench, folder, resumable=bool(cache))
+            rows[name].update(metrics)
+        if "original" in models:  # a full run (not a sequential step): the reference rule too
+            rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
+            rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
+        against_retrain(rows, dists, [s.user for s in sets.forget], bench.mia_seed)
+
+
+def against_retrain(rows: dict, dists: dict, users: list[str], seed: int) -> None:
+    """Each row's closeness to Retrain's forget scores, one row's distributions at a time."""
+    ref = dists.get("retrain")
+    per_sample = {}
+    for name, row in rows.items():
+        if ref is None or name not in dists:
+            row.update(dict.fromkeys(NEEDS_RETRAIN))
+            continue
+        f = dists[name]
+        d = distances(f["dist"], ref["dist"])
+        row.update(closeness(f["dist"], ref["dist"], f["p_yes"], ref["p_yes"], per_sample=d))
+        row["forget_quality"] = forget_quality(f["log_odds"], ref["log_odds"])
+        row["privleak"] = privleak(row["mia_auc"], rows["retrain"]["mia_auc"])
+        per_sample[name] = d["jsd"]
+    if {"original", "retrain_b"} <= per_sample.keys():
+        original, floor = per_sample["original"], per_sample["retrain_b"]
+        for name, jsd in per_sample.items():
+            rows[name].update(jsd_verdict(jsd, original, floor, users, seed))
+
+
+def evaluate_row(model: str, sets: EvalSets, bench: Bench, folder: Path, resumable=True):
+    """(metrics, forget scores) of one model, the scores kept in `folder` (the distributions
+    read from there a block at a time); `resumable`: a stage there, reused when its inputs are unchanged."""
+
+    def work(out: Path) -> dict:  # loads the model only when the stage must run
+        scorer = model_scorer(model, bench.eval_batch_size)
+        metrics, forget = evaluate(scorer, sets, bench.mia_seed, out / FORGET_DIST)
+        np.savez(out / FORGET, **{k: v for k, v in forget.items() if k != "dist"})
+        return metrics
+
+    if not resumable:
+        folder.mkdir(parents=True)
+        return work(folder), read_forget(folder)
+    # "ranks", "forget_dist": evaluations kept from before AUCs ranked by log-odds and the
+    # distributions went to their own file are not reused.
+    settings = {
+        "mia_seed": bench.mia_seed,
+        "eval_batch_size": bench.eval_batch_size,
+        "ranks": "log_odds",
+        "forget_dist": FORGET_DIST,
+    }
+    data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
+    metrics = stage(folder, settings, [data, *local_inputs(model)], work)
+    return metrics, read_forget(folder)
+
+
+def read_forget(folder: Path) -> dict:
+    scores = dict(np.load(folder / FORGET))
+    if (folder / FORGET_DIST).exists():
+        scores["dist"] = Rows(folder / FORGET_DIST)
+    return scores
