@@ -12,6 +12,9 @@ samples training reads: all of forget, and the retain samples of the epochs that
 terms). aug_mode "full" tunes every weight of the augmented model, as the paper's code does
 (lr 5e-5, e.g. `aug_lr: 0.00005`); that needs a second copy of the weights while the
 teachers are computed, freed before the student trains.
+
+`target` (methods/teacher.py): what is distilled, by default the whole vocabulary at every
+answer row, as their code does.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from e2urec.config import check_lora
 from e2urec.maths import forgetting_teacher
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import BUDGET_MB, Teacher
+from e2urec.methods.teacher import BUDGET_MB, Teacher, check_target, exactness
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora, lora_config
 from e2urec.model.scoring import forward, lengths
@@ -47,6 +50,7 @@ class E2URecConfig(MethodConfig):
     aug_mode: str = "lora"  # how the augmented model is tuned: "lora" or "full" (paper's code)
     aug_epochs: int = 1
     aug_lr: float = 5e-4
+    target: str = "vocabulary"  # or "yes_no": the (No, Yes) logits at the first answer token
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,6 +65,7 @@ class E2URecConfig(MethodConfig):
             raise ValueError("forget_epochs must be between 0 and epochs")
         if self.aug_epochs < 1 or self.aug_lr <= 0:
             raise ValueError("aug_epochs must be at least 1 and aug_lr positive")
+        check_target(self.target)
 
 
 class E2URec(LossMethod):
@@ -100,9 +105,9 @@ class E2URec(LossMethod):
         _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
         # The adapters change below, so these outputs are cached (no fallback), in half of
         # BUDGET_MB each.
-        half = BUDGET_MB / 2
-        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=half)
-        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=half)
+        args = {"cache_mb": BUDGET_MB / 2, "target": c.target}
+        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), **args)
+        self.remember = Teacher(rec, original, task.retain, retain_idx, **args)
         if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
             self.net.add_adapter("default", lora_config(rec.model, *shape))
             self.net.set_adapter("default")
@@ -113,7 +118,7 @@ class E2URec(LossMethod):
             "orig_forget_loss": losses["orig"] / rows,
             "teacher_samples": {"forget": len(task.forget), "retain": len(retain_idx)},
             "teacher_entries": self.forget.entries() + self.remember.entries(),
-            "inexact_rows": self.forget.inexact_rows + self.remember.inexact_rows,
+            **exactness(self.forget, self.remember),
         }
 
     def _tune(self, task: Task, rec: backbone.Recommender, model) -> None:
@@ -145,8 +150,8 @@ class E2URec(LossMethod):
 
     def _retain_term(self, model, batch: Pair) -> torch.Tensor:
         ce, out = answer_loss(self.rec, model, batch.retain)
-        return ce + self.remember.kl(batch.retain_idx, out.logits).mean()
+        return ce + self.remember.kl(batch.retain_idx, out).mean()
 
     def _forget_kl(self, model, batch: Pair) -> torch.Tensor:
         _, out = answer_loss(self.rec, model, batch.forget)
-        return self.forget.kl(batch.forget_idx, out.logits).mean()
+        return self.forget.kl(batch.forget_idx, out).mean()
