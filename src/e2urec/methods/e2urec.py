@@ -13,8 +13,10 @@ terms). aug_mode "full" tunes every weight of the augmented model, as the paper'
 (lr 5e-5, e.g. `aug_lr: 0.00005`); that needs a second copy of the weights while the
 teachers are computed, freed before the student trains.
 
-`target` (methods/teacher.py): what is distilled, by default the whole vocabulary at every
-answer row, as their code does.
+The paper's script counts steps, not epochs: `steps` (the student: 1,000, the first 812 of
+them the forget-only epoch) and `aug_steps` (the augmented model: 1,200) are counted on ML-1M's
+forget set and scaled to another's size (methods/base.py). `target` (methods/teacher.py): what
+is distilled, by default the whole vocabulary at every answer row, as their code does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from e2urec.config import check_lora
 from e2urec.maths import forgetting_teacher
-from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
+from e2urec.methods.base import LossMethod, Pair, StepsConfig, Task, scaled_steps, step_limited
 from e2urec.methods.teacher import BUDGET_MB, Teacher, check_target, exactness
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora, lora_config
@@ -38,7 +40,7 @@ AUGMENTED = "augmented"
 
 
 @dataclass
-class E2URecConfig(MethodConfig):
+class E2URecConfig(StepsConfig):
     epochs: int = 3
     lr: float = 5e-4
     alpha: float = 2.0  # strength of the push away from what the forget data taught
@@ -50,6 +52,7 @@ class E2URecConfig(MethodConfig):
     aug_mode: str = "lora"  # how the augmented model is tuned: "lora" or "full" (paper's code)
     aug_epochs: int = 1
     aug_lr: float = 5e-4
+    aug_steps: int = 0  # > 0: the augmented model's optimizer steps (scaled), not aug_epochs
     target: str = "vocabulary"  # or "yes_no": the (No, Yes) logits at the first answer token
 
     def __post_init__(self):
@@ -65,6 +68,8 @@ class E2URecConfig(MethodConfig):
             raise ValueError("forget_epochs must be between 0 and epochs")
         if self.aug_epochs < 1 or self.aug_lr <= 0:
             raise ValueError("aug_epochs must be at least 1 and aug_lr positive")
+        if self.aug_steps < 0:
+            raise ValueError(f"aug_steps must be >= 0 (0: aug_epochs), got {self.aug_steps}")
         check_target(self.target)
 
 
@@ -102,7 +107,7 @@ class E2URec(LossMethod):
 
         # Only the epochs with the retain term read the remembering teacher: with the tuned
         # setting (one forget-only epoch) it is never computed.
-        _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
+        _, retain_idx = self.drawn(task, range(c.forget_epochs, self.schedule(task)[0]))
         # The adapters change below, so these outputs are cached (no fallback), in half of
         # BUDGET_MB each.
         args = {"cache_mb": BUDGET_MB / 2, "target": c.target}
@@ -125,11 +130,18 @@ class E2URec(LossMethod):
         """The original tuned further on the forget set: it shows what that data teaches."""
         c = self.config
         sizes = lengths(rec, task.forget)
+
+        def batches(epoch):
+            return shuffled_batches(task.forget, c.batch_size, c.seed + 1000 + epoch, sizes)
+
+        epochs = c.aug_epochs
+        if c.aug_steps:
+            epochs, batches = step_limited(batches, scaled_steps(c.aug_steps, len(task.forget)))
         fit(
             model,
             lambda m, b: answer_loss(rec, m, b)[0],
-            lambda e: shuffled_batches(task.forget, c.batch_size, c.seed + 1000 + e, sizes),
-            c.aug_epochs,
+            batches,
+            epochs,
             c.aug_lr,
             desc="e2urec augmented",
         )
