@@ -211,9 +211,9 @@ class Teacher:
         """Entries kept over all cached rows (each BYTES_PER_ENTRY bytes)."""
         return sum(c.ids.numel() for c in (self.cache or {}).values())
 
-    def recompute(self, outputs: Callable[[dict], torch.Tensor]) -> int:
-        """Compute the samples whose cached rows were coarsened with `outputs` (a frozen copy of
-        the teacher) at each use from now on, so that their KL is exact."""
+    def recompute(self, outputs: Callable[[dict], torch.Tensor]) -> None:
+        """From now on, compute the samples with coarsened cached rows exactly at each use, with
+        `outputs` (a frozen copy of the teacher): their KL is then exact, not a lower bound."""
         self.outputs = outputs
         for i, c in list((self.cache or {}).items()):
             if (c.rest > LOG_TAIL).any():
