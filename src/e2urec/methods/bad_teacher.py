@@ -3,8 +3,11 @@
 The student (full tuning of the original) matches the original on retain samples and a randomly
 initialised model of the same architecture on forget samples: KL(teacher || student) over the
 rows of both halves of each paired batch, at `temperature` (no T^2 factor, as in their code).
-Their teachers are classifiers, so the KL is over the two classes: the (No, Yes) logits at each
-sample's first answer token, where the recommender's answer is read.
+Their teachers are classifiers, so the KL is, by default (`target` "yes_no"), over the two
+classes: the (No, Yes) logits at each sample's first answer token, where the recommender's
+answer is read. `target` "vocabulary" distils the whole vocabulary at every answer row instead,
+from cached teachers (methods/teacher.py); the report's `inexact_rows` counts their coarsened
+rows, `recomputed_rows` those computed exactly instead (a teacher with weights of its own).
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ import torch
 
 from e2urec.maths import kl_div
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
+from e2urec.methods.teacher import (
+    BUDGET_MB,
+    Teacher,
+    check_target,
+    exactness,
+    fits,
+    model_outputs,
+)
 from e2urec.model import backbone
 from e2urec.model.scoring import by_length, encode, forward
 from e2urec.model.train import answer_loss
@@ -26,9 +37,11 @@ class BadTeacherConfig(MethodConfig):
     epochs: int = 1
     lr: float = 1e-4
     temperature: float = 1.0
+    target: str = "yes_no"  # or "vocabulary": the whole vocabulary at every answer row
 
     def __post_init__(self):
         super().__post_init__()
+        check_target(self.target)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
@@ -42,13 +55,27 @@ class BadTeacher(LossMethod):
         forget_idx, retain_idx = self.drawn(task, range(self.config.epochs))
         # Built, not loaded: placed beside the original so its logits are not computed on a CPU.
         incompetent = backbone.to_device(type(rec.model)(copy.deepcopy(rec.model.config)))
+        if self.config.target == "vocabulary":
+            return self._vocabulary_teachers(task, rec, incompetent, forget_idx, retain_idx)
         self.good = class_logits(rec, rec.model, task.retain, retain_idx)
         self.bad = class_logits(rec, incompetent, task.forget, forget_idx)
         return {}
 
+    def _vocabulary_teachers(self, task, rec, incompetent, forget_idx, retain_idx) -> dict:
+        t, half = self.config.temperature, BUDGET_MB / 2
+        shared = fits(len(retain_idx), half)  # else the original needs a copy that stays put
+        good = model_outputs(rec, rec.model if shared else copy.deepcopy(rec.model))
+        self.good = Teacher(rec, good, task.retain, retain_idx, t, half, fallback=not shared)
+        bad = model_outputs(rec, incompetent)
+        self.bad = Teacher(rec, bad, task.forget, forget_idx, t, half, fallback=True)
+        return exactness(self.good, self.bad)
+
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         _, retain = answer_loss(self.rec, model, batch.retain)
         _, forget = answer_loss(self.rec, model, batch.forget)
+        if self.config.target == "vocabulary":
+            rows = [self.good.kl(batch.retain_idx, retain), self.bad.kl(batch.forget_idx, forget)]
+            return torch.cat(rows).mean()
         device = retain.logits.device
         teacher = torch.stack(
             [self.good[i] for i in batch.retain_idx] + [self.bad[i] for i in batch.forget_idx]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -33,6 +33,41 @@ class MethodConfig:
 
     def __post_init__(self):
         check_training(self.epochs, self.lr, self.batch_size)
+
+
+# Forget samples of the paper's ML-1M split (data_preprocess/split_ml-1m.ipynb in its code): the
+# set its scripts count optimizer steps on. `steps` are scaled from it to another forget set.
+ML1M_FORGET = 12_982
+
+
+@dataclass
+class StepsConfig(MethodConfig):
+    """A loss method whose paper's scripts count optimizer steps: `steps` > 0 trains that many
+    (at ML1M_FORGET forget samples; scaled by the forget set's size) instead of `epochs`."""
+
+    steps: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0: train `epochs` epochs), got {self.steps}")
+
+
+def scaled_steps(steps: int, forget_size: int) -> int:
+    """`steps` as counted on ML-1M's forget set, for a forget set of `forget_size` samples: the
+    same passes over the forget set at the same batch size."""
+    return max(1, round(steps * forget_size / ML1M_FORGET))
+
+
+def step_limited(epoch_batches: Callable[[int], list], steps: int) -> tuple[int, Callable]:
+    """(epochs, epoch_batches) that make exactly `steps` optimizer steps: whole epochs, then the
+    first batches of one more, as a script that saves its checkpoint at a step count does."""
+    sizes: list[int] = []
+    while sum(sizes) < steps:
+        sizes.append(len(epoch_batches(len(sizes))))
+        if not sizes[-1]:
+            raise ValueError("an epoch without batches: cannot reach the step count")
+    return len(sizes), lambda epoch: epoch_batches(epoch)[: steps - sum(sizes[:epoch])]
 
 
 @dataclass
@@ -185,14 +220,8 @@ class LossMethod(Method):
         net = self.student(self.rec)
         net = backbone.to_device(net)
         cfg = self.config
-        fit(
-            net,
-            lambda m, b: self.loss(m, b, self._epoch),
-            self._batches(task),
-            cfg.epochs,
-            cfg.lr,
-            desc=self.name,
-        )
+        epochs, batches = self.schedule(task)
+        fit(net, lambda m, b: self.loss(m, b, self._epoch), batches, epochs, cfg.lr, desc=self.name)
         backbone.save(
             self.rec,
             net,
@@ -202,6 +231,14 @@ class LossMethod(Method):
             config=asdict(cfg),
         )
         return str(task.out), backbone.count_parameters(net), info
+
+    def schedule(self, task: Task) -> tuple[int, Callable[[int], list[Pair]]]:
+        """(epochs, each epoch's batches) the student trains on: `epochs` whole epochs, or with
+        `steps`, as many batches as that many optimizer steps (scaled to the forget set)."""
+        steps = self.config.steps if isinstance(self.config, StepsConfig) else 0
+        if not steps:
+            return self.config.epochs, self._batches(task)
+        return step_limited(self._batches(task), scaled_steps(steps, len(task.forget)))
 
     def batches(self, task: Task, epoch: int) -> list[Pair]:
         """One epoch's batches: by default a pass over forget, each batch paired with retain."""

@@ -12,6 +12,11 @@ samples training reads: all of forget, and the retain samples of the epochs that
 terms). aug_mode "full" tunes every weight of the augmented model, as the paper's code does
 (lr 5e-5, e.g. `aug_lr: 0.00005`); that needs a second copy of the weights while the
 teachers are computed, freed before the student trains.
+
+The paper's script counts steps, not epochs: `steps` (the student: 1,000, the first 812 of
+them the forget-only epoch) and `aug_steps` (the augmented model: 1,200) are counted on ML-1M's
+forget set and scaled to another's size (methods/base.py). `target` (methods/teacher.py): what
+is distilled, by default the whole vocabulary at every answer row, as their code does.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import torch.nn.functional as F
 
 from e2urec.config import check_lora
 from e2urec.maths import forgetting_teacher
-from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import BUDGET_MB, Teacher
+from e2urec.methods.base import LossMethod, Pair, StepsConfig, Task, scaled_steps, step_limited
+from e2urec.methods.teacher import BUDGET_MB, Teacher, check_target, exactness
 from e2urec.model import backbone
 from e2urec.model.lora import add_lora, lora_config
 from e2urec.model.scoring import forward, lengths
@@ -35,7 +40,7 @@ AUGMENTED = "augmented"
 
 
 @dataclass
-class E2URecConfig(MethodConfig):
+class E2URecConfig(StepsConfig):
     epochs: int = 3
     lr: float = 5e-4
     alpha: float = 2.0  # strength of the push away from what the forget data taught
@@ -47,6 +52,8 @@ class E2URecConfig(MethodConfig):
     aug_mode: str = "lora"  # how the augmented model is tuned: "lora" or "full" (paper's code)
     aug_epochs: int = 1
     aug_lr: float = 5e-4
+    aug_steps: int = 0  # > 0: the augmented model's optimizer steps (scaled), not aug_epochs
+    target: str = "vocabulary"  # or "yes_no": the (No, Yes) logits at the first answer token
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,6 +68,9 @@ class E2URecConfig(MethodConfig):
             raise ValueError("forget_epochs must be between 0 and epochs")
         if self.aug_epochs < 1 or self.aug_lr <= 0:
             raise ValueError("aug_epochs must be at least 1 and aug_lr positive")
+        if self.aug_steps < 0:
+            raise ValueError(f"aug_steps must be >= 0 (0: aug_epochs), got {self.aug_steps}")
+        check_target(self.target)
 
 
 class E2URec(LossMethod):
@@ -97,12 +107,12 @@ class E2URec(LossMethod):
 
         # Only the epochs with the retain term read the remembering teacher: with the tuned
         # setting (one forget-only epoch) it is never computed.
-        _, retain_idx = self.drawn(task, range(c.forget_epochs, c.epochs))
+        _, retain_idx = self.drawn(task, range(c.forget_epochs, self.schedule(task)[0]))
         # The adapters change below, so these outputs are cached (no fallback), in half of
         # BUDGET_MB each.
-        half = BUDGET_MB / 2
-        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), cache_mb=half)
-        self.remember = Teacher(rec, original, task.retain, retain_idx, cache_mb=half)
+        args = {"cache_mb": BUDGET_MB / 2, "target": c.target}
+        self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), **args)
+        self.remember = Teacher(rec, original, task.retain, retain_idx, **args)
         if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
             self.net.add_adapter("default", lora_config(rec.model, *shape))
             self.net.set_adapter("default")
@@ -113,18 +123,25 @@ class E2URec(LossMethod):
             "orig_forget_loss": losses["orig"] / rows,
             "teacher_samples": {"forget": len(task.forget), "retain": len(retain_idx)},
             "teacher_entries": self.forget.entries() + self.remember.entries(),
-            "inexact_rows": self.forget.inexact_rows + self.remember.inexact_rows,
+            **exactness(self.forget, self.remember),
         }
 
     def _tune(self, task: Task, rec: backbone.Recommender, model) -> None:
         """The original tuned further on the forget set: it shows what that data teaches."""
         c = self.config
         sizes = lengths(rec, task.forget)
+
+        def batches(epoch):
+            return shuffled_batches(task.forget, c.batch_size, c.seed + 1000 + epoch, sizes)
+
+        epochs = c.aug_epochs
+        if c.aug_steps:
+            epochs, batches = step_limited(batches, scaled_steps(c.aug_steps, len(task.forget)))
         fit(
             model,
             lambda m, b: answer_loss(rec, m, b)[0],
-            lambda e: shuffled_batches(task.forget, c.batch_size, c.seed + 1000 + e, sizes),
-            c.aug_epochs,
+            batches,
+            epochs,
             c.aug_lr,
             desc="e2urec augmented",
         )
@@ -145,8 +162,8 @@ class E2URec(LossMethod):
 
     def _retain_term(self, model, batch: Pair) -> torch.Tensor:
         ce, out = answer_loss(self.rec, model, batch.retain)
-        return ce + self.remember.kl(batch.retain_idx, out.logits).mean()
+        return ce + self.remember.kl(batch.retain_idx, out).mean()
 
     def _forget_kl(self, model, batch: Pair) -> torch.Tensor:
         _, out = answer_loss(self.rec, model, batch.forget)
-        return self.forget.kl(batch.forget_idx, out.logits).mean()
+        return self.forget.kl(batch.forget_idx, out).mean()

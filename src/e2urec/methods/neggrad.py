@@ -1,7 +1,8 @@
 """NegGrad (gradient ascent on forget, descent on retain), as the E2URec paper's code runs it.
 
 Full tuning of the original; loss = CE(retain) - weight * CE(forget) on paired batches. Defaults
-from the paper's script: lr 5e-5, batch 16, weight 0.2.
+from the paper's script: lr 5e-5, batch 16, weight 0.2; its checkpoint is the one after 3,000
+paired steps (`steps`, about 3.7 epochs of ML-1M's forget set: the paper preset).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from e2urec.methods.base import LossMethod, MethodConfig, Pair
+from e2urec.methods.base import LossMethod, Pair, StepsConfig
 from e2urec.model.train import answer_loss
 
 
 @dataclass
-class NegGradConfig(MethodConfig):
+class NegGradConfig(StepsConfig):
     lr: float = 5e-5
     weight: float = 0.2  # of the ascent on the forget set
 

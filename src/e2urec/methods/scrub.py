@@ -5,7 +5,14 @@ Full tuning of the original. Each epoch is a max pass over the forget set (only 
 `msteps` epochs): minimise -KL(original || student); then a min pass over the retain set:
 ce_weight * CE + kl_weight * KL(original || student). KLs at `temperature`, times T^2 as their
 DistillKL. Defaults from their code (gamma 0.99, alpha 0.001, kd_T 4, msteps 2, 3 epochs) with
-the paper's fine-tuning lr for AdamW.
+the paper's fine-tuning lr for AdamW. `target` (methods/teacher.py): what is distilled, by
+default the whole vocabulary at every answer row.
+
+The teachers' outputs are cached, coarsened where the budget is short (methods/teacher.py). A
+coarsened KL is below the exact one, and the max step would climb that bound (at scale up to
+66% of a row's mass in the leftover bucket), so the forget teacher's coarsened samples are
+computed exactly at each use by a frozen copy of the original; the report's `inexact_rows`
+counts both teachers' coarsened rows, `recomputed_rows` those the max step computes exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
-from e2urec.methods.teacher import Teacher, fits, model_outputs
+from e2urec.methods.teacher import Teacher, check_target, exactness, fits, model_outputs
 from e2urec.model import backbone
 from e2urec.model.train import answer_loss
 
@@ -31,9 +38,11 @@ class ScrubConfig(MethodConfig):
     kl_weight: float = 0.001  # SCRUB's alpha
     temperature: float = 4.0
     cache_mb: float = 2048  # per teacher: memory for its compact outputs (methods/teacher.py)
+    target: str = "vocabulary"  # or "yes_no": the (No, Yes) logits at the first answer token
 
     def __post_init__(self):
         super().__post_init__()
+        check_target(self.target)
         if not 0 <= self.msteps <= self.epochs:
             raise ValueError(f"msteps must be between 0 and epochs, got {self.msteps}")
         if self.temperature <= 0:
@@ -53,9 +62,14 @@ class Scrub(LossMethod):
         shared = fits(len(forget_idx) + len(retain_idx), c.cache_mb)
         original = model_outputs(rec, rec.model if shared else copy.deepcopy(rec.model))
         args = {"temperature": c.temperature, "cache_mb": c.cache_mb, "fallback": not shared}
+        args["target"] = c.target
         self.on_forget = Teacher(rec, original, task.forget, forget_idx, **args)
         self.on_retain = Teacher(rec, original, task.retain, retain_idx, **args)
-        return {"teachers_cached": self.on_forget.cached and self.on_retain.cached}
+        if self.on_forget.cached and self.on_forget.inexact_rows:
+            # A copy now, before the student moves: still the original.
+            self.on_forget.recompute(model_outputs(rec, copy.deepcopy(rec.model)))
+        teachers = (self.on_forget, self.on_retain)
+        return {"teachers_cached": all(t.cached for t in teachers), **exactness(*teachers)}
 
     def batches(self, task: Task, epoch: int) -> list[Pair]:
         """Forget-only batches (max steps) in the first msteps epochs, then retain-only ones."""
@@ -73,8 +87,8 @@ class Scrub(LossMethod):
         c = self.config
         if batch.forget:
             _, out = answer_loss(self.rec, model, batch.forget)
-            kl = self.on_forget.kl(batch.forget_idx, out.logits).mean()
+            kl = self.on_forget.kl(batch.forget_idx, out).mean()
             return -(c.temperature**2) * kl
         ce, out = answer_loss(self.rec, model, batch.retain)
-        kl = c.temperature**2 * self.on_retain.kl(batch.retain_idx, out.logits).mean()
+        kl = c.temperature**2 * self.on_retain.kl(batch.retain_idx, out).mean()
         return c.ce_weight * ce + c.kl_weight * kl

@@ -15,10 +15,15 @@ Size at the paper's scale: 100,000 samples x 60% = 60,000 train samples, 3 answe
 all of retain), a 2,048 MB budget gives each row 2,048 MiB / (180,000 x 8 B) = 1,491 entries:
 the cache stays within 2 GB by construction. Full float32 rows of T5's 32,128-token
 vocabulary would take 180,000 x 32,128 x 4 B = 23 GB.
+
+What is distilled (a method's `target`): "vocabulary", the whole vocabulary at every answer row
+("Yes"/"No", ".", end), or "yes_no", the two answer classes (No, Yes) at the first answer row,
+where the recommender's answer is read: one exact two-entry row a sample.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from e2urec.data.sample import Sample
 from e2urec.model.backbone import Recommender, to_device
 from e2urec.model.backbone import device as backbone_device
-from e2urec.model.scoring import autocast, by_length, encode, forward
+from e2urec.model.scoring import AnswerLogits, autocast, by_length, encode, forward
 
 TAIL = 1e-4  # teacher mass a row may leave to the bucket without needing more entries
 MIN_CAP = 64  # below this many entries per row a teacher is not cached
@@ -37,6 +42,24 @@ BUDGET_MB = 2048  # for a method's teachers together (the methods' `cache_mb` de
 ROWS_PER_SAMPLE = 3
 BYTES_PER_ENTRY = 8  # int32 id + float32 log-probability
 LOG_TAIL = math.log(TAIL) + 1e-6
+TARGETS = ("vocabulary", "yes_no")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def target_rows(rec: Recommender, logits: torch.Tensor, sizes, target: str) -> torch.Tensor:
+    """The rows of `target` among answer `logits` (forward's order, `sizes` rows a sample)."""
+    if target == "vocabulary":
+        return logits
+    sizes = torch.as_tensor(sizes, device=logits.device)
+    return logits[torch.cumsum(sizes, 0) - sizes][:, [rec.no_id, rec.yes_id]]
+
+
+def student_rows(rec: Recommender, out: AnswerLogits, target: str) -> torch.Tensor:
+    return target_rows(rec, out.logits, out.sizes, target)
 
 
 def row_cap(samples: int, cache_mb: float) -> float:
@@ -123,6 +146,15 @@ def model_outputs(rec: Recommender, model: torch.nn.Module) -> Callable[[dict], 
     return lambda batch: forward(rec, model, batch).logits
 
 
+def exactness(*teachers: Teacher) -> dict:
+    """For a report: rows whose cached distribution was coarsened, and of those the rows that
+    are computed exactly at each use instead (the rest enter the KL coarsened)."""
+    return {
+        "inexact_rows": sum(t.inexact_rows for t in teachers),
+        "recomputed_rows": sum(t.recomputed_rows for t in teachers),
+    }
+
+
 class Teacher:
     """A frozen teacher's answers for samples[i], i in `idx` (the ones training draws).
 
@@ -132,7 +164,8 @@ class Teacher:
     fewer than MIN_CAP entries a row fit or a row would leave more than TAIL of its mass to
     the bucket (a near-uniform, randomly initialised teacher), so its KL stays exact. Without
     (its weights are the student's, about to change), it is always cached; `inexact_rows`
-    counts rows that left more than TAIL to the bucket."""
+    counts rows that left more than TAIL to the bucket, and `recompute` can hand it a frozen
+    copy that computes those samples exactly at each use. `target`: the rows distilled."""
 
     def __init__(
         self,
@@ -145,11 +178,15 @@ class Teacher:
         batch_size: int = 32,
         answers: list[str] | None = None,
         fallback: bool = False,
+        target: str = "vocabulary",
     ):
+        check_target(target)
         self.rec, self.outputs, self.samples, self.answers = rec, outputs, samples, answers
-        self.temperature = temperature
+        self.temperature, self.target = temperature, target
         self.cache: dict[int, Compact] | None = None
         self.inexact_rows = 0
+        self.recomputed_rows = 0  # of the inexact ones, rows computed exactly at each use instead
+        self.live: set[int] = set()  # cached samples computed again at each use (`recompute`)
         idx = sorted(set(idx))
         cap = max(row_cap(len(idx), cache_mb), MIN_CAP)  # MIN_CAP: when it must be cached
         if fits(len(idx), cache_mb) or not fallback:  # without fallback it must be cached
@@ -162,7 +199,7 @@ class Teacher:
                     self.cache[i] = compress(rows, temperature, cap)
             self.inexact_rows = sum(int((c.rest > LOG_TAIL).sum()) for c in self.cache.values())
             if fallback and self.inexact_rows:
-                self.cache = None
+                self.cache, self.recomputed_rows = None, self.inexact_rows
             else:
                 self.outputs = None  # cached: the teacher's weights can go
 
@@ -174,6 +211,16 @@ class Teacher:
         """Entries kept over all cached rows (each BYTES_PER_ENTRY bytes)."""
         return sum(c.ids.numel() for c in (self.cache or {}).values())
 
+    def recompute(self, outputs: Callable[[dict], torch.Tensor]) -> None:
+        """From now on, compute the samples with coarsened cached rows exactly at each use, with
+        `outputs` (a frozen copy of the teacher): their KL is then exact, not a lower bound."""
+        self.outputs = outputs
+        for i, c in list((self.cache or {}).items()):
+            if (c.rest > LOG_TAIL).any():
+                self.live.add(i)
+                del self.cache[i]
+        self.recomputed_rows = self.inexact_rows
+
     @torch.no_grad()
     def _run(self, idx: list[int]) -> tuple[torch.Tensor, list[int]]:
         answers = [self.answers[j] for j in idx] if self.answers else None
@@ -181,12 +228,38 @@ class Teacher:
         device = backbone_device()
         with autocast(device):
             logits = self.outputs({k: v.to(device) for k, v in batch.items()}).float()
-        return logits, (batch["labels"] != -100).sum(1).tolist()
+        sizes = (batch["labels"] != -100).sum(1).tolist()
+        rows = target_rows(self.rec, logits, sizes, self.target)
+        return rows, sizes if self.target == "vocabulary" else [1] * len(idx)
 
-    def kl(self, idx: list[int], student_logits: torch.Tensor) -> torch.Tensor:
-        """Per answer row, KL(teacher || student) for samples `idx`, rows in `forward`'s order."""
-        if self.cache is not None:
-            target = Compact.cat([self.cache[i] for i in idx]).to(student_logits.device)
-            return compact_kl(target, student_logits, self.temperature)
-        logits, _ = self._run(idx)
-        return exact_kl(logits.to(student_logits.device), student_logits, self.temperature)
+    def kl(self, idx: list[int], student: torch.Tensor | AnswerLogits) -> torch.Tensor:
+        """Per row of the target, KL(teacher || student) for samples `idx`, in `forward`'s order;
+        `student`: its forward output, or the target's rows of it."""
+        if isinstance(student, AnswerLogits):
+            student = student_rows(self.rec, student, self.target)
+        if self.cache is None:
+            logits, _ = self._run(idx)
+            return exact_kl(logits.to(student.device), student, self.temperature)
+        if self.live.isdisjoint(idx):
+            target = Compact.cat([self.cache[i] for i in idx]).to(student.device)
+            return compact_kl(target, student, self.temperature)
+        return self._mixed_kl(idx, student)
+
+    def _mixed_kl(self, idx: list[int], student: torch.Tensor) -> torch.Tensor:
+        """`kl` where some of `idx` are cached and some are computed again (`recompute`)."""
+        device, t = student.device, self.temperature
+        live = [i for i in idx if i in self.live]
+        kept = [i for i in idx if i not in self.live]
+        logits, live_sizes = self._run(live)
+        sizes = {i: len(self.cache[i].rest) for i in kept} | dict(zip(live, live_sizes))
+        starts = dict(zip(idx, itertools.accumulate([0] + [sizes[i] for i in idx])))
+
+        def rows(group):  # where each sample's rows lie in `student`
+            return [r for i in group for r in range(starts[i], starts[i] + sizes[i])]
+
+        values = [exact_kl(logits.to(device), student[rows(live)], t)]
+        if kept:
+            target = Compact.cat([self.cache[i] for i in kept]).to(device)
+            values.append(compact_kl(target, student[rows(kept)], t))
+        where = torch.tensor(rows(live) + rows(kept), device=device)
+        return torch.zeros(len(student), device=device).index_put((where,), torch.cat(values))
