@@ -250,19 +250,58 @@ def test_deletion_is_applied_while_scoring_goes_on(fresh, splits):
 def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, splits):
     user = splits["train"][0].user
     req = body(fresh)
-    with client(fresh, window=0, method="no-such-method") as c:
+    with client(fresh, window=0, method="no-such-method", max_attempts=2) as c:
         before = c.post("/v1/score", json=req, headers=AUTH).json()
         rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
 
-        def failed():
+        def stalled():
             state = c.get(f"/v1/deletions/{rid}", headers=AUTH).json()
-            return state if state["state"] == "failed" else None
+            return state if state["attempts"] == 2 and not state["applying"] else None
 
-        wait_for(failed)
+        state = wait_for(stalled)
+        assert state["state"] == "retrying" and state["error"] == "ValueError"
         after = c.post("/v1/score", json=req, headers=AUTH)
         assert "no-such-method" in c.get("/", headers=AUTH).text
+        time.sleep(1)  # bounded: no third attempt
+        assert c.get(f"/v1/deletions/{rid}", headers=AUTH).json()["attempts"] == 2
     assert after.status_code == 200 and after.json() == before
     assert deploy.status(fresh)["live"] == before["model"]
+    assert [r["id"] for r in deploy.pending_requests(fresh)] == [rid]  # kept, not dropped
+
+
+def test_a_killed_apply_child_loses_no_request(fresh, splits, monkeypatch):
+    """As the OOM killer would: the child dies; the request stays pending and is retried."""
+    from e2urec.deploy.apply_loop import CRASH_ENV
+
+    user = splits["train"][0].user
+    monkeypatch.setenv(CRASH_ENV, "unlearned")  # the spawned child dies there, as kill -9
+    with client(fresh, window=0) as c:
+        rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
+        follow = lambda: c.get(f"/v1/deletions/{rid}", headers=AUTH).json()  # noqa: E731
+        state = wait_for(lambda: (s := follow())["attempts"] >= 1 and s or None)
+        assert state["state"] == "retrying" and state["error"] == "ProcessDied"
+        assert [r["id"] for r in deploy.pending_requests(fresh)] == [rid]
+        monkeypatch.delenv(CRASH_ENV)
+        c.app.state.service.worker.wake()
+        done = wait_for(lambda: (s := follow())["state"] == "purged" and s or None)
+    assert done["attempts"] >= 1 and deploy.verify(fresh)["ok"]
+
+
+def test_a_pending_request_is_cancelled_with_the_token(fresh, splits):
+    user = splits["train"][0].user
+    with client(fresh, window=3600) as c:  # the worker waits: the request stays pending
+        rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
+        assert c.delete(f"/v1/deletions/{rid}").status_code == 401
+        gone = c.delete(f"/v1/deletions/{rid}", headers=AUTH)
+        assert gone.status_code == 200, gone.text
+        assert (
+            gone.json()["state"] == "refused"
+            and gone.json()["reason"] == "cancelled by the operator"
+        )
+        again = c.delete(f"/v1/deletions/{rid}", headers=AUTH)
+        assert again.status_code == 409 and "only a request waiting" in again.json()["detail"]
+        assert c.delete("/v1/deletions/r-nope", headers=AUTH).status_code == 404
+    assert deploy.pending_requests(fresh) == []
 
 
 def test_token_file_or_the_deployments_own(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from e2urec import deploy
 from e2urec.data import load_splits
-from e2urec.deploy import ledger
+from e2urec.deploy import integrity
 
 # A quick unlearning run and a small verification: these tests are about the service.
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "verify": {"samples": 20}}
@@ -180,6 +180,6 @@ def test_kill_9_during_an_apply_then_restart(folder, splits, tmp_path):
     finally:
         again.stop()
     assert state["state"] == "purged"
-    assert ledger.verify(folder)["ok"], ledger.verify(folder)
+    assert integrity.verify(folder)["ok"], integrity.verify(folder)
     assert deploy.status(folder)["live"] != before
     assert load_splits(folder / "data") == kept  # the user's samples gone, nothing else

@@ -89,15 +89,15 @@ def check(request: DeletionRequest, train: Sequence[Sample], removed: Iterable[t
     gone_users, gone_pairs = unknown(request, live)
     problems = []
     if bad_users:
-        problems.append(f"user(s) not in the training data: {_listing(bad_users)}")
+        problems.append(f"user(s) not in the training data: {listing(bad_users)}")
     if bad_pairs:
         problems.append(
-            f"interaction(s) (user/item) not in the training data: {_listing(_pairs(bad_pairs))}"
+            f"interaction(s) (user/item) not in the training data: {listing(_pairs(bad_pairs))}"
         )
     again = [u for u in gone_users if u not in bad_users]
     again += _pairs(p for p in gone_pairs if p not in bad_pairs)
     if again:
-        problems.append(f"already forgotten by an earlier request: {_listing(again)}")
+        problems.append(f"already forgotten by an earlier request: {listing(again)}")
     if problems:
         raise ValueError("; ".join(problems) + ". Nothing was changed.")
 
@@ -106,7 +106,8 @@ def _pairs(pairs: Iterable[tuple]) -> list[str]:
     return [f"{u}/{i}" for u, i in pairs]
 
 
-def _listing(ids: Sequence[str]) -> str:
+def listing(ids: Sequence[str]) -> str:
+    """The first SHOWN ids, then how many more: a refusal of 10,000 ids stays one line."""
     text = ", ".join(map(str, ids[:SHOWN]))
     return text + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
 

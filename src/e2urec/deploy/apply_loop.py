@@ -1,14 +1,19 @@
 """`apply`: carry out every pending deletion request of a deployment in one unlearning run.
 
-It goes through named steps; a crash after any of them leaves a state the next `apply`
-completes. Until the "verified" rows are written the new version is not recorded and the next
-run starts over (removing the unrecorded folder); from then on it rolls forward: switch the live
-pointer, write "applied" rows, purge the data (idempotent), then write "purged" rows and drop the
-requests' ids in one transaction.
+First it checks what it would build on (`integrity.preflight`: ledger, live model and its base
+chain, key, data) and refuses if anything fails; forgotten rows found back in the data are
+removed again. Requests whose data an earlier request already purged are completed as such.
+Then it goes through named steps; a crash after any of them leaves a state the next `apply`
+completes. Until the "verified" rows are written the new version is only a staging folder and
+the next run starts over (removing it); from then on it rolls forward: name the folder as its
+version, switch the live pointer, write "applied" rows, purge the data (idempotent), then write
+"purged" rows and drop the requests' ids in one transaction. A run that fails (an error, a
+verification that does not pass) writes "failed" rows and leaves its requests pending.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -20,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
-from e2urec.data.deletion import DeletionRequest, select
-from e2urec.deploy.folder import Layout, tree_hash
-from e2urec.deploy.ledger import Ledger, request_views, states, versions
-from e2urec.deploy.purge import Eraser, purge_folder, read_split
+from e2urec.deploy import integrity
+from e2urec.deploy.folder import TEMPORARY, Layout, tree_hash
+from e2urec.deploy.ledger import ALREADY, Ledger, request_views, states, versions
+from e2urec.deploy.purge import Eraser, purge_folder, read_split, write_kept
 
 # Modules that load torch are imported inside the unlearning run only, so that rolling a crashed
 # run forward (and `request` and `status`, which import this module) start quickly.
@@ -36,8 +41,8 @@ STEPS = (
     "selected",
     "unlearned",
     "checked",
-    "promoted",
     "recorded",
+    "promoted",
     "switched",
     "applied",
     "purging",
@@ -68,14 +73,16 @@ def locked(path: Path, wait: bool = False):
         yield
 
 
-def apply(deploy, method: str | None = None, options=None) -> list[dict]:
-    """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
-    version, purge the data. Requests a crash left half done are completed first. `method` and
-    `options` (with an optional "verify" mapping over the deployment's bounds) replace the
-    deployment's for this run. Returns what `status` shows of each request carried out."""
+def apply(deploy, method=None, options=None, requests=None, max_attempts=None) -> list[dict]:
+    """Carry out every pending request (or those of `requests`; with `max_attempts`, those that
+    failed fewer times) in one unlearning run: unlearn, verify, switch the live version, purge
+    the data. Requests a crash left half done are completed first. `method` and `options` (with
+    an optional "verify" mapping over the deployment's bounds) replace the deployment's for this
+    run. Returns what `status` shows of each request handled."""
     layout = Layout.of(deploy)
     with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
         _tidy(layout, ledger)
+        _enforce(layout, ledger, integrity.preflight(layout))
         state = states(ledger.records())
         pending = list(ledger.pending())
         outcomes = []
@@ -85,23 +92,93 @@ def apply(deploy, method: str | None = None, options=None) -> list[dict]:
                 started.setdefault(state[rid]["version"], []).append(rid)
         for version, ids in started.items():
             outcomes += _finish(layout, ledger, ids, version)
-        fresh = [r for r in pending if state[r]["event"] == "received"]
-        if fresh:
-            outcomes += _run(layout, ledger, fresh, method, options)
+        views = request_views(ledger.records())
+        fresh = [r for r in pending if state[r]["event"] in ("received", "failed")]
+        fresh = [r for r in fresh if requests is None or r in requests]
+        fresh = [r for r in fresh if max_attempts is None or views[r]["attempts"] < max_attempts]
+        left = _already_purged(layout, ledger, fresh)
+        outcomes += _views(ledger, [r for r in fresh if r not in left])
+        if left:
+            try:
+                outcomes += _run(layout, ledger, left, method, options)
+            except Exception as err:
+                record_attempt(layout, ledger, left, method, type(err).__name__)
+                raise
         return outcomes
 
 
+def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numbers=None):
+    """A "failed" row for each of `ids` still waiting: the attempt and its error's kind (a
+    message may quote ids; the ledger never holds them in clear). Best effort: with the disk
+    full it cannot be written, and the requests stay pending all the same."""
+    with contextlib.suppress(Exception):
+        rows = ledger.records()
+        last, recorded = states(rows), versions(rows)
+        waiting = [r for r in ids if last[r]["event"] in ("received", "failed")]
+        before = recorded.get(layout.live(), {}).get("hash")
+        method = method or layout.config()["method"]
+        events = [
+            {
+                "event": "failed",
+                "request": r,
+                "method": method,
+                "users": last[r]["received"]["users"],
+                "samples": last[r]["received"]["samples"],
+                "model_before": before,
+                "details": {"verification": numbers, "error": error},
+            }
+            for r in waiting
+        ]
+        if events:
+            ledger.append(events)
+
+
 def _tidy(layout: Layout, ledger: Ledger) -> None:
-    """Remove what a crashed run left: staging and unrecorded version folders, temp files."""
-    recorded = versions(ledger.records())
+    """Remove what a crashed run of ours left: staging folders no verified run names, and our
+    temporary files (named after the file they were to replace). Nothing else: the folder may
+    hold the operator's files."""
+    rolling = {
+        st["verified"]["details"].get("staging")
+        for st in states(ledger.records()).values()
+        if st["event"] == "verified"
+    }
     for folder in layout.models.iterdir():
-        stale = folder.name.startswith(".staging-")
-        if stale or (VERSION.match(folder.name) and folder.name not in recorded):
+        if folder.name.startswith(".staging-") and folder.name not in rolling:
             shutil.rmtree(folder)
     for folder in (layout.data, layout.root):
         for tmp in folder.glob(".*"):
-            if tmp.is_file():
+            ours = TEMPORARY.match(tmp.name)
+            if ours and tmp.is_file() and (folder / ours["name"]).is_file():
                 tmp.unlink()
+
+
+def _enforce(layout: Layout, ledger: Ledger, restorable: dict) -> None:
+    """Remove forgotten rows found back in the data (a split restored from a backup)."""
+    if not restorable:
+        return
+    sizes = {name: len(read_split(layout.data / name)) for name in restorable}
+    removed = {name: sizes[name] - len(kept) for name, kept in restorable.items()}
+    write_kept(layout.data, restorable)
+    data = integrity.digests(integrity.read_splits(layout.data))
+    ledger.append([{"event": "enforced", "details": {"removed": removed, "data": data}}])
+
+
+def _already_purged(layout: Layout, ledger: Ledger, ids: list[str]) -> list[str]:
+    """Complete the requests none of whose train samples are left (an earlier request purged
+    them with its own), so that they never block a run; return the others."""
+    bodies, train = ledger.pending(), read_split(layout.data / "train.jsonl")
+    done = [r for r in ids if not any(Eraser.of([bodies[r]]).erases(s) for s in train)]
+    if not done:
+        return ids
+    removed = purge_folder(layout.data, Eraser.of(bodies[r] for r in done))
+    data = integrity.digests(integrity.read_splits(layout.data))
+    details = {"reason": ALREADY, "removed": removed, "data": data}
+    live = layout.live()
+    ledger.append(
+        [{"event": "purged", "request": r, "version": live, "details": details} for r in done],
+        drop_pending=done,
+    )
+    return [r for r in ids if r not in done]
 
 
 def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
@@ -123,7 +200,8 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     method, opts, bounds = _run_settings(config, method, options)
     unlearner = get_method(method, opts)
     before = layout.live()
-    task, held_name, holdout = _task(layout, config, Eraser.of(ledger.pending()[r] for r in ids))
+    eraser = Eraser.of(ledger.pending()[r] for r in ids)
+    task, held_name, holdout = _task(layout, config, eraser)
     _checkpoint("selected")
     result = unlearner.unlearn(task)
     _checkpoint("unlearned")
@@ -143,6 +221,8 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
             "unlearning_seconds": round(result.seconds, 2),
             "options": opts,
         },
+        "staging": task.out.name,
+        "data_after": _purged_digests(layout, eraser),
     }
     recorded = versions(ledger.records())
 
@@ -160,16 +240,30 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
         }
 
     if not numbers["passed"]:
-        ledger.append([event(r, "failed") for r in ids], drop_pending=ids)
+        record_attempt(layout, ledger, ids, method, "VerificationFailed", numbers)
         shutil.rmtree(task.out)
-        return [_view(ledger, r) for r in ids]
-    version = f"v{len(recorded)}"
-    os.replace(task.out, layout.version(version))
-    _checkpoint("promoted")
-    digest = tree_hash(layout.version(version))
+        return _views(ledger, ids)
+    version = _next_version(layout, recorded)
+    details["chain"] = integrity.chain(layout, task.out)
+    digest = tree_hash(task.out)
     ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
     _checkpoint("recorded")
     return _finish(layout, ledger, ids, version)
+
+
+def _next_version(layout: Layout, recorded: dict) -> str:
+    """The next version's name; a folder the ledger does not know (the operator's) is skipped."""
+    n = 1 + max(int(v[1:]) for v in recorded if VERSION.match(v))
+    while layout.version(f"v{n}").exists():
+        n += 1
+    return f"v{n}"
+
+
+def _purged_digests(layout: Layout, eraser: Eraser) -> dict[str, str]:
+    """The data digests the purge of this run will leave (recorded before it starts)."""
+    splits = integrity.read_splits(layout.data)
+    kept = {name: [s for s in samples if not eraser.erases(s)] for name, samples in splits.items()}
+    return integrity.digests(kept)
 
 
 def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list]:
@@ -182,12 +276,13 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
     train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
     held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
     holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
-    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
-    chosen = select(train, union)
+    # The purge's own rule: what the model unlearns is exactly what the data loses.
+    forget = [s for s in train if eraser.erases(s)]
+    retain = [s for s in train if not eraser.erases(s)]
     task = Task(
         str(layout.version(layout.live())),
-        chosen.retain,
-        chosen.forget,
+        retain,
+        forget,
         valid,
         layout.models / f".staging-{uuid.uuid4().hex[:8]}",
         base=_base(layout, config),
@@ -213,10 +308,15 @@ def _reference(task: Task) -> str:
 
 
 def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[dict]:
-    """Roll a verified run forward: live pointer, "applied" rows, purge, "purged" rows."""
+    """Roll a verified run forward: the staging folder named as its version, live pointer,
+    "applied" rows, purge, "purged" rows."""
+    state = states(ledger.records())
+    staging = layout.models / state[ids[0]]["verified"]["details"]["staging"]
+    if not layout.version(version).exists():
+        os.replace(staging, layout.version(version))
+    _checkpoint("promoted")
     layout.set_live(version)
     _checkpoint("switched")
-    state = states(ledger.records())
     todo = [r for r in ids if state[r]["event"] == "verified"]
     applied = []
     for rid in todo:
@@ -230,13 +330,14 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     eraser = Eraser.of(bodies[r] for r in ids)
     removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
     _checkpoint("purged-data")
+    details = {"removed": removed, "data": integrity.digests(integrity.read_splits(layout.data))}
     purged = [
-        {"event": "purged", "request": r, "version": version, "details": {"removed": removed}}
-        for r in ids
+        {"event": "purged", "request": r, "version": version, "details": details} for r in ids
     ]
     ledger.append(purged, drop_pending=ids)
-    return [_view(ledger, r) for r in ids]
+    return _views(ledger, ids)
 
 
-def _view(ledger: Ledger, rid: str) -> dict:
-    return request_views(ledger.records())[rid]
+def _views(ledger: Ledger, ids: list[str]) -> list[dict]:
+    views = request_views(ledger.records())
+    return [views[r] for r in ids]

@@ -67,6 +67,13 @@ def purge_folder(folder: str | Path, eraser: Eraser, after_file: Callable[[], No
     return removed
 
 
+def write_kept(folder: Path, kept: dict[str, list[Sample]]) -> None:
+    """Rewrite the given split files (a purge enforced again) and the manifest's counts."""
+    for name, samples in kept.items():
+        write_jsonl(samples, folder / name)
+    _rewrite_manifest(folder, Eraser(frozenset(), frozenset(), frozenset()))
+
+
 def _rewrite_manifest(folder: Path, eraser: Eraser) -> None:
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())

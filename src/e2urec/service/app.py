@@ -32,7 +32,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         live = LiveModel(await asyncio.to_thread(load_live, config.deploy))
         scorer = Batcher(live, config.batch_size, max_prompts=4 * config.batch_size)
-        worker = Worker(config.deploy, config.window, config.method, live)
+        worker = Worker(config.deploy, config.window, config.method, live, config.max_attempts)
         app.state.service = Service(config, live, scorer, worker)
         task = asyncio.create_task(worker.run(), name="deletion worker")
         log.info("serving model version %s from %s", live.get().version, config.deploy)

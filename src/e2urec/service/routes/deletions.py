@@ -1,4 +1,4 @@
-"""Deletion requests: POST /v1/deletions, GET /v1/deletions/{id}."""
+"""Deletion requests: POST /v1/deletions, GET and DELETE (cancel) /v1/deletions/{id}."""
 
 from __future__ import annotations
 
@@ -38,3 +38,17 @@ async def status(request_id: str, service: ServiceDep) -> DeletionStatus:
     row = next(r for r in found["requests"] if r["id"] == request_id)
     applying = service.worker.applying
     return DeletionStatus(**row, applying=bool(applying and request_id in applying.ids))
+
+
+@router.delete("/{request_id}", response_model=DeletionStatus)
+async def cancel(request_id: str, service: ServiceDep) -> DeletionStatus:
+    """Withdraw a request still waiting: it ends "refused" (cancelled by the operator)."""
+    try:
+        row = await run_in_threadpool(deployment.cancel, service.config.deploy, request_id)
+    except deployment.Busy:
+        detail = f"request {request_id}: an apply is running; cancel again when it ends"
+        raise HTTPException(status_code=409, detail=detail) from None
+    except deployment.NotCancellable as err:
+        code = 404 if "no request" in str(err) else 409
+        raise HTTPException(status_code=code, detail=str(err)) from None
+    return DeletionStatus(**row)
