@@ -39,8 +39,9 @@ def fresh(tmp_path, data_dir, trained):
     return tmp_path / "d"
 
 
-def client(folder, **options) -> TestClient:
-    return TestClient(create_app(ServiceConfig(deploy=folder, token=TOKEN, **options)))
+def client(folder, base_url="http://127.0.0.1", **options) -> TestClient:
+    config = ServiceConfig(deploy=folder, token=TOKEN, **options)
+    return TestClient(create_app(config), base_url=base_url)
 
 
 def expected_scores(folder, version, req) -> dict[str, float]:
@@ -340,3 +341,39 @@ def test_the_page_shows_a_failing_ledger_check(fresh):
     assert page.status_code == 200, page.text
     assert 'id="ledger" class="bad"' in page.text
     assert f"models/{live}: its files do not match the hash in the ledger" in page.text
+
+
+def test_the_page_without_the_token_shows_counts_and_states_only(fresh, splits, monkeypatch):
+    rid = deploy.request(fresh, users=[splits["train"][0].user])
+    calls = []
+    real = deploy.verify
+
+    def slow_verify(folder):  # a check that takes a while: concurrent pages would overlap
+        calls.append(folder)
+        time.sleep(0.5)
+        return real(folder)
+
+    monkeypatch.setattr(deploy, "verify", slow_verify)
+    with client(fresh, window=3600) as c:
+        worker = c.app.state.service.worker
+        worker.last_error = f"ValueError: user {splits['train'][0].user} in {fresh}"
+        with ThreadPoolExecutor(16) as pool:
+            pages = list(pool.map(lambda _: c.get("/"), range(16)))
+        assert len(calls) == 1  # one check, its result shared and cached
+        worker._check = None  # expired: the next page checks again, once
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: c.get("/"), range(8)))
+        assert len(calls) == 2
+        full = c.get("/", headers=AUTH).text
+        evil = c.get("/", headers={"host": "evil.example"})
+    for page in pages:
+        assert page.status_code == 200
+        assert 'data-state="received"' in page.text and "Last apply failed." in page.text
+        assert str(fresh) not in page.text and rid not in page.text
+        assert "ValueError" not in page.text
+    assert str(fresh) in full and rid in full and "ValueError: user" in full
+    assert evil.status_code == 400  # a name the service was not bound to: DNS rebinding
+    with client(fresh, base_url="http://recs.example", allow_hosts=("recs.example",)) as c:
+        assert c.get("/").status_code == 200
+    with client(fresh, base_url="http://recs.example") as c:
+        assert c.get("/").status_code == 400

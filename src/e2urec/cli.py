@@ -388,13 +388,30 @@ def add_serve(sub) -> None:
         "--window", type=float, help="seconds a request waits for others to join (default 30)"
     )
     p.add_argument("--method", help="unlearning method for applies (default: the deployment's)")
+    p.add_argument(
+        "--allow-host",
+        dest="allow_hosts",
+        action="append",
+        metavar="NAME",
+        help="a Host header name to answer besides the bound address and localhost "
+        "(a proxy's name in front of the service); repeatable",
+    )
+    p.add_argument(
+        "--max-attempts",
+        dest="max_attempts",
+        type=int,
+        help="failed applies of a request before the worker leaves it to the operator (3)",
+    )
     p.set_defaults(run=run_serve)
 
 
 def run_serve(args) -> None:
     from e2urec.service.app import serve
 
-    options = {k: getattr(args, k) for k in ("window", "method") if getattr(args, k) is not None}
+    names = ("window", "method", "max_attempts")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.allow_hosts:
+        options["allow_hosts"] = tuple(args.allow_hosts)
     serve(args.deploy, args.host, args.port, args.token_file, open_score=args.open_score, **options)
 
 
@@ -443,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
         print(f"e2urec {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -60,12 +60,31 @@ def parse_users(text: str) -> tuple[str, ...]:
 def read_interactions(path: str | Path) -> tuple[tuple[str, str], ...]:
     """A CSV with `user` and `item` columns (others ignored) -> unique (user, item) pairs."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("user", "item") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need user,item)")
-        pairs = [(row["user"].strip(), row["item"].strip()) for row in reader]
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a CSV file with columns user,item")
+    try:
+        # utf-8-sig: a spreadsheet's byte order mark would otherwise glue itself to "user".
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return _pairs_of(path, csv.DictReader(fh))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
+
+
+def _pairs_of(path: Path, reader: csv.DictReader) -> tuple[tuple[str, str], ...]:
+    names = [(c or "").strip() for c in reader.fieldnames or []]
+    missing = [c for c in ("user", "item") if c not in names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need user,item)")
+    reader.fieldnames = names
+    pairs = []
+    for row in reader:
+        user, item = (str(row.get(c) or "").strip() for c in ("user", "item"))
+        if not user or not item:
+            empty = "user" if not user else "item"
+            raise ValueError(f"{path}, line {reader.line_num}: no {empty} (a short or empty row)")
+        pairs.append((user, item))
     if not pairs:
         raise ValueError(f"{path}: no interactions")
     return tuple(dict.fromkeys(pairs))

@@ -46,6 +46,7 @@ def init(data, model, out, method: str = "e2urec", options=None, key_file=None) 
     splits = load_splits(data)
     if not model.is_dir():
         raise FileNotFoundError(f"{model}: no such model folder")
+    check_weights(model)
     leaky = [name for name in LEAKY if (model / name).exists()]
     if leaky:
         raise ValueError(
@@ -82,6 +83,25 @@ def _new_key() -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     return path
+
+
+def check_weights(folder: Path) -> None:
+    """Each safetensors file whole: its header parses and its tensors end within the file.
+    Checked once here; after that the ledger's hashes vouch for the bytes."""
+    for path in sorted(folder.rglob("*.safetensors")):
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            try:
+                if not 0 < length <= size - 8:
+                    raise ValueError("no header")
+                header = json.loads(fh.read(length))
+                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                raise ValueError(f"{path}: not a safetensors file ({err})") from None
+        if 8 + length + max(ends, default=0) > size:
+            raise ValueError(f"{path}: truncated ({size} bytes, its header needs more)")
 
 
 def _settings(method: str, options: dict) -> dict:

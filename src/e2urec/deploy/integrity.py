@@ -237,7 +237,7 @@ def check(layout: Layout, all_models: bool = True) -> tuple[list[str], dict]:
         problems.append(f"the live model {live!r} is not a version the ledger records")
     else:
         problems += live_problems(layout, rows)
-    only = None if all_models else _live_chain(layout, live, recorded)
+    only = None if all_models else live_chain(layout, live, recorded)
     problems += model_problems(layout, rows, only)
     found, keyer = key_problems(layout, rows)
     problems += found
@@ -246,7 +246,7 @@ def check(layout: Layout, all_models: bool = True) -> tuple[list[str], dict]:
     return problems + found, {"rows": len(rows), "restorable": restorable}
 
 
-def _live_chain(layout: Layout, live: str, recorded: dict) -> set[str]:
+def live_chain(layout: Layout, live: str, recorded: dict) -> set[str]:
     names, todo = set(), [live]
     while todo:
         version = todo.pop()

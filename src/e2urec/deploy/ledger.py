@@ -146,12 +146,18 @@ class Ledger:
 
     def rows(self) -> list[dict]:
         names = ("seq", *FIELDS, "prev_hash", "hash")
-        cur = self.db.execute(f"SELECT {', '.join(names)} FROM ledger ORDER BY seq")
-        return [dict(zip(names, r)) for r in cur]
+        try:
+            cur = self.db.execute(f"SELECT {', '.join(names)} FROM ledger ORDER BY seq")
+            return [dict(zip(names, r)) for r in cur]
+        except sqlite3.DatabaseError as err:  # a page of the file damaged past the first ones
+            raise Corrupt(f"{self.path}: not a readable ledger ({err}); restore it") from None
 
     def records(self) -> list[dict]:
         """Rows with their details parsed."""
-        return [{**r, "details": json.loads(r["details"] or "{}")} for r in self.rows()]
+        try:
+            return [{**r, "details": json.loads(r["details"] or "{}")} for r in self.rows()]
+        except json.JSONDecodeError as err:
+            raise Corrupt(f"{self.path}: a row's details are not JSON ({err})") from None
 
     def head(self) -> dict:
         count, digest = self.db.execute("SELECT rows, hash FROM head").fetchone()
@@ -172,7 +178,11 @@ class Ledger:
             if row_hash(row["prev_hash"], row) != row["hash"]:
                 problems.append(f"row {row['seq']}: its content does not match its hash")
             prev = row["hash"]
-            row["details"] = json.loads(row["details"] or "{}")
+            try:
+                row["details"] = json.loads(row["details"] or "{}")
+            except json.JSONDecodeError:
+                problems.append(f"row {row['seq']}: its details are not JSON")
+                row["details"] = {}
         head = self.head()
         if head["rows"] != len(rows) or head["hash"] != prev:
             problems.append(

@@ -22,7 +22,7 @@ async def submit(req: DeletionRequest, service: ServiceDep) -> Accepted:
         request_id = await run_in_threadpool(
             deployment.request, service.config.deploy, tuple(req.users), pairs
         )
-    except ValueError as err:  # refused: the ledger has a "refused" row, nothing else changed
+    except deployment.Refused as err:  # the ledger has a "refused" row, nothing else changed
         fields = [name for name in ("users", "interactions") if getattr(req, name)]
         raise HTTPException(status_code=422, detail=f"{', '.join(fields)}: {err}") from None
     service.worker.wake()
@@ -31,11 +31,10 @@ async def submit(req: DeletionRequest, service: ServiceDep) -> Accepted:
 
 @router.get("/{request_id}", response_model=DeletionStatus)
 async def status(request_id: str, service: ServiceDep) -> DeletionStatus:
-    try:
-        found = await run_in_threadpool(deployment.status, service.config.deploy, request_id)
-    except ValueError:
-        raise HTTPException(status_code=404, detail=f"no deletion request {request_id!r}") from None
-    row = next(r for r in found["requests"] if r["id"] == request_id)
+    found = await run_in_threadpool(deployment.status, service.config.deploy)
+    row = next((r for r in found["requests"] if r["id"] == request_id), None)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"no deletion request {request_id!r}")
     applying = service.worker.applying
     return DeletionStatus(**row, applying=bool(applying and request_id in applying.ids))
 
