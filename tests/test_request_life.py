@@ -90,3 +90,26 @@ def test_pending_requests_are_listed_and_cancelled(tmp_path, source, model, caps
         cancel(root, again)
     assert main(["request", "--deploy", str(root), "--cancel", "r-nope"]) == 2
     assert "no request 'r-nope'" in capsys.readouterr().err
+
+
+def test_an_apply_that_raises_keeps_its_requests_with_the_error_recorded(
+    tmp_path, source, model, monkeypatch
+):
+    root = tmp_path / "d"
+    init(source, model, root, options=OPTIONS)
+    rid = request(root, users=[HIDDEN])
+
+    def disk_full(self, task):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Method, "unlearn", disk_full)
+    for attempt in (1, 2):
+        with pytest.raises(OSError):
+            apply(root)
+        [view] = pending_requests(root)
+        assert view["id"] == rid and view["state"] == "retrying"
+        assert view["attempts"] == attempt and view["error"] == "OSError"
+    assert apply(root, max_attempts=2) == []  # bounded: left to the operator
+    monkeypatch.undo()
+    [done] = apply(root)
+    assert done["state"] == "purged" and done["attempts"] == 2 and verify(root)["ok"]

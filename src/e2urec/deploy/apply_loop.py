@@ -81,37 +81,44 @@ def apply(deploy, method=None, options=None, requests=None, max_attempts=None) -
     run. Returns what `status` shows of each request handled."""
     layout = Layout.of(deploy)
     with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
-        _tidy(layout, ledger)
-        _enforce(layout, ledger, integrity.preflight(layout))
-        state = states(ledger.records())
-        pending = list(ledger.pending())
-        outcomes = []
-        started: dict[str, list[str]] = {}  # version -> requests already verified into it
-        for rid in pending:
-            if state[rid]["event"] in ("verified", "applied"):
-                started.setdefault(state[rid]["version"], []).append(rid)
-        for version, ids in started.items():
-            outcomes += _finish(layout, ledger, ids, version)
-        views = request_views(ledger.records())
-        fresh = [r for r in pending if state[r]["event"] in ("received", "failed")]
-        fresh = [r for r in fresh if requests is None or r in requests]
-        fresh = [r for r in fresh if max_attempts is None or views[r]["attempts"] < max_attempts]
-        left = _already_purged(layout, ledger, fresh)
-        outcomes += _views(ledger, [r for r in fresh if r not in left])
-        if left:
-            try:
-                outcomes += _run(layout, ledger, left, method, options)
-            except Exception as err:
-                record_attempt(layout, ledger, left, method, type(err).__name__)
-                raise
-        return outcomes
+        try:
+            return _apply(layout, ledger, method, options, requests, max_attempts)
+        except integrity.Tampered:
+            raise  # refused before anything: the deployment is left exactly as it was
+        except Exception as err:  # whatever failed, the requests wait, the attempt recorded
+            record_attempt(layout, ledger, requests, method, type(err).__name__)
+            raise
+
+
+def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attempts) -> list:
+    _tidy(layout, ledger)
+    _enforce(layout, ledger, integrity.preflight(layout))
+    state = states(ledger.records())
+    pending = list(ledger.pending())
+    outcomes = []
+    started: dict[str, list[str]] = {}  # version -> requests already verified into it
+    for rid in pending:
+        if state[rid]["event"] in ("verified", "applied"):
+            started.setdefault(state[rid]["version"], []).append(rid)
+    for version, ids in started.items():
+        outcomes += _finish(layout, ledger, ids, version)
+    views = request_views(ledger.records())
+    fresh = [r for r in pending if state[r]["event"] in ("received", "failed")]
+    fresh = [r for r in fresh if requests is None or r in requests]
+    fresh = [r for r in fresh if max_attempts is None or views[r]["attempts"] < max_attempts]
+    left = _already_purged(layout, ledger, fresh)
+    outcomes += _views(ledger, [r for r in fresh if r not in left])
+    if left:
+        outcomes += _run(layout, ledger, left, method, options)
+    return outcomes
 
 
 def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numbers=None):
-    """A "failed" row for each of `ids` still waiting: the attempt and its error's kind (a
-    message may quote ids; the ledger never holds them in clear). Best effort: with the disk
-    full it cannot be written, and the requests stay pending all the same."""
+    """A "failed" row for each of `ids` (None: all pending) still waiting: the attempt and its
+    error's kind (a message may quote ids; the ledger never holds them in clear). Best effort:
+    with the disk full it cannot be written, and the requests stay pending all the same."""
     with contextlib.suppress(Exception):
+        ids = [r for r in ledger.pending() if ids is None or r in ids]
         rows = ledger.records()
         last, recorded = states(rows), versions(rows)
         waiting = [r for r in ids if last[r]["event"] in ("received", "failed")]

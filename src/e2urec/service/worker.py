@@ -26,6 +26,11 @@ from e2urec.service.live import LiveModel, load_live
 
 log = logging.getLogger("e2urec.service")
 POLL = 10.0  # seconds between looks at the ledger for requests made outside the service
+# An apply refused because the deployment itself is broken (tampered files, a lost key, a
+# corrupt ledger) records no attempt; the worker waits this long before trying again, or
+# until a new request wakes it.
+BROKEN_BACKOFF = 300.0
+BROKEN = ("Tampered", "KeyMissing", "Corrupt")
 
 
 # A request waits in one of these states: received, or retrying after failed attempts; the last
@@ -112,6 +117,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._check: tuple[float, dict] | None = None
         self._checking = asyncio.Lock()
+        self._broken_until = 0.0
 
     async def ledger_check(self, max_age: float) -> tuple[float, dict]:
         """`verify` re-hashes the model files: cached for `max_age` s, redone after applies, and
@@ -128,7 +134,8 @@ class Worker:
     async def run(self) -> None:
         while True:
             try:
-                if await asyncio.to_thread(pending, self.deploy, self.max_attempts):
+                broken = time.time() < self._broken_until
+                if not broken and await asyncio.to_thread(pending, self.deploy, self.max_attempts):
                     await asyncio.sleep(self.window)  # let the requests of the window join
                     await self.apply_pending()
                 await self.refresh()  # also picks up an apply made with the CLI
@@ -136,6 +143,7 @@ class Worker:
                 log.exception("worker: could not read or apply the pending requests")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)
+                self._broken_until = 0.0  # a new request: worth another look
             self._wake.clear()
 
     async def apply_pending(self) -> None:
@@ -153,6 +161,8 @@ class Worker:
             else:
                 log.error("apply failed: %s", err)
                 self.last_error = f"{err.kind}: {err}"
+            if err.kind in BROKEN:
+                self._broken_until = time.time() + BROKEN_BACKOFF
             if err.kind == "ProcessDied":  # it could not write its own "failed" rows
                 await asyncio.to_thread(record_died, self.deploy, ids, self.method, err.kind)
         finally:
