@@ -41,7 +41,9 @@ def build(out: Path, samples: int) -> Path:
     from e2urec.model.train import TrainConfig, train
 
     torch.set_num_threads(1)
-    prepare(out / "data", protocol=Protocol(last=samples, history=3, forget_ratio=0.25))
+    # Drawn samples (many users, few each): user-level requests must not empty the data.
+    sizes = (samples, samples // 5, samples // 5)
+    prepare(out / "data", protocol=Protocol(history=3, sample=sizes))
     splits = load_splits(out / "data")
     tiny = TinyT5(vocab_size=500, d_model=32, d_ff=64, heads=2, encoder_layers=1, decoder_layers=1)
     build_tiny_t5([s.input for s in splits["train"]], out / "base", tiny)
@@ -168,7 +170,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--kills", type=int, default=5)
-    p.add_argument("--samples", type=int, default=3000, help="prepared samples (default 3000)")
+    p.add_argument("--samples", type=int, default=1500, help="train samples drawn (1500)")
     p.add_argument("--window", type=float, default=2.0, help="the service's --window")
     p.add_argument("--gap", type=float, default=0.5, help="mean seconds between requests")
     p.add_argument("--seed", type=int, default=0)

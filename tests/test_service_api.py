@@ -377,3 +377,23 @@ def test_the_page_without_the_token_shows_counts_and_states_only(fresh, splits, 
         assert c.get("/").status_code == 200
     with client(fresh, base_url="http://recs.example") as c:
         assert c.get("/").status_code == 400
+
+
+def test_a_request_that_keeps_failing_is_tried_alone_and_then_left(fresh, splits):
+    from e2urec.deploy.apply_loop import record_attempt
+    from e2urec.deploy.folder import Layout
+    from e2urec.deploy.ledger import Ledger
+    from e2urec.service.worker import pending
+
+    users = sorted({s.user for s in splits["train"]})
+    bad, good, killed = (deploy.request(fresh, users=[u]) for u in users[:3])
+    layout = Layout.of(fresh)
+    with Ledger(layout.ledger) as book:
+        for _ in range(2):
+            record_attempt(layout, book, [bad], None, "ValueError")
+            record_attempt(layout, book, [killed], None, "ProcessDied")
+    assert pending(fresh, max_attempts=3) == [bad]  # alone: it cannot hold the others back
+    with Ledger(layout.ledger) as book:
+        record_attempt(layout, book, [bad], None, "ValueError")
+    assert pending(fresh, max_attempts=3) == [good, killed]  # it waits for the operator now
+    assert {r["id"] for r in deploy.pending_requests(fresh)} == {bad, good, killed}

@@ -39,14 +39,23 @@ WAITING = ("received", "retrying")
 ROLLING = ("verified", "applied")
 
 
+ALONE = 2  # failed attempts after which a request is tried alone, not in a batch
+
+
 def pending(deploy: Path, max_attempts: int | None = None) -> list[str]:
-    """Requests the worker should apply: a request that failed `max_attempts` times waits for
-    the operator (`e2urec apply`, or a cancel) rather than being retried for ever."""
-    return [
-        r["id"]
-        for r in deployment.pending_requests(deploy)
-        if r["state"] in ROLLING or (max_attempts is None or r["attempts"] < max_attempts)
-    ]
+    """Requests the worker should apply next. A request that failed `max_attempts` times waits
+    for the operator (`e2urec apply`, or a cancel) rather than being retried for ever; one
+    that failed ALONE times is tried by itself (oldest first), so that a request that cannot be
+    carried out never holds a batch of others back more than twice. A killed apply (the OOM
+    killer) says nothing about its requests: they stay in the batch."""
+    views = deployment.pending_requests(deploy)
+    rolling = [r["id"] for r in views if r["state"] in ROLLING]
+    waiting = [r for r in views if r["state"] in WAITING]
+    waiting = [r for r in waiting if max_attempts is None or r["attempts"] < max_attempts]
+    alone = {r["id"] for r in waiting if r["attempts"] >= ALONE and r["error"] != "ProcessDied"}
+    stuck = [r["id"] for r in waiting if r["id"] in alone]
+    fresh = [r["id"] for r in waiting if r["id"] not in alone]
+    return rolling + (stuck[:1] if stuck else fresh)
 
 
 class ApplyError(RuntimeError):
