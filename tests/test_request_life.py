@@ -113,3 +113,47 @@ def test_an_apply_that_raises_keeps_its_requests_with_the_error_recorded(
     monkeypatch.undo()
     [done] = apply(root)
     assert done["state"] == "purged" and done["attempts"] == 2 and verify(root)["ok"]
+
+
+class Crash(BaseException):
+    pass
+
+
+def test_a_crash_while_completing_an_already_purged_request(tmp_path, source, model, monkeypatch):
+    from e2urec.deploy import apply_loop
+
+    root = tmp_path / "d"
+    init(source, model, root, options=OPTIONS)
+    early, _, last = _echoed(read_jsonl(root / "data" / "train.jsonl"))
+    request(root, interactions=[(early.user, early.item)])
+    late, real = [], Method.unlearn
+
+    def unlearn_while_a_request_arrives(self, task):
+        late.append(request(root, interactions=[(last.user, last.item)]))
+        return real(self, task)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Method, "unlearn", unlearn_while_a_request_arrives)
+        apply(root)
+    echoes = [
+        s
+        for p in (root / "data").glob("*.jsonl")
+        if p.name != "train.jsonl" and p.stat().st_size
+        for s in read_jsonl(p)
+        if s.user == last.user and shown_as(last) in shown_ratings(s)
+    ]
+    assert echoes  # the already-purged request still removes rows from the other splits
+
+    def crash(*args):
+        raise Crash
+
+    monkeypatch.setattr(apply_loop, "write_kept", crash)  # after its rows, before the files
+    with pytest.raises(Crash):
+        apply(root)
+    assert status(root, late[0])["requests"][0]["reason"] == ALREADY
+    assert any("holds forgotten rows again" in p for p in verify(root)["problems"])
+    monkeypatch.undo()
+    assert apply(root) == []  # the enforcement completes the purge
+    assert verify(root)["ok"], verify(root)
+    left = [s for p in (root / "data").glob("*.jsonl") if p.stat().st_size for s in read_jsonl(p)]
+    assert not any(s in left for s in echoes)

@@ -327,9 +327,9 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     """Roll a verified run forward: the staging folder named as its version, live pointer,
     "applied" rows, purge, "purged" rows."""
     state = states(ledger.records())
-    staging = layout.models / state[ids[0]]["verified"]["details"]["staging"]
-    if not layout.version(version).exists():
-        os.replace(staging, layout.version(version))
+    staging = state[ids[0]]["verified"]["details"].get("staging")  # none before issue 26
+    if staging and not layout.version(version).exists():
+        os.replace(layout.models / staging, layout.version(version))
     _checkpoint("promoted")
     layout.set_live(version)
     _checkpoint("switched")
