@@ -292,6 +292,9 @@ def test_a_pending_request_is_cancelled_with_the_token(fresh, splits):
     user = splits["train"][0].user
     with client(fresh, window=3600) as c:  # the worker waits: the request stays pending
         rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
+        assert c.get("/v1/deletions").status_code == 401
+        [listed] = c.get("/v1/deletions", headers=AUTH).json()
+        assert listed["id"] == rid and listed["state"] == "received"
         assert c.delete(f"/v1/deletions/{rid}").status_code == 401
         gone = c.delete(f"/v1/deletions/{rid}", headers=AUTH)
         assert gone.status_code == 200, gone.text
@@ -302,6 +305,7 @@ def test_a_pending_request_is_cancelled_with_the_token(fresh, splits):
         again = c.delete(f"/v1/deletions/{rid}", headers=AUTH)
         assert again.status_code == 409 and "only a request waiting" in again.json()["detail"]
         assert c.delete("/v1/deletions/r-nope", headers=AUTH).status_code == 404
+        assert c.get("/v1/deletions", headers=AUTH).json() == []
     assert deploy.pending_requests(fresh) == []
 
 

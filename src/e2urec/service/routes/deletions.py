@@ -1,4 +1,5 @@
-"""Deletion requests: POST /v1/deletions, GET and DELETE (cancel) /v1/deletions/{id}."""
+"""Deletion requests: POST and GET (those pending) /v1/deletions, GET and DELETE (cancel)
+/v1/deletions/{id}."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ async def submit(req: DeletionRequest, service: ServiceDep) -> Accepted:
         raise HTTPException(status_code=422, detail=f"{', '.join(fields)}: {err}") from None
     service.worker.wake()
     return Accepted(id=request_id, status=f"/v1/deletions/{request_id}")
+
+
+@router.get("", response_model=list[DeletionStatus])
+async def waiting(service: ServiceDep) -> list[DeletionStatus]:
+    """The requests not yet carried out or refused, oldest first."""
+    found = await run_in_threadpool(deployment.pending_requests, service.config.deploy)
+    applying = service.worker.applying
+    return [DeletionStatus(**r, applying=bool(applying and r["id"] in applying.ids)) for r in found]
 
 
 @router.get("/{request_id}", response_model=DeletionStatus)
