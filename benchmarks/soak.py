@@ -56,18 +56,32 @@ def build(out: Path, samples: int) -> Path:
 
 
 def plan(train: list, n: int, rng: random.Random) -> list[dict]:
-    """N request bodies: mostly users and interactions, some overlapping or repeated."""
+    """N request bodies: users, interactions, the next rating of a user whose earlier one was
+    asked for (its prompt shows the earlier rating: the earlier request may purge it first),
+    repeats and unknown ids."""
     users = sorted({s.user for s in train})
     rng.shuffle(users)
-    pairs = [(s.user, s.item) for s in train]
-    bodies = []
+    from e2urec.data.deletion import shown_as, shown_ratings
+
+    by_user: dict[str, list] = {}
+    for s in train:
+        by_user.setdefault(s.user, []).append(s)
+    # Ratings later prompts show: the ones whose requests can overlap with a neighbour's.
+    echoed = [s for s in train if any(shown_as(s) in shown_ratings(t) for t in by_user[s.user])]
+    asked, bodies = [], []
     for k in range(n):
         roll = rng.random()
-        if roll < 0.35 and users:
+        if roll < 0.3 and users:
             bodies.append({"users": [users.pop()]})
-        elif roll < 0.75:
-            u, i = rng.choice(pairs)
-            bodies.append({"interactions": [{"user": u, "item": i}]})
+        elif roll < 0.6:
+            s = rng.choice(echoed if echoed and rng.random() < 0.5 else train)
+            asked.append(s)
+            bodies.append({"interactions": [{"user": s.user, "item": s.item}]})
+        elif roll < 0.75 and asked:
+            s = rng.choice([a for a in asked if a in echoed] or asked)
+            echoes = [t for t in by_user[s.user] if shown_as(s) in shown_ratings(t)]
+            t = echoes[0] if echoes else rng.choice(by_user[s.user])
+            bodies.append({"interactions": [{"user": t.user, "item": t.item}]})
         elif roll < 0.9 and bodies:
             bodies.append(rng.choice(bodies))  # the same request again: refused, pending or done
         else:
@@ -166,6 +180,14 @@ def check_data(folder: Path, bodies: dict[str, dict]) -> int:
     )
 
 
+def refusal_reasons(folder: Path) -> dict[str, int]:
+    from e2urec.deploy.ledger import Ledger
+
+    with Ledger(folder / "ledger.sqlite") as book:
+        rows = book.records()
+    return dict(Counter(r["details"]["reason"] for r in rows if r["event"] == "refused"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=200)
@@ -226,6 +248,7 @@ def main() -> None:
         "carried_out": len(carried),
         "already_purged": sum(views[r]["reason"] is not None for r in carried),
         "refused_at_intake": answers[422],
+        "refusal_reasons": refusal_reasons(folder),
         "refused_later": ends["refused"],
         "lost": len(accepted) - len(carried) - ends["refused"],
         "failed_attempts": sum(views[r]["attempts"] for r in accepted),
