@@ -120,7 +120,7 @@ class Crash(BaseException):
 
 
 def test_a_crash_while_completing_an_already_purged_request(tmp_path, source, model, monkeypatch):
-    from e2urec.deploy import apply_loop
+    from e2urec.deploy import upkeep
 
     root = tmp_path / "d"
     init(source, model, root, options=OPTIONS)
@@ -147,7 +147,7 @@ def test_a_crash_while_completing_an_already_purged_request(tmp_path, source, mo
     def crash(*args):
         raise Crash
 
-    monkeypatch.setattr(apply_loop, "write_kept", crash)  # after its rows, before the files
+    monkeypatch.setattr(upkeep, "write_kept", crash)  # after its rows, before the files
     with pytest.raises(Crash):
         apply(root)
     assert status(root, late[0])["requests"][0]["reason"] == ALREADY

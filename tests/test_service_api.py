@@ -384,9 +384,9 @@ def test_the_page_without_the_token_shows_counts_and_states_only(fresh, splits, 
 
 
 def test_a_request_that_keeps_failing_is_tried_alone_and_then_left(fresh, splits):
-    from e2urec.deploy.apply_loop import record_attempt
     from e2urec.deploy.folder import Layout
     from e2urec.deploy.ledger import Ledger
+    from e2urec.deploy.upkeep import record_attempt
     from e2urec.service.worker import pending
 
     users = sorted({s.user for s in splits["train"]})

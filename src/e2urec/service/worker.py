@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2urec import deploy as deployment
-from e2urec.deploy.apply_loop import record_attempt
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.ledger import Ledger
+from e2urec.deploy.upkeep import record_attempt
 from e2urec.service.live import LiveModel, load_live
 
 log = logging.getLogger("e2urec.service")
