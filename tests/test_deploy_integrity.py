@@ -173,3 +173,19 @@ def test_apply_removes_only_its_own_temporary_files(applied, tmp_path):
     assert outcome["version"] == "v3" and not ours.exists()  # v2 is not ours
     assert all(p.read_text() == "the operator's" for p in mine)
     assert verify(root)["ok"], verify(root)
+
+
+def test_a_version_built_on_a_rolled_back_live_is_caught(applied, tmp_path, monkeypatch):
+    """As main's apply did: LIVE set back to v0, and the next run built v2 on it."""
+    from e2urec.deploy import apply_loop
+
+    root = _copy(applied, tmp_path)
+    request(root, users=[_other_user(root)])
+    (root / "LIVE").write_text("v0\n")
+    monkeypatch.setattr(apply_loop.integrity, "preflight", lambda layout: {})  # no checks
+    [outcome] = apply(root)
+    monkeypatch.undo()
+    assert outcome["version"] == "v2" and status(root)["live"] == "v2"  # LIVE is the last now
+    problems = verify(root)["problems"]
+    assert any("models/v2 was made from a model that is not v1" in p for p in problems), problems
+    _refuses_and_changes_nothing(root, "models/v2 was made from a model that is not v1")
