@@ -21,7 +21,7 @@ from pathlib import Path
 
 from e2urec import api, deploy
 from e2urec.data import load_splits
-from e2urec.deploy import ledger
+from e2urec.deploy import integrity, ledger
 
 
 def timed(fn, *args, **kwargs):
@@ -47,7 +47,7 @@ def main() -> None:
     _, t_init = timed(deploy.init, args.data, args.model, out / "deploy")
     rid, t_request = timed(deploy.request, out / "deploy", users=[user])
     [outcome], t_apply = timed(deploy.apply, out / "deploy")
-    check, t_verify = timed(ledger.verify, out / "deploy")
+    check, t_verify = timed(integrity.verify, out / "deploy")
     with ledger.Ledger(out / "deploy" / "ledger.sqlite") as book:
         rows = book.records()
     run = next(r for r in rows if r["event"] == "verified")["details"]["run"]

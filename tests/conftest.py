@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny models gain nothing from a second thread, and lose a lot when cores are shared.
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `e2urec init` keeps the keys it makes in the user's config folder: not the tester's.
+os.environ["E2UREC_KEY_DIR"] = tempfile.mkdtemp(prefix="e2urec-test-keys-")
 
 from e2urec.data import Protocol, load_splits, prepare  # noqa: E402
 from e2urec.methods import Task  # noqa: E402

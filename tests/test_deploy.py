@@ -24,7 +24,8 @@ from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, intake, live_model, request, status
 from e2urec.deploy import apply_loop as rollout
 from e2urec.deploy.folder import tree_hash
-from e2urec.deploy.ledger import GENESIS, Ledger, row_hash, verify
+from e2urec.deploy.integrity import verify
+from e2urec.deploy.ledger import GENESIS, Ledger, row_hash
 from e2urec.methods.base import Method
 from e2urec.model import backbone, loader
 from e2urec.model.ensemble import save_ensemble
@@ -308,7 +309,7 @@ def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch)
     assert _files_with(root / "data", HIDDEN)  # it died with the purge half done
     assert verify(root)["ok"] and rid in Ledger(root / "ledger.sqlite").pending()
     # A write the kill cut short leaves its temporary file (write_jsonl's naming).
-    (root / "data" / ".train.jsonl.k9x").write_text(f'{{"user": "{HIDDEN}"')
+    (root / "data" / ".train.jsonl.k9x0abcd").write_text(f'{{"user": "{HIDDEN}"')
     [outcome] = apply(root)
     assert outcome["id"] == rid and outcome["state"] == "purged"
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
@@ -330,18 +331,21 @@ def test_a_second_apply_refuses_and_loses_nothing(applied, tmp_path):
 def test_failed_verification_keeps_the_previous_model(tmp_path, source, model):
     root = tmp_path / "d"
     init(source, model, root, options=OPTIONS)
-    request(root, users=[HIDDEN])
+    rid = request(root, users=[HIDDEN])
     train = (root / "data" / "train.jsonl").read_bytes()
     # Any two models differ, so a JSD bound of 0 to the Retrain reference always fails.
     strict = {**FAST, "verify": {"samples": 20, "retrain": True, "max_jsd": 0.0}}
     [outcome] = apply(root, options=strict)
-    assert outcome["state"] == "failed"
+    # The attempt failed; the request is not dropped: it waits, with the attempt recorded.
+    assert outcome["state"] == "retrying" and outcome["attempts"] == 1
+    assert outcome["error"] == "VerificationFailed"
     assert outcome["verification"]["jsd_retrain"] > 0
     assert any("Retrain reference" in f for f in outcome["verification"]["failures"])
     assert status(root)["live"] == "v0" and [p.name for p in (root / "models").iterdir()] == ["v0"]
     assert (root / "data" / "train.jsonl").read_bytes() == train
-    assert verify(root)["ok"] and Ledger(root / "ledger.sqlite").pending() == {}
-    request(root, users=[HIDDEN])  # not forgotten: it may be asked again
+    assert verify(root)["ok"] and list(Ledger(root / "ledger.sqlite").pending()) == [rid]
+    [outcome] = apply(root)  # the next apply tries again, and this time it passes
+    assert outcome["state"] == "purged" and outcome["attempts"] == 1 and verify(root)["ok"]
 
 
 def test_init_checks_its_inputs(tmp_path, source, model, applied):

@@ -39,8 +39,9 @@ def fresh(tmp_path, data_dir, trained):
     return tmp_path / "d"
 
 
-def client(folder, **options) -> TestClient:
-    return TestClient(create_app(ServiceConfig(deploy=folder, token=TOKEN, **options)))
+def client(folder, base_url="http://127.0.0.1", **options) -> TestClient:
+    config = ServiceConfig(deploy=folder, token=TOKEN, **options)
+    return TestClient(create_app(config), base_url=base_url)
 
 
 def expected_scores(folder, version, req) -> dict[str, float]:
@@ -250,19 +251,62 @@ def test_deletion_is_applied_while_scoring_goes_on(fresh, splits):
 def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, splits):
     user = splits["train"][0].user
     req = body(fresh)
-    with client(fresh, window=0, method="no-such-method") as c:
+    with client(fresh, window=0, method="no-such-method", max_attempts=2) as c:
         before = c.post("/v1/score", json=req, headers=AUTH).json()
         rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
 
-        def failed():
+        def stalled():
             state = c.get(f"/v1/deletions/{rid}", headers=AUTH).json()
-            return state if state["state"] == "failed" else None
+            return state if state["attempts"] == 2 and not state["applying"] else None
 
-        wait_for(failed)
+        state = wait_for(stalled)
+        assert state["state"] == "retrying" and state["error"] == "ValueError"
         after = c.post("/v1/score", json=req, headers=AUTH)
         assert "no-such-method" in c.get("/", headers=AUTH).text
+        time.sleep(1)  # bounded: no third attempt
+        assert c.get(f"/v1/deletions/{rid}", headers=AUTH).json()["attempts"] == 2
     assert after.status_code == 200 and after.json() == before
     assert deploy.status(fresh)["live"] == before["model"]
+    assert [r["id"] for r in deploy.pending_requests(fresh)] == [rid]  # kept, not dropped
+
+
+def test_a_killed_apply_child_loses_no_request(fresh, splits, monkeypatch):
+    """As the OOM killer would: the child dies; the request stays pending and is retried."""
+    from e2urec.deploy.apply_loop import CRASH_ENV
+
+    user = splits["train"][0].user
+    monkeypatch.setenv(CRASH_ENV, "unlearned")  # the spawned child dies there, as kill -9
+    with client(fresh, window=0) as c:
+        rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
+        follow = lambda: c.get(f"/v1/deletions/{rid}", headers=AUTH).json()  # noqa: E731
+        state = wait_for(lambda: (s := follow())["attempts"] >= 1 and s or None)
+        assert state["state"] == "retrying" and state["error"] == "ProcessDied"
+        assert [r["id"] for r in deploy.pending_requests(fresh)] == [rid]
+        monkeypatch.delenv(CRASH_ENV)
+        c.app.state.service.worker.wake()
+        done = wait_for(lambda: (s := follow())["state"] == "purged" and s or None)
+    assert done["attempts"] >= 1 and deploy.verify(fresh)["ok"]
+
+
+def test_a_pending_request_is_cancelled_with_the_token(fresh, splits):
+    user = splits["train"][0].user
+    with client(fresh, window=3600) as c:  # the worker waits: the request stays pending
+        rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
+        assert c.get("/v1/deletions").status_code == 401
+        [listed] = c.get("/v1/deletions", headers=AUTH).json()
+        assert listed["id"] == rid and listed["state"] == "received"
+        assert c.delete(f"/v1/deletions/{rid}").status_code == 401
+        gone = c.delete(f"/v1/deletions/{rid}", headers=AUTH)
+        assert gone.status_code == 200, gone.text
+        assert (
+            gone.json()["state"] == "refused"
+            and gone.json()["reason"] == "cancelled by the operator"
+        )
+        again = c.delete(f"/v1/deletions/{rid}", headers=AUTH)
+        assert again.status_code == 409 and "only a request waiting" in again.json()["detail"]
+        assert c.delete("/v1/deletions/r-nope", headers=AUTH).status_code == 404
+        assert c.get("/v1/deletions", headers=AUTH).json() == []
+    assert deploy.pending_requests(fresh) == []
 
 
 def test_token_file_or_the_deployments_own(tmp_path):
@@ -301,3 +345,59 @@ def test_the_page_shows_a_failing_ledger_check(fresh):
     assert page.status_code == 200, page.text
     assert 'id="ledger" class="bad"' in page.text
     assert f"models/{live}: its files do not match the hash in the ledger" in page.text
+
+
+def test_the_page_without_the_token_shows_counts_and_states_only(fresh, splits, monkeypatch):
+    rid = deploy.request(fresh, users=[splits["train"][0].user])
+    calls = []
+    real = deploy.verify
+
+    def slow_verify(folder):  # a check that takes a while: concurrent pages would overlap
+        calls.append(folder)
+        time.sleep(0.5)
+        return real(folder)
+
+    monkeypatch.setattr(deploy, "verify", slow_verify)
+    with client(fresh, window=3600) as c:
+        worker = c.app.state.service.worker
+        worker.last_error = f"ValueError: user {splits['train'][0].user} in {fresh}"
+        with ThreadPoolExecutor(16) as pool:
+            pages = list(pool.map(lambda _: c.get("/"), range(16)))
+        assert len(calls) == 1  # one check, its result shared and cached
+        worker._check = None  # expired: the next page checks again, once
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: c.get("/"), range(8)))
+        assert len(calls) == 2
+        full = c.get("/", headers=AUTH).text
+        evil = c.get("/", headers={"host": "evil.example"})
+    for page in pages:
+        assert page.status_code == 200
+        assert 'data-state="received"' in page.text and "Last apply failed." in page.text
+        assert str(fresh) not in page.text and rid not in page.text
+        assert "ValueError" not in page.text
+    assert str(fresh) in full and rid in full and "ValueError: user" in full
+    assert evil.status_code == 400  # a name the service was not bound to: DNS rebinding
+    with client(fresh, base_url="http://recs.example", allow_hosts=("recs.example",)) as c:
+        assert c.get("/").status_code == 200
+    with client(fresh, base_url="http://recs.example") as c:
+        assert c.get("/").status_code == 400
+
+
+def test_a_request_that_keeps_failing_is_tried_alone_and_then_left(fresh, splits):
+    from e2urec.deploy.folder import Layout
+    from e2urec.deploy.ledger import Ledger
+    from e2urec.deploy.upkeep import record_attempt
+    from e2urec.service.worker import pending
+
+    users = sorted({s.user for s in splits["train"]})
+    bad, good, killed = (deploy.request(fresh, users=[u]) for u in users[:3])
+    layout = Layout.of(fresh)
+    with Ledger(layout.ledger) as book:
+        for _ in range(2):
+            record_attempt(layout, book, [bad], None, "ValueError")
+            record_attempt(layout, book, [killed], None, "ProcessDied")
+    assert pending(fresh, max_attempts=3) == [bad]  # alone: it cannot hold the others back
+    with Ledger(layout.ledger) as book:
+        record_attempt(layout, book, [bad], None, "ValueError")
+    assert pending(fresh, max_attempts=3) == [good, killed]  # it waits for the operator now
+    assert {r["id"] for r in deploy.pending_requests(fresh)} == {bad, good, killed}

@@ -271,27 +271,48 @@ def add_init(sub) -> None:
     p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
     p.add_argument("--config", help="YAML file with the method's options (and a verify: section)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. epochs=1 verify.samples=100")
+    p.add_argument(
+        "--key-file",
+        dest="key_file",
+        help="HMAC key for the forgotten ids (32+ bytes), kept where it is "
+        "(default: a new key in ~/.config/e2urec/keys, outside the deployment)",
+    )
     p.set_defaults(run=run_init)
 
 
 def run_init(args) -> None:
     from e2urec.deploy import init
 
-    print(json.dumps(init(args.data, args.model, args.out, args.method, _options(args)), indent=2))
+    made = init(args.data, args.model, args.out, args.method, _options(args), args.key_file)
+    print(json.dumps(made, indent=2))
 
 
 def add_request(sub) -> None:
-    p = sub.add_parser("request", help="submit a deletion request to a deployment; prints its id")
+    p = sub.add_parser(
+        "request", help="submit a deletion request to a deployment (prints its id); list, cancel"
+    )
     p.add_argument("--deploy", required=True, help="folder made by `e2urec init`")
-    p.add_argument("--users", help="comma-separated user ids: all their data goes")
-    p.add_argument("--interactions", help="CSV with columns user,item: those ratings go")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--users", help="comma-separated user ids: all their data goes")
+    what.add_argument("--interactions", help="CSV with columns user,item: those ratings go")
+    what.add_argument("--list", action="store_true", help="the requests waiting to be applied")
+    what.add_argument("--cancel", metavar="ID", help="withdraw a request waiting to be applied")
     p.set_defaults(run=run_request)
 
 
 def run_request(args) -> None:
     from e2urec.data.deletion import parse_users, read_interactions
-    from e2urec.deploy import request
+    from e2urec.deploy import Busy, cancel, pending_requests, request
 
+    if args.list:
+        print(json.dumps(pending_requests(args.deploy), indent=2))
+        return
+    if args.cancel:
+        try:
+            print(json.dumps(cancel(args.deploy, args.cancel), indent=2))
+        except Busy as err:
+            raise ValueError(str(err)) from None
+        return
     users = parse_users(args.users) if args.users else ()
     pairs = read_interactions(args.interactions) if args.interactions else ()
     print(request(args.deploy, users, pairs))
@@ -339,7 +360,7 @@ def add_ledger(sub) -> None:
 
 
 def run_ledger_verify(args) -> None:
-    from e2urec.deploy.ledger import verify
+    from e2urec.deploy.integrity import verify
 
     result = verify(args.deploy)
     print(json.dumps(result, indent=2))
@@ -367,13 +388,30 @@ def add_serve(sub) -> None:
         "--window", type=float, help="seconds a request waits for others to join (default 30)"
     )
     p.add_argument("--method", help="unlearning method for applies (default: the deployment's)")
+    p.add_argument(
+        "--allow-host",
+        dest="allow_hosts",
+        action="append",
+        metavar="NAME",
+        help="a Host header name to answer besides the bound address and localhost "
+        "(a proxy's name in front of the service); repeatable",
+    )
+    p.add_argument(
+        "--max-attempts",
+        dest="max_attempts",
+        type=int,
+        help="failed applies of a request before the worker leaves it to the operator (3)",
+    )
     p.set_defaults(run=run_serve)
 
 
 def run_serve(args) -> None:
     from e2urec.service.app import serve
 
-    options = {k: getattr(args, k) for k in ("window", "method") if getattr(args, k) is not None}
+    names = ("window", "method", "max_attempts")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.allow_hosts:
+        options["allow_hosts"] = tuple(args.allow_hosts)
     serve(args.deploy, args.host, args.port, args.token_file, open_score=args.open_score, **options)
 
 
@@ -422,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
         print(f"e2urec {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -60,12 +60,31 @@ def parse_users(text: str) -> tuple[str, ...]:
 def read_interactions(path: str | Path) -> tuple[tuple[str, str], ...]:
     """A CSV with `user` and `item` columns (others ignored) -> unique (user, item) pairs."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("user", "item") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need user,item)")
-        pairs = [(row["user"].strip(), row["item"].strip()) for row in reader]
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a CSV file with columns user,item")
+    try:
+        # utf-8-sig: a spreadsheet's byte order mark would otherwise glue itself to "user".
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return _pairs_of(path, csv.DictReader(fh))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
+
+
+def _pairs_of(path: Path, reader: csv.DictReader) -> tuple[tuple[str, str], ...]:
+    names = [(c or "").strip() for c in reader.fieldnames or []]
+    missing = [c for c in ("user", "item") if c not in names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (need user,item)")
+    reader.fieldnames = names
+    pairs = []
+    for row in reader:
+        user, item = (str(row.get(c) or "").strip() for c in ("user", "item"))
+        if not user or not item:
+            empty = "user" if not user else "item"
+            raise ValueError(f"{path}, line {reader.line_num}: no {empty} (a short or empty row)")
+        pairs.append((user, item))
     if not pairs:
         raise ValueError(f"{path}: no interactions")
     return tuple(dict.fromkeys(pairs))
@@ -89,15 +108,15 @@ def check(request: DeletionRequest, train: Sequence[Sample], removed: Iterable[t
     gone_users, gone_pairs = unknown(request, live)
     problems = []
     if bad_users:
-        problems.append(f"user(s) not in the training data: {_listing(bad_users)}")
+        problems.append(f"user(s) not in the training data: {listing(bad_users)}")
     if bad_pairs:
         problems.append(
-            f"interaction(s) (user/item) not in the training data: {_listing(_pairs(bad_pairs))}"
+            f"interaction(s) (user/item) not in the training data: {listing(_pairs(bad_pairs))}"
         )
     again = [u for u in gone_users if u not in bad_users]
     again += _pairs(p for p in gone_pairs if p not in bad_pairs)
     if again:
-        problems.append(f"already forgotten by an earlier request: {_listing(again)}")
+        problems.append(f"already forgotten by an earlier request: {listing(again)}")
     if problems:
         raise ValueError("; ".join(problems) + ". Nothing was changed.")
 
@@ -106,7 +125,8 @@ def _pairs(pairs: Iterable[tuple]) -> list[str]:
     return [f"{u}/{i}" for u, i in pairs]
 
 
-def _listing(ids: Sequence[str]) -> str:
+def listing(ids: Sequence[str]) -> str:
+    """The first SHOWN ids, then how many more: a refusal of 10,000 ids stays one line."""
     text = ", ".join(map(str, ids[:SHOWN]))
     return text + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
 

@@ -8,6 +8,29 @@ bench/, service/ or cli.
 
 from e2urec.deploy.apply_loop import Busy, apply
 from e2urec.deploy.create import catalogue, init
-from e2urec.deploy.intake import Refused, live_model, request, status
+from e2urec.deploy.intake import (
+    NotCancellable,
+    Refused,
+    cancel,
+    live_model,
+    pending_requests,
+    request,
+    status,
+)
+from e2urec.deploy.integrity import Tampered, verify
 
-__all__ = ["Busy", "Refused", "apply", "catalogue", "init", "live_model", "request", "status"]
+__all__ = [
+    "Busy",
+    "NotCancellable",
+    "Refused",
+    "Tampered",
+    "apply",
+    "cancel",
+    "catalogue",
+    "init",
+    "live_model",
+    "pending_requests",
+    "request",
+    "status",
+    "verify",
+]

@@ -1,10 +1,14 @@
 """`apply`: carry out every pending deletion request of a deployment in one unlearning run.
 
-It goes through named steps; a crash after any of them leaves a state the next `apply`
-completes. Until the "verified" rows are written the new version is not recorded and the next
-run starts over (removing the unrecorded folder); from then on it rolls forward: switch the live
-pointer, write "applied" rows, purge the data (idempotent), then write "purged" rows and drop the
-requests' ids in one transaction.
+First it checks what it would build on (`integrity.preflight`: ledger, live model and its base
+chain, key, data) and refuses if anything fails; forgotten rows found back in the data are
+removed again. Requests whose data an earlier request already purged are completed as such.
+Then it goes through named steps; a crash after any of them leaves a state the next `apply`
+completes. Until the "verified" rows are written the new version is only a staging folder and
+the next run starts over (removing it); from then on it rolls forward: name the folder as its
+version, switch the live pointer, write "applied" rows, purge the data (idempotent), then write
+"purged" rows and drop the requests' ids in one transaction. A run that fails (an error, a
+verification that does not pass) writes "failed" rows and leaves its requests pending.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
-from e2urec.data.deletion import DeletionRequest, select
+from e2urec.deploy import integrity
 from e2urec.deploy.folder import Layout, tree_hash
 from e2urec.deploy.ledger import Ledger, request_views, states, versions
 from e2urec.deploy.purge import Eraser, purge_folder, read_split
+from e2urec.deploy.upkeep import complete_already_purged, enforce, record_attempt, tidy
 
 # Modules that load torch are imported inside the unlearning run only, so that rolling a crashed
 # run forward (and `request` and `status`, which import this module) start quickly.
@@ -36,8 +41,8 @@ STEPS = (
     "selected",
     "unlearned",
     "checked",
-    "promoted",
     "recorded",
+    "promoted",
     "switched",
     "applied",
     "purging",
@@ -68,40 +73,44 @@ def locked(path: Path, wait: bool = False):
         yield
 
 
-def apply(deploy, method: str | None = None, options=None) -> list[dict]:
-    """Carry out every pending request in one unlearning run: unlearn, verify, switch the live
-    version, purge the data. Requests a crash left half done are completed first. `method` and
-    `options` (with an optional "verify" mapping over the deployment's bounds) replace the
-    deployment's for this run. Returns what `status` shows of each request carried out."""
+def apply(deploy, method=None, options=None, requests=None, max_attempts=None) -> list[dict]:
+    """Carry out every pending request (or those of `requests`; with `max_attempts`, those that
+    failed fewer times) in one unlearning run: unlearn, verify, switch the live version, purge
+    the data. Requests a crash left half done are completed first. `method` and `options` (with
+    an optional "verify" mapping over the deployment's bounds) replace the deployment's for this
+    run. Returns what `status` shows of each request handled."""
     layout = Layout.of(deploy)
     with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
-        _tidy(layout, ledger)
-        state = states(ledger.records())
-        pending = list(ledger.pending())
-        outcomes = []
-        started: dict[str, list[str]] = {}  # version -> requests already verified into it
-        for rid in pending:
-            if state[rid]["event"] in ("verified", "applied"):
-                started.setdefault(state[rid]["version"], []).append(rid)
-        for version, ids in started.items():
-            outcomes += _finish(layout, ledger, ids, version)
-        fresh = [r for r in pending if state[r]["event"] == "received"]
-        if fresh:
-            outcomes += _run(layout, ledger, fresh, method, options)
-        return outcomes
+        try:
+            return _apply(layout, ledger, method, options, requests, max_attempts)
+        except integrity.Tampered:
+            raise  # refused before anything: the deployment is left exactly as it was
+        except Exception as err:  # whatever failed, the requests wait, the attempt recorded
+            record_attempt(layout, ledger, requests, method, type(err).__name__)
+            raise
 
 
-def _tidy(layout: Layout, ledger: Ledger) -> None:
-    """Remove what a crashed run left: staging and unrecorded version folders, temp files."""
-    recorded = versions(ledger.records())
-    for folder in layout.models.iterdir():
-        stale = folder.name.startswith(".staging-")
-        if stale or (VERSION.match(folder.name) and folder.name not in recorded):
-            shutil.rmtree(folder)
-    for folder in (layout.data, layout.root):
-        for tmp in folder.glob(".*"):
-            if tmp.is_file():
-                tmp.unlink()
+def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attempts) -> list:
+    tidy(layout, ledger)
+    enforce(layout, ledger, integrity.preflight(layout))
+    state = states(ledger.records())
+    pending = list(ledger.pending())
+    outcomes = []
+    started: dict[str, list[str]] = {}  # version -> requests already verified into it
+    for rid in pending:
+        if state[rid]["event"] in ("verified", "applied"):
+            started.setdefault(state[rid]["version"], []).append(rid)
+    for version, ids in started.items():
+        outcomes += _finish(layout, ledger, ids, version)
+    views = request_views(ledger.records())
+    fresh = [r for r in pending if state[r]["event"] in ("received", "failed")]
+    fresh = [r for r in fresh if requests is None or r in requests]
+    fresh = [r for r in fresh if max_attempts is None or views[r]["attempts"] < max_attempts]
+    left = complete_already_purged(layout, ledger, fresh)
+    outcomes += _views(ledger, [r for r in fresh if r not in left])
+    if left:
+        outcomes += _run(layout, ledger, left, method, options)
+    return outcomes
 
 
 def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
@@ -123,13 +132,15 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     method, opts, bounds = _run_settings(config, method, options)
     unlearner = get_method(method, opts)
     before = layout.live()
-    task, held_name, holdout = _task(layout, config, Eraser.of(ledger.pending()[r] for r in ids))
+    eraser = Eraser.of(ledger.pending()[r] for r in ids)
+    task, held_name, holdout = _task(layout, config, eraser)
     _checkpoint("selected")
     result = unlearner.unlearn(task)
     _checkpoint("unlearned")
     reference = _reference(task) if bounds.retrain else None
     args = (task.forget, task.retain, holdout, held_name, bounds, reference)
-    numbers = verify(task.original, result.model, *args)
+    exact = None if unlearner.needs_original else method
+    numbers = verify(task.original, result.model, *args, exact=exact)
     if reference is not None:
         shutil.rmtree(reference)
     _checkpoint("checked")
@@ -143,6 +154,8 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
             "unlearning_seconds": round(result.seconds, 2),
             "options": opts,
         },
+        "staging": task.out.name,
+        "data_after": _purged_digests(layout, eraser),
     }
     recorded = versions(ledger.records())
 
@@ -160,16 +173,30 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
         }
 
     if not numbers["passed"]:
-        ledger.append([event(r, "failed") for r in ids], drop_pending=ids)
+        record_attempt(layout, ledger, ids, method, "VerificationFailed", numbers)
         shutil.rmtree(task.out)
-        return [_view(ledger, r) for r in ids]
-    version = f"v{len(recorded)}"
-    os.replace(task.out, layout.version(version))
-    _checkpoint("promoted")
-    digest = tree_hash(layout.version(version))
+        return _views(ledger, ids)
+    version = _next_version(layout, recorded)
+    details["chain"] = integrity.chain(layout, task.out)
+    digest = tree_hash(task.out)
     ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
     _checkpoint("recorded")
     return _finish(layout, ledger, ids, version)
+
+
+def _next_version(layout: Layout, recorded: dict) -> str:
+    """The next version's name; a folder the ledger does not know (the operator's) is skipped."""
+    n = 1 + max(int(v[1:]) for v in recorded if VERSION.match(v))
+    while layout.version(f"v{n}").exists():
+        n += 1
+    return f"v{n}"
+
+
+def _purged_digests(layout: Layout, eraser: Eraser) -> dict[str, str]:
+    """The data digests the purge of this run will leave (recorded before it starts)."""
+    splits = integrity.read_splits(layout.data)
+    kept = {name: [s for s in samples if not eraser.erases(s)] for name, samples in splits.items()}
+    return integrity.digests(kept)
 
 
 def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list]:
@@ -182,12 +209,13 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
     train, valid = read_split(data / "train.jsonl"), read_split(data / "valid.jsonl")
     held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
     holdout = [s for s in read_split(data / held_name) if not eraser.erases(s)]
-    union = DeletionRequest(tuple(sorted(eraser.users)), tuple(sorted(eraser.pairs)))
-    chosen = select(train, union)
+    # The purge's own rule: what the model unlearns is exactly what the data loses.
+    forget = [s for s in train if eraser.erases(s)]
+    retain = [s for s in train if not eraser.erases(s)]
     task = Task(
         str(layout.version(layout.live())),
-        chosen.retain,
-        chosen.forget,
+        retain,
+        forget,
         valid,
         layout.models / f".staging-{uuid.uuid4().hex[:8]}",
         base=_base(layout, config),
@@ -213,10 +241,15 @@ def _reference(task: Task) -> str:
 
 
 def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[dict]:
-    """Roll a verified run forward: live pointer, "applied" rows, purge, "purged" rows."""
+    """Roll a verified run forward: the staging folder named as its version, live pointer,
+    "applied" rows, purge, "purged" rows."""
+    state = states(ledger.records())
+    staging = state[ids[0]]["verified"]["details"].get("staging")  # none before issue 26
+    if staging and not layout.version(version).exists():
+        os.replace(layout.models / staging, layout.version(version))
+    _checkpoint("promoted")
     layout.set_live(version)
     _checkpoint("switched")
-    state = states(ledger.records())
     todo = [r for r in ids if state[r]["event"] == "verified"]
     applied = []
     for rid in todo:
@@ -230,13 +263,14 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     eraser = Eraser.of(bodies[r] for r in ids)
     removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
     _checkpoint("purged-data")
+    details = {"removed": removed, "data": integrity.digests(integrity.read_splits(layout.data))}
     purged = [
-        {"event": "purged", "request": r, "version": version, "details": {"removed": removed}}
-        for r in ids
+        {"event": "purged", "request": r, "version": version, "details": details} for r in ids
     ]
     ledger.append(purged, drop_pending=ids)
-    return [_view(ledger, r) for r in ids]
+    return _views(ledger, ids)
 
 
-def _view(ledger: Ledger, rid: str) -> dict:
-    return request_views(ledger.records())[rid]
+def _views(ledger: Ledger, ids: list[str]) -> list[dict]:
+    views = request_views(ledger.records())
+    return [views[r] for r in ids]

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from e2urec.config import from_dict
 from e2urec.data.canaries import real
 from e2urec.data.deletion import target_title
 from e2urec.data.prepare import load_splits
-from e2urec.deploy.folder import Layout, tree_hash, write_atomic
+from e2urec.deploy import integrity
+from e2urec.deploy.folder import Keyer, Layout, key_folder, read_key, tree_hash, write_atomic
 from e2urec.deploy.intake import status
 from e2urec.deploy.ledger import Ledger
 from e2urec.deploy.purge import read_split
@@ -29,16 +31,22 @@ from e2urec.deploy.purge import read_split
 LEAKY = ("forget_report.json",)
 
 
-def init(data, model, out, method: str = "e2urec", options=None) -> dict:
+def init(data, model, out, method: str = "e2urec", options=None, key_file=None) -> dict:
     """Create the deployment folder `out` from a prepared data folder and a trained model;
     returns `status`. `options` holds the method's options and, under "verify", the
-    verification bounds (`e2urec.deploy.verification.Bounds`); `apply` uses them unless told otherwise."""
+    verification bounds (`e2urec.deploy.verification.Bounds`); `apply` uses them unless told
+    otherwise. `key_file`: the HMAC key to use (at least 32 bytes), kept where it is; without
+    one a new key is made in `folder.key_folder()` (mode 0600), outside the deployment."""
     data, model, out = Path(data), Path(model), Path(out)
+    if key_file is not None:
+        key_file = Path(key_file).resolve()
+        read_key(key_file)  # an empty, short or unreadable key is refused before anything
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not empty; give a new folder for the deployment")
     splits = load_splits(data)
     if not model.is_dir():
         raise FileNotFoundError(f"{model}: no such model folder")
+    check_weights(model)
     leaky = [name for name in LEAKY if (model / name).exists()]
     if leaky:
         raise ValueError(
@@ -48,15 +56,52 @@ def init(data, model, out, method: str = "e2urec", options=None) -> dict:
     settings = _settings(method, dict(options or {}))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    made = None
     try:
-        _build(Layout(tmp), data, model, settings, splits["train"])
+        if key_file is None:
+            key_file = made = _new_key()
+        _build(Layout(tmp), data, model, {**settings, "key_file": str(key_file)}, splits["train"])
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made is not None:
+            made.unlink(missing_ok=True)
         raise
     return status(out)
+
+
+def _new_key() -> Path:
+    """A fresh key in the user's key folder, readable by its owner only."""
+    folder = key_folder()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = (folder / f"{uuid.uuid4().hex}.key").resolve()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+def check_weights(folder: Path) -> None:
+    """Each safetensors file whole: its header parses and its tensors end within the file.
+    Checked once here; after that the ledger's hashes vouch for the bytes."""
+    for path in sorted(folder.rglob("*.safetensors")):
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            try:
+                if not 0 < length <= size - 8:
+                    raise ValueError("no header")
+                header = json.loads(fh.read(length))
+                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                raise ValueError(f"{path}: not a safetensors file ({err})") from None
+        if 8 + length + max(ends, default=0) > size:
+            raise ValueError(f"{path}: truncated ({size} bytes, its header needs more)")
 
 
 def _settings(method: str, options: dict) -> dict:
@@ -73,8 +118,6 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list)
     shutil.copytree(data, layout.data)
     v0 = layout.version("v0")
     _copy_model(model, v0)
-    layout.secret_file.write_bytes(secrets.token_bytes(32))
-    layout.secret_file.chmod(0o600)
     report = _train_report(model)
     config = {
         **settings,
@@ -89,7 +132,13 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list)
         "model_after": tree_hash(v0),
         "users": len({s.user for s in train}),
         "samples": len(train),
-        "details": {"method": settings["method"], "verify": settings["verify"]},
+        "details": {
+            "method": settings["method"],
+            "verify": settings["verify"],
+            "key": Keyer(read_key(Path(settings["key_file"]))).fingerprint(),
+            "chain": integrity.chain(layout, v0),
+            "data": integrity.digests(integrity.read_splits(layout.data)),
+        },
     }
     with Ledger.create(layout.ledger) as ledger:
         ledger.append([event])

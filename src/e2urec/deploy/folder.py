@@ -4,9 +4,11 @@
 - DEPLOY/models/vN/     model versions; an unlearning adapter names its base relatively
 - DEPLOY/LIVE           the id of the version being served (replaced atomically)
 - DEPLOY/ledger.sqlite  the hash-chained ledger and the ids of requests not yet purged
-- DEPLOY/secret.key     the key of the HMAC hashes that stand for forgotten ids
-- DEPLOY/config.json    method, options and verification bounds chosen at `init`
+- DEPLOY/config.json    method, options and verification bounds chosen at `init`, the key's path
 - DEPLOY/catalogue.json item titles, for the scoring service
+
+The key of the HMAC hashes that stand for forgotten ids lives outside the folder (by default in
+the user's config folder, `key_folder()`), so that a copy of the folder alone reveals no id.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ class Layout:
     models = property(lambda self: self.root / "models")
     live_file = property(lambda self: self.root / "LIVE")
     ledger = property(lambda self: self.root / "ledger.sqlite")
-    secret_file = property(lambda self: self.root / "secret.key")
+    legacy_key = property(lambda self: self.root / "secret.key")  # deployments before issue 26
     config_file = property(lambda self: self.root / "config.json")
     catalogue = property(lambda self: self.root / "catalogue.json")
     lock_file = property(lambda self: self.root / "apply.lock")
@@ -53,10 +56,63 @@ class Layout:
     def config(self) -> dict:
         return json.loads(self.config_file.read_text())
 
+    @property
+    def key_file(self) -> Path:
+        given = self.config().get("key_file")
+        return Path(given) if given else self.legacy_key
+
+    def keyer(self) -> Keyer:
+        return Keyer(read_key(self.key_file))
+
     def keyed(self, *parts: str) -> str:
         """HMAC-SHA256 of an id (or a user/item pair): stands for it without revealing it."""
-        key = self.secret_file.read_bytes()
-        return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
+        return self.keyer()(*parts)
+
+
+MIN_KEY = 32  # bytes: an HMAC key shorter than its hash's output weakens it
+
+
+class KeyMissing(FileNotFoundError):
+    """The deployment's HMAC key cannot be read: nothing that needs ids can go on."""
+
+
+def read_key(path: Path) -> bytes:
+    try:
+        key = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        raise KeyMissing(
+            f"the deployment's HMAC key {path} cannot be read ({type(err).__name__}); "
+            "restore it from where it was kept (a new key would not match the ledger)"
+        ) from None
+    if len(key) < MIN_KEY:
+        raise ValueError(f"{path}: an HMAC key needs at least {MIN_KEY} bytes, got {len(key)}")
+    return key
+
+
+@dataclass(frozen=True)
+class Keyer:
+    """The key read once: scanning data calls it once per sample."""
+
+    key: bytes
+
+    def __call__(self, *parts: str) -> str:
+        return hmac.new(self.key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    def fingerprint(self) -> str:
+        """What the ledger keeps to notice a replaced key; it reveals nothing of the key."""
+        return self("e2urec key fingerprint")[:32]
+
+
+def key_folder() -> Path:
+    """Where `init` keeps keys it makes: $E2UREC_KEY_DIR, else the user's config folder."""
+    if os.environ.get("E2UREC_KEY_DIR"):
+        return Path(os.environ["E2UREC_KEY_DIR"])
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "e2urec" / "keys"
+
+
+# Temporary files this package writes: `write_atomic`'s and `write_jsonl`'s (mkstemp's suffix).
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -9,10 +9,10 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from e2urec.data.deletion import DeletionRequest, select, unknown
+from e2urec.data.deletion import DeletionRequest, listing, select, unknown
 from e2urec.deploy.apply_loop import locked
 from e2urec.deploy.folder import Layout
-from e2urec.deploy.ledger import Ledger, request_views, versions
+from e2urec.deploy.ledger import CANCELLED, Ledger, request_views, states, versions
 from e2urec.deploy.purge import read_split, shown
 
 
@@ -48,15 +48,15 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
             details = {"reason": err.reason, "interactions": len(pairs)}
             ledger.append([{"event": "refused", "request": rid, **counts, "details": details}])
             raise
+        keyed, echoes = layout.keyer(), shown(train, pairs)
         keys = {
-            "users": [layout.keyed(u) for u in users],
-            "interactions": [layout.keyed(u, i) for u, i in pairs],
+            "users": [keyed(u) for u in users],
+            "interactions": [keyed(u, i) for u, i in pairs],
+            # How each deleted rating shows in later prompts: what lets every later apply
+            # find those prompts again should a backup bring them back.
+            "shown": [keyed(u, text) for u, text in echoes],
         }
-        body = {
-            "users": list(users),
-            "interactions": [list(p) for p in pairs],
-            "shown": shown(train, pairs),
-        }
+        body = {"users": list(users), "interactions": [list(p) for p in pairs], "shown": echoes}
         event = {
             "event": "received",
             "request": rid,
@@ -70,17 +70,18 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
 
 def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -> None:
     done_users, done_pairs = _forgotten_keys(ledger)
+    keyed = layout.keyer()
     pending = ledger.pending().values()
     wait_users = {u for b in pending for u in b["users"]}
     wait_pairs = {tuple(p) for b in pending for p in b["interactions"]}
     found: dict[str, list[str]] = {"already forgotten": [], "pending": [], "unknown": []}
     for u in req.users:
-        if layout.keyed(u) in done_users:
+        if keyed(u) in done_users:
             found["already forgotten"].append(u)
         elif u in wait_users:
             found["pending"].append(u)
     for u, i in req.interactions:
-        if layout.keyed(u) in done_users or layout.keyed(u, i) in done_pairs:
+        if keyed(u) in done_users or keyed(u, i) in done_pairs:
             found["already forgotten"].append(f"{u}/{i}")
         elif u in wait_users or (u, i) in wait_pairs:
             found["pending"].append(f"{u}/{i}")
@@ -93,7 +94,7 @@ def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -
         "already forgotten": "already forgotten by an earlier request",
         "pending": "already in a request waiting for `apply`",
     }
-    problems = [f"{what[k]}: {', '.join(v)}" for k, v in found.items() if v]
+    problems = [f"{what[k]}: {listing(v)}" for k, v in found.items() if v]
     if problems:
         reason = ", ".join(k for k, v in found.items() if v)
         raise Refused(reason, "; ".join(problems) + ". Nothing was changed.")
@@ -109,6 +110,47 @@ def _forgotten_keys(ledger: Ledger) -> tuple[set[str], set[str]]:
             users.update(r["details"]["keys"]["users"])
             pairs.update(r["details"]["keys"]["interactions"])
     return users, pairs
+
+
+# ---- pending requests: list, cancel ----------------------------------------------------------
+
+
+def pending_requests(deploy) -> list[dict]:
+    """What `status` shows of each request not yet carried out or refused."""
+    layout = Layout.of(deploy)
+    with Ledger(layout.ledger) as ledger:
+        waiting, views = ledger.pending(), request_views(ledger.records())
+    return [views[r] for r in waiting]
+
+
+class NotCancellable(ValueError):
+    """The request is not waiting (unknown, finished, or already in a verified model)."""
+
+
+def cancel(deploy, request_id: str) -> dict:
+    """Withdraw a pending request: a "refused" row (cancelled by the operator) and its ids
+    dropped. Only while no apply runs (`Busy` otherwise) and before a model was verified
+    with it (from then on it rolls forward)."""
+    layout = Layout.of(deploy)
+    with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
+        state = states(ledger.records()).get(request_id)
+        if state is None:
+            raise NotCancellable(f"no request {request_id!r} in the ledger")
+        if request_id not in ledger.pending() or state["event"] not in ("received", "failed"):
+            raise NotCancellable(
+                f"request {request_id} is {state['event']}: only a request waiting to be applied "
+                "can be cancelled"
+            )
+        got = state["received"]
+        event = {
+            "event": "refused",
+            "request": request_id,
+            "users": got["users"],
+            "samples": got["samples"],
+            "details": {"reason": CANCELLED, "interactions": got["details"].get("interactions")},
+        }
+        ledger.append([event], drop_pending=[request_id])
+        return request_views(ledger.records())[request_id]
 
 
 # ---- status -------------------------------------------------------------------------------

@@ -6,19 +6,20 @@ the chain; a one-row `head` table, written in the same transaction, holds the ro
 hash, so deleting the newest rows is caught too. Someone who rewrites the whole chain is caught
 only by `verify`'s consistency checks, or by comparing the head with a copy kept elsewhere.
 The `pending` table holds the ids of requests not yet purged: they go in the same transaction
-as their "received" row and leave with their "purged" (or "failed") row, and `secure_delete`
-overwrites them in the file when they go.
+as their "received" row and leave with their "purged" or "refused" row (a request ends in one of
+the two), and `secure_delete` overwrites them in the file when they go. A "failed" row records an
+attempt that did not finish (its error's kind); the request stays pending and is tried again.
+An "enforced" row (no request) records forgotten rows found back in the data and removed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-
-from e2urec.deploy.folder import Layout, tree_hash
 
 FIELDS = (
     "time",
@@ -32,7 +33,7 @@ FIELDS = (
     "version",
     "details",
 )
-EVENTS = ("created", "received", "refused", "verified", "applied", "purged", "failed")
+EVENTS = ("created", "received", "refused", "verified", "applied", "purged", "failed", "enforced")
 GENESIS = "0" * 64
 # A request as `status` shows it. state: its last event; received/applied/purged: times.
 VIEW = (
@@ -48,8 +49,13 @@ VIEW = (
     "model_before",
     "model_after",
     "verification",
+    "forgetting",
     "reason",
+    "attempts",
+    "error",
 )
+CANCELLED = "cancelled by the operator"
+ALREADY = "already purged by an earlier request"
 SCHEMA = f"""
 CREATE TABLE ledger (seq INTEGER PRIMARY KEY, {", ".join(FIELDS)}, prev_hash TEXT, hash TEXT);
 CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), rows INTEGER, hash TEXT);
@@ -71,14 +77,26 @@ def row_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+class Corrupt(ValueError):
+    """The ledger file is not a readable ledger (truncated, overwritten, not SQLite)."""
+
+
 class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists():
+        if not self.path.is_file():
             raise FileNotFoundError(f"{path}: no ledger")
         # Autocommit mode: every write below opens its own BEGIN IMMEDIATE transaction.
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA secure_delete = ON")
+        try:
+            self.db.execute("PRAGMA secure_delete = ON")
+            self.db.execute("SELECT rows, hash FROM head").fetchone()
+            self.db.execute("SELECT COUNT(*) FROM ledger").fetchone()
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise Corrupt(
+                f"{path}: not a readable ledger ({err}); restore it from a backup"
+            ) from None
 
     @classmethod
     def create(cls, path: str | Path) -> Ledger:
@@ -128,12 +146,18 @@ class Ledger:
 
     def rows(self) -> list[dict]:
         names = ("seq", *FIELDS, "prev_hash", "hash")
-        cur = self.db.execute(f"SELECT {', '.join(names)} FROM ledger ORDER BY seq")
-        return [dict(zip(names, r)) for r in cur]
+        try:
+            cur = self.db.execute(f"SELECT {', '.join(names)} FROM ledger ORDER BY seq")
+            return [dict(zip(names, r)) for r in cur]
+        except sqlite3.DatabaseError as err:  # a page of the file damaged past the first ones
+            raise Corrupt(f"{self.path}: not a readable ledger ({err}); restore it") from None
 
     def records(self) -> list[dict]:
         """Rows with their details parsed."""
-        return [{**r, "details": json.loads(r["details"] or "{}")} for r in self.rows()]
+        try:
+            return [{**r, "details": json.loads(r["details"] or "{}")} for r in self.rows()]
+        except json.JSONDecodeError as err:
+            raise Corrupt(f"{self.path}: a row's details are not JSON ({err})") from None
 
     def head(self) -> dict:
         count, digest = self.db.execute("SELECT rows, hash FROM head").fetchone()
@@ -154,7 +178,11 @@ class Ledger:
             if row_hash(row["prev_hash"], row) != row["hash"]:
                 problems.append(f"row {row['seq']}: its content does not match its hash")
             prev = row["hash"]
-            row["details"] = json.loads(row["details"] or "{}")
+            try:
+                row["details"] = json.loads(row["details"] or "{}")
+            except json.JSONDecodeError:
+                problems.append(f"row {row['seq']}: its details are not JSON")
+                row["details"] = {}
         head = self.head()
         if head["rows"] != len(rows) or head["hash"] != prev:
             problems.append(
@@ -193,27 +221,33 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
         rid, kind = row["request"], row["event"]
         if not rid:
             continue
-        view = views.setdefault(rid, {"id": rid, **dict.fromkeys(VIEW)})
-        view["state"] = kind
-        if kind in ("received", "refused"):
+        view = views.setdefault(rid, {"id": rid, **dict.fromkeys(VIEW), "attempts": 0})
+        view["state"] = "retrying" if kind == "failed" else kind
+        if kind == "received" or (kind == "refused" and view["received"] is None):
             view.update(received=row["time"], users=row["users"], samples=row["samples"])
             view["interactions"] = row["details"].get("interactions")
-            if kind == "refused":
-                view["reason"] = row["details"]["reason"]
+        if kind == "refused" or (kind == "purged" and row["details"].get("reason")):
+            view["reason"] = row["details"]["reason"]
+        if kind == "failed":
+            view["attempts"] += 1
+            view["error"] = row["details"].get("error")
         if kind in ("verified", "failed"):
             view["method"] = row["method"]
             view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
-            view["verification"] = row["details"]["verification"]
+            view["verification"] = row["details"].get("verification")
+            view["forgetting"] = (view["verification"] or {}).get("forgetting")
         if kind in ("applied", "purged"):
             view[kind] = row["time"]
             view["version"] = row["version"]
     return views
 
 
-# The event sequences a request may have: refused; received then failed; or a prefix of
-# received, verified, applied, purged.
-PATH = ("received", "verified", "applied", "purged")
-SEQUENCES = [("refused",), ("received", "failed")] + [PATH[:n] for n in range(1, len(PATH) + 1)]
+# The event sequences a request may have: refused at once; or received, failed attempts, then
+# refused (cancelled), purged (already purged by an earlier one) or a prefix of verified,
+# applied, purged.
+SEQUENCE = re.compile(
+    r"refused|received( failed)*( verified( applied( purged)?)?| refused| purged)?"
+)
 
 
 def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
@@ -222,30 +256,10 @@ def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
     problems = []
     for rid, state in states(rows).items():
         events = tuple(r["event"] for r in rows if r["request"] == rid)
-        finished = events[-1] in ("purged", "failed", "refused")
-        if events not in SEQUENCES:
+        finished = events[-1] in ("purged", "refused")
+        if not SEQUENCE.fullmatch(" ".join(events)):
             problems.append(f"request {rid}: events out of order: {', '.join(events)}")
         elif finished == (rid in pending):
             kept = "still keeps" if finished else "no longer has"
             problems.append(f"request {rid}: {state['event']}, but the ledger {kept} its ids")
     return problems
-
-
-def verify(deploy: str | Path) -> dict:
-    """Check the chain and each request's events, then re-hash the live and every recorded
-    model version against the ledger."""
-    layout = Layout.of(deploy)
-    with Ledger(layout.ledger) as ledger:
-        rows, problems = ledger.chain_problems()
-        problems += order_problems(rows, set(ledger.pending()))
-    recorded = versions(rows)
-    live = layout.live()
-    if live not in recorded:
-        problems.append(f"the live model {live!r} is not a version the ledger records")
-    for version, info in recorded.items():
-        folder = layout.version(version)
-        if not folder.is_dir():
-            problems.append(f"models/{version}: recorded in the ledger but missing")
-        elif tree_hash(folder) != info["hash"]:
-            problems.append(f"models/{version}: its files do not match the hash in the ledger")
-    return {"ok": not problems, "rows": len(rows), "problems": problems}

@@ -67,6 +67,13 @@ def purge_folder(folder: str | Path, eraser: Eraser, after_file: Callable[[], No
     return removed
 
 
+def write_kept(folder: Path, kept: dict[str, list[Sample]], eraser: Eraser | None = None) -> None:
+    """Rewrite the given split files with the samples kept, then the manifest."""
+    for name, samples in kept.items():
+        write_jsonl(samples, folder / name)
+    _rewrite_manifest(folder, eraser or Eraser(frozenset(), frozenset(), frozenset()))
+
+
 def _rewrite_manifest(folder: Path, eraser: Eraser) -> None:
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())

@@ -1,4 +1,13 @@
-"""Checking that an unlearned model forgot, before it goes live: cheap, bounded, recorded.
+"""Checking an unlearned model before it goes live: cheap, bounded, recorded.
+
+Two separate results. "Did no harm" (`passed`, the bounds below) asks that nothing broke:
+utility, leakage, the forgotten answers not made surer. It does not ask for forgetting, so an
+unlearning that does nothing passes it. "Shows forgetting" (`forgetting`) asks for evidence
+that the request's data lost its hold: the forgotten samples' change in log-odds of the true
+answer against the same change on as many samples of random retained users (a permutation
+test). Within noise it says "no measurable forgetting": a finding shown amber on the page and
+in status, not a block (the data is purged all the same). For an exact method (one that trains
+from the backbone without the rows) the evidence is structural, and says so.
 
 The work is proportional to the request: the forgotten samples are scored before and after, and
 the membership attack uses at most `samples` retain members and twice as many held-out samples,
@@ -17,6 +26,8 @@ from e2urec.api import assess
 from e2urec.data.sample import Sample
 from e2urec.metrics import closeness
 from e2urec.model import loader, score
+
+SHOWN, NOT_SHOWN, STRUCTURAL = "shows forgetting", "no measurable forgetting", "structural"
 
 
 @dataclass
@@ -38,6 +49,8 @@ class Bounds:
       is then about 0.04, and verification scores under a thousand samples.
     - retrain False, max_jsd 0.1: a Retrain reference costs a full training run, so it is
       opt-in; JSD (base 2, in [0, 1]) to it on the forgotten samples above 0.1 fails.
+    - forget_alpha 0.05, permutations 2000: forgetting is shown when the permutation test's
+      one-sided p-value is below 0.05 (2000 permutations resolve p to about 0.0005).
     """
 
     max_mia_auc: float = 0.7
@@ -47,16 +60,20 @@ class Bounds:
     samples: int = 200
     retrain: bool = False
     max_jsd: float = 0.1
+    forget_alpha: float = 0.05
+    permutations: int = 2000
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("max_mia_auc", "max_p_true_rise", "max_utility_drop", "max_jsd"):
+        for name in ("max_mia_auc", "max_p_true_rise", "max_utility_drop", "max_jsd", "forget_alpha"):  # fmt: skip
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"verify.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.mia_min_forget < 1:
             raise ValueError(f"verify.mia_min_forget must be at least 1, got {self.mia_min_forget}")
         if self.samples < 2:
             raise ValueError(f"verify.samples must be at least 2, got {self.samples}")
+        if self.permutations < 100:
+            raise ValueError(f"verify.permutations must be at least 100, got {self.permutations}")
 
 
 def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
@@ -92,8 +109,11 @@ def verify(
     holdout_name: str,
     bounds: Bounds,
     reference: str | None = None,
+    exact: str | None = None,
 ) -> dict:
-    """Verification numbers of `after` (the unlearned model) against `before`, and the verdict."""
+    """Verification numbers of `after` (the unlearned model) against `before`, the verdict on
+    harm (`passed`) and the evidence of forgetting. `exact`: the name of an exact method, whose
+    evidence is structural."""
     if len(holdout) < 4 or len(retain) < 2:
         raise ValueError(
             f"verification needs at least 4 held-out and 2 retained samples, "
@@ -102,8 +122,14 @@ def verify(
     rng = np.random.default_rng(bounds.seed)
     held = _subset(holdout, 2 * bounds.samples, rng)
     members = _subset(retain, bounds.samples, rng)
-    was, f_was = assess(before, held, forget, members, seed=bounds.seed)
-    now, f_now = assess(after, held, forget, members, seed=bounds.seed, full=reference is not None)
+    control = control_samples(forget, retain, rng)
+    rec = loader.load(before)
+    was, f_was = assess(rec, held, forget, members, seed=bounds.seed)
+    c_was = score(rec, control)["p_yes"] if exact is None else None
+    rec = loader.load(after)
+    now, f_now = assess(rec, held, forget, members, seed=bounds.seed, full=reference is not None)
+    c_now = score(rec, control)["p_yes"] if exact is None else None
+    del rec
     unseen = len(held) - len(held) // 2  # the attack's held-out half (mia.Plan)
     se = hanley_mcneil_se(now["mia_auc"], len(forget), unseen)
     numbers = {
@@ -121,9 +147,78 @@ def verify(
     if reference is not None:
         ref = score(loader.load(reference), forget, full=True)
         numbers["jsd_retrain"] = closeness(f_now["dist"], ref["dist"], f_now["p_yes"], ref["p_yes"])["jsd"]  # fmt: skip
+    if exact is not None:
+        numbers["forgetting"] = {
+            "verdict": STRUCTURAL,
+            "shown": True,
+            "note": f"{exact} trains from the backbone without the forgotten rows: "
+            "no trained part of the new model saw them",
+        }
+    else:
+        d_forget = _logodds_change(forget, f_was["p_yes"], f_now["p_yes"])
+        d_control = _logodds_change(control, c_was, c_now)
+        numbers["forgetting"] = evidence(d_forget, d_control, bounds)
     numbers = _clean(numbers)
     failures = _failures(numbers, bounds)
     return {**numbers, "bounds": asdict(bounds), "passed": not failures, "failures": failures}
+
+
+def control_samples(forget: list[Sample], retain: list[Sample], rng) -> list[Sample]:
+    """As many retained samples as forgotten ones, from random retained users (whole users,
+    as a request takes them, so the control changes as a request's samples would by chance)."""
+    gone = {s.user for s in forget}
+    by_user: dict[str, list[Sample]] = {}
+    for s in retain:
+        if s.user not in gone:
+            by_user.setdefault(s.user, []).append(s)
+    users = sorted(by_user)
+    chosen: list[Sample] = []
+    for i in rng.permutation(len(users)):
+        chosen += by_user[users[i]]
+        if len(chosen) >= len(forget):
+            break
+    pool = chosen if len(chosen) >= len(forget) else retain
+    return _subset(pool, len(forget), rng)
+
+
+def _logodds_change(samples: list[Sample], was: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """Per sample: the change in log-odds of the true answer (negative: less sure of it)."""
+    labels = np.array([s.label for s in samples])
+
+    def logodds(p_yes):
+        p = np.clip(np.where(labels == 1, p_yes, 1 - p_yes), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    return logodds(np.asarray(now, dtype=float)) - logodds(np.asarray(was, dtype=float))
+
+
+def permutation_p(d_forget: np.ndarray, d_control: np.ndarray, n: int, seed: int) -> float:
+    """One-sided p-value of mean(d_control) - mean(d_forget) under exchangeable labels."""
+    pooled, k = np.concatenate([d_forget, d_control]), len(d_forget)
+    observed = d_control.mean() - d_forget.mean()
+    rng, above = np.random.default_rng(seed), 0
+    for start in range(0, n, 100):  # in chunks: a large request's matrix stays small
+        shuffled = pooled[np.argsort(rng.random((min(100, n - start), len(pooled))), axis=1)]
+        effects = shuffled[:, k:].mean(axis=1) - shuffled[:, :k].mean(axis=1)
+        above += int(np.sum(effects >= observed - 1e-12))
+    return (1 + above) / (n + 1)
+
+
+def evidence(d_forget: np.ndarray, d_control: np.ndarray, bounds: Bounds) -> dict:
+    """Did the forgotten answers lose more confidence than retained ones, beyond chance?"""
+    effect = float(d_control.mean() - d_forget.mean())
+    p = permutation_p(d_forget, d_control, bounds.permutations, bounds.seed)
+    shown = effect > 0 and p < bounds.forget_alpha
+    return {
+        "verdict": SHOWN if shown else NOT_SHOWN,
+        "shown": bool(shown),
+        "effect": effect,  # log-odds: how much more the forgotten answers fell than the control
+        "p_value": p,
+        "forget_change": float(d_forget.mean()),
+        "control_change": float(d_control.mean()),
+        "samples": len(d_forget),
+        "test": "permutation, one-sided, random retained users' samples as control",
+    }
 
 
 def _failures(n: dict, b: Bounds) -> list[str]:

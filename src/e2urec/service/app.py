@@ -13,9 +13,12 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from e2urec import __version__
-from e2urec.deploy.folder import Layout
+from e2urec.deploy import integrity
+from e2urec.deploy.folder import KeyMissing, Layout
+from e2urec.deploy.ledger import Corrupt, Ledger, versions
 from e2urec.service.config import ServiceConfig, read_token
 from e2urec.service.limits import BodyLimit
 from e2urec.service.live import LiveModel, load_live
@@ -32,7 +35,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         live = LiveModel(await asyncio.to_thread(load_live, config.deploy))
         scorer = Batcher(live, config.batch_size, max_prompts=4 * config.batch_size)
-        worker = Worker(config.deploy, config.window, config.method, live)
+        worker = Worker(config.deploy, config.window, config.method, live, config.max_attempts)
         app.state.service = Service(config, live, scorer, worker)
         task = asyncio.create_task(worker.run(), name="deletion worker")
         log.info("serving model version %s from %s", live.get().version, config.deploy)
@@ -51,10 +54,36 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_body=config.max_body)
+    # DNS rebinding: a page on another site resolving its name to 127.0.0.1 gets its own name
+    # in the Host header; answering only the bound address and localhost keeps it out.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config))
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for broken in (KeyMissing, Corrupt, integrity.Tampered):
+        app.add_exception_handler(broken, _needs_the_operator)
+    app.add_exception_handler(Exception, _server_error)
     for module in (score, deletions, models, page):
         app.include_router(module.router)
     return app
+
+
+async def _needs_the_operator(request: Request, exc: Exception) -> JSONResponse:
+    """The deployment itself is broken (key, ledger, tampered files): not the client's doing.
+    The log says what and where; the client learns only that it is not its fault."""
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    detail = f"the deployment needs its operator ({type(exc).__name__}); the server log says why"
+    return JSONResponse(status_code=503, content={"detail": detail})
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """Our fault: logged with its traceback; the client gets no path and no message."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    detail = "internal error; the server log says why"
+    return JSONResponse(status_code=500, content={"detail": detail})
+
+
+def allowed_hosts(config: ServiceConfig) -> list[str]:
+    local = ["localhost", "127.0.0.1", "::1", "[::1]"]
+    return list(dict.fromkeys([config.host, *local, *config.allow_hosts]))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,8 +111,20 @@ def serve(
 
     # Progress bars from scoring would land in the service's log once per request.
     os.environ.setdefault("TQDM_DISABLE", "1")
-    Layout.of(deploy)  # "not a deployment folder" before a token is made in it
+    _check_live(Layout.of(deploy))  # before a token is made in it, and before any traceback
     token = read_token(token_file, deploy)
-    config = ServiceConfig(deploy=Path(deploy), token=token, **options)
+    config = ServiceConfig(deploy=Path(deploy), token=token, host=host, **options)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+
+
+def _check_live(layout: Layout) -> None:
+    """Refuse to serve a live model whose files (or base) are not those the ledger recorded:
+    a truncated weights file would otherwise stop the start with a loader's traceback."""
+    with Ledger(layout.ledger) as ledger:
+        rows = ledger.records()
+    live = layout.live()
+    only = integrity.live_chain(layout, live, versions(rows))
+    problems = integrity.model_problems(layout, rows, only)
+    if problems:
+        raise ValueError(f"{layout.root}: will not serve: {'; '.join(problems)}")

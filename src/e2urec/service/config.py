@@ -24,13 +24,17 @@ class ServiceConfig:
     max_history: int = 100
     batch_size: int = 32  # prompts per forward pass
     refresh: int = 5  # seconds between reloads of the page
+    max_attempts: int = 3  # failed applies of a request before the worker leaves it to the operator
+    host: str = "127.0.0.1"  # the bound address: a Host header must name it (or localhost)
+    allow_hosts: tuple[str, ...] = ()  # further names for the Host header (a proxy in front)
 
     def __post_init__(self):
         if not (Path(self.deploy) / "catalogue.json").exists():
             raise ValueError(f"{self.deploy}: not a deployment folder (run `e2urec init` first)")
         if len(self.token) < 16:
             raise ValueError("the bearer token must be at least 16 characters long")
-        for name in ("max_body", "max_candidates", "max_history", "batch_size", "refresh"):
+        names = ("max_body", "max_candidates", "max_history", "batch_size", "refresh")
+        for name in (*names, "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.window < 0:

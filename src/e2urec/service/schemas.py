@@ -69,19 +69,24 @@ class DeletionStatus(BaseModel):
     """A request as the ledger tells it (`deploy.status`), and whether it is being applied now."""
 
     id: str
-    state: str  # received, refused, verified, applied, purged or failed
+    # received, retrying (an attempt failed; it waits to be tried again), verified, applied;
+    # then purged (carried out) or refused (with a reason: refused at once, or cancelled)
+    state: str
     received: str | None = None  # times, ISO 8601 UTC
     applied: str | None = None
     purged: str | None = None
     users: int | None = None  # counts only: the ledger keeps no ids in clear
     samples: int | None = None
     interactions: int | None = None
-    reason: str | None = None  # why it was refused
+    reason: str | None = None  # why it was refused, or "already purged by an earlier request"
+    attempts: int = 0  # failed attempts to apply it
+    error: str | None = None  # the last failed attempt's kind of error
     method: str | None = None
     version: str | None = None  # the model version it went live in
     model_before: str | None = None  # content hashes
     model_after: str | None = None
     verification: dict | None = None
+    forgetting: dict | None = None  # the evidence that the request's data lost its hold
     applying: bool = False
 
 

@@ -19,22 +19,43 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2urec import deploy as deployment
-from e2urec.deploy import ledger
 from e2urec.deploy.folder import Layout
-from e2urec.deploy.ledger import Ledger, versions
+from e2urec.deploy.ledger import Ledger
+from e2urec.deploy.upkeep import record_attempt
 from e2urec.service.live import LiveModel, load_live
 
 log = logging.getLogger("e2urec.service")
 POLL = 10.0  # seconds between looks at the ledger for requests made outside the service
+# An apply refused because the deployment itself is broken (tampered files, a lost key, a
+# corrupt ledger) records no attempt; the worker waits this long before trying again, or
+# until a new request wakes it.
+BROKEN_BACKOFF = 300.0
+BROKEN = ("Tampered", "KeyMissing", "Corrupt")
 
 
-# A request waits in one of these states; the last two are left by an apply that was killed after
-# verifying, and the next apply rolls them forward.
-PENDING = ("received", "verified", "applied")
+# A request waits in one of these states: received, or retrying after failed attempts; the last
+# two are left by an apply that was killed after verifying, and the next apply rolls them forward.
+WAITING = ("received", "retrying")
+ROLLING = ("verified", "applied")
 
 
-def pending(deploy: Path) -> list[str]:
-    return [r["id"] for r in deployment.status(deploy)["requests"] if r["state"] in PENDING]
+ALONE = 2  # failed attempts after which a request is tried alone, not in a batch
+
+
+def pending(deploy: Path, max_attempts: int | None = None) -> list[str]:
+    """Requests the worker should apply next. A request that failed `max_attempts` times waits
+    for the operator (`e2urec apply`, or a cancel) rather than being retried for ever; one
+    that failed ALONE times is tried by itself (oldest first), so that a request that cannot be
+    carried out never holds a batch of others back more than twice. A killed apply (the OOM
+    killer) says nothing about its requests: they stay in the batch."""
+    views = deployment.pending_requests(deploy)
+    rolling = [r["id"] for r in views if r["state"] in ROLLING]
+    waiting = [r for r in views if r["state"] in WAITING]
+    waiting = [r for r in waiting if max_attempts is None or r["attempts"] < max_attempts]
+    alone = {r["id"] for r in waiting if r["attempts"] >= ALONE and r["error"] != "ProcessDied"}
+    stuck = [r["id"] for r in waiting if r["id"] in alone]
+    fresh = [r["id"] for r in waiting if r["id"] not in alone]
+    return rolling + (stuck[:1] if stuck else fresh)
 
 
 class ApplyError(RuntimeError):
@@ -43,7 +64,7 @@ class ApplyError(RuntimeError):
         self.kind = kind  # the exception's class name, what the ledger keeps
 
 
-def _apply_in_child(deploy: str, method: str | None, alive, result) -> None:
+def _apply_in_child(deploy: str, method: str | None, bound: tuple, alive, result) -> None:
     import threading
 
     def die_with_parent():
@@ -54,17 +75,21 @@ def _apply_in_child(deploy: str, method: str | None, alive, result) -> None:
     threading.Thread(target=die_with_parent, daemon=True).start()
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        result.send(("ok", deployment.apply(deploy, method=method)))
+        ids, max_attempts = bound
+        done = deployment.apply(deploy, method=method, requests=ids, max_attempts=max_attempts)
+        result.send(("ok", done))
     except Exception as err:  # the parent records it; the child has nowhere to show it
         result.send(("error", (type(err).__name__, str(err))))
 
 
-async def apply_in_child(deploy: Path, method: str | None) -> list[dict]:
+async def apply_in_child(deploy: Path, method: str | None, ids=None, max_attempts=None) -> list:
     ctx = multiprocessing.get_context("spawn")  # fork would copy the scorer thread's locks
     alive_r, alive_w = ctx.Pipe(duplex=False)
     result_r, result_w = ctx.Pipe(duplex=False)
     child = ctx.Process(
-        target=_apply_in_child, args=(str(deploy), method, alive_r, result_w), daemon=True
+        target=_apply_in_child,
+        args=(str(deploy), method, (ids, max_attempts), alive_r, result_w),
+        daemon=True,
     )
     child.start()
     result_w.close()  # so that recv() sees EOF if the child dies without answering
@@ -93,18 +118,24 @@ class Applying:
 
 
 class Worker:
-    def __init__(self, deploy: Path, window: float, method: str | None, live: LiveModel):
+    def __init__(self, deploy: Path, window: float, method: str | None, live: LiveModel, max_attempts: int = 3):  # fmt: skip
         self.deploy, self.window, self.method, self.live = deploy, window, method, live
+        self.max_attempts = max_attempts
         self.applying: Applying | None = None
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._check: tuple[float, dict] | None = None
+        self._checking = asyncio.Lock()
+        self._broken_until = 0.0
 
     async def ledger_check(self, max_age: float) -> tuple[float, dict]:
-        """`ledger.verify` re-hashes the model files: cached for `max_age` s, redone after applies."""
-        if self._check is None or time.time() - self._check[0] > max_age:
-            self._check = (time.time(), await asyncio.to_thread(ledger.verify, self.deploy))
-        return self._check
+        """`verify` re-hashes the model files: cached for `max_age` s, redone after applies, and
+        run once at a time however many pages ask (the others wait for its result)."""
+        async with self._checking:
+            if self._check is None or time.time() - self._check[0] > max_age:
+                found = await asyncio.to_thread(deployment.verify, self.deploy)
+                self._check = (time.time(), found)
+            return self._check
 
     def wake(self) -> None:
         self._wake.set()
@@ -112,7 +143,8 @@ class Worker:
     async def run(self) -> None:
         while True:
             try:
-                if await asyncio.to_thread(pending, self.deploy):
+                broken = time.time() < self._broken_until
+                if not broken and await asyncio.to_thread(pending, self.deploy, self.max_attempts):
                     await asyncio.sleep(self.window)  # let the requests of the window join
                     await self.apply_pending()
                 await self.refresh()  # also picks up an apply made with the CLI
@@ -120,16 +152,17 @@ class Worker:
                 log.exception("worker: could not read or apply the pending requests")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)
+                self._broken_until = 0.0  # a new request: worth another look
             self._wake.clear()
 
     async def apply_pending(self) -> None:
-        ids = await asyncio.to_thread(pending, self.deploy)
+        ids = await asyncio.to_thread(pending, self.deploy, self.max_attempts)
         if not ids:
             return
         self.applying = Applying(tuple(ids), time.time())
         log.info("applying %d request(s)", len(ids))
         try:
-            await apply_in_child(self.deploy, self.method)
+            await apply_in_child(self.deploy, self.method, ids, self.max_attempts)
             self.last_error = None
         except ApplyError as err:
             if err.kind == deployment.Busy.__name__:
@@ -137,8 +170,10 @@ class Worker:
             else:
                 log.error("apply failed: %s", err)
                 self.last_error = f"{err.kind}: {err}"
-                method = self.method or Layout.of(self.deploy).config()["method"]
-                await asyncio.to_thread(record_failure, self.deploy, ids, method, err.kind)
+            if err.kind in BROKEN:
+                self._broken_until = time.time() + BROKEN_BACKOFF
+            if err.kind == "ProcessDied":  # it could not write its own "failed" rows
+                await asyncio.to_thread(record_died, self.deploy, ids, self.method, err.kind)
         finally:
             self.applying = None
             self._check = None
@@ -151,28 +186,9 @@ class Worker:
             log.info("now serving model version %s", self.live.get().version)
 
 
-def record_failure(deploy: Path, ids: list[str], method: str, error: str) -> list[str]:
-    """Mark failed those of `ids` the failed apply left unverified (else the worker would retry
-    them forever); verified ones roll forward on the next apply. The ledger keeps the error's
-    kind only: a message may quote ids, and the ledger never holds them in clear."""
+def record_died(deploy: Path, ids: list[str], method: str | None, error: str) -> None:
+    """A "failed" row for each of `ids` the dead apply left waiting: they stay pending and are
+    tried again (verified ones roll forward on the next apply)."""
     layout = Layout.of(deploy)
     with Ledger(layout.ledger) as book:
-        rows = book.records()
-        last = {r["request"]: r for r in rows if r["request"]}
-        stuck = [r for r in ids if r in book.pending() and last[r]["event"] == "received"]
-        before = versions(rows)[layout.live()]["hash"]
-        events = [
-            {
-                "event": "failed",
-                "request": r,
-                "method": method,
-                "users": last[r]["users"],
-                "samples": last[r]["samples"],
-                "model_before": before,
-                "details": {"verification": None, "error": error},
-            }
-            for r in stuck
-        ]
-        if events:
-            book.append(events, drop_pending=stuck)
-    return stuck
+        record_attempt(layout, book, ids, method, error)

@@ -1,7 +1,11 @@
-"""GET /: the page a person reads: requests, model versions, the ledger's check. Server-rendered."""
+"""GET /: the page a person reads: requests, model versions, the ledger's check. Server-rendered.
+
+Without the token it shows counts, states and hashes only: no paths, no error texts (they may
+quote ids), no request ids. With it (Authorization: Bearer), everything."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from pathlib import Path
 
@@ -23,6 +27,7 @@ async def page(request: Request, service: ServiceDep):
     found = await run_in_threadpool(deployment.status, service.config.deploy)
     checked, check = await service.worker.ledger_check(CHECK_AGE)
     context = {
+        "full": _has_token(request, service.config.token),
         "deploy": service.config.deploy,
         "refresh": service.config.refresh,
         "requests": sorted(found["requests"], key=lambda r: r["received"] or "", reverse=True),
@@ -37,6 +42,11 @@ async def page(request: Request, service: ServiceDep):
         "now": _clock(time.time()),
     }
     return templates.TemplateResponse(request, "page.html", context)
+
+
+def _has_token(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def _clock(t: float) -> str:
