@@ -9,7 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from e2urec.bench import Bench, preset
@@ -19,7 +22,7 @@ from e2urec.data.sources import load as load_data
 from e2urec.methods import METHODS, Task, get_method
 from e2urec.model import backbone, encode, forward, score, smollm
 from e2urec.model.lora import add_lora
-from e2urec.model.train import TrainConfig, answer_loss, train
+from e2urec.model.train import TrainConfig, answer_loss, train, valid_metrics
 
 TRAIN = TrainConfig(epochs=1, lr=5e-3, batch_size=8, eval_batch_size=16, lora=True, lora_rank=4)
 # Small and fast; each method takes the options its config has.
@@ -294,6 +297,109 @@ def test_every_method_on_a_causal_lm(name, original, llama_dir, data, tmp_path):
     after = score(backbone.load(result.model), data["forget"])["p_yes"]
     before = score(backbone.load(original), data["forget"])["p_yes"]
     assert np.isfinite(after).all() and not np.allclose(after, before)
+
+
+# --- what a pretrained LLM is trained on and selected by ------------------------------------------
+
+
+def test_decision_loss_is_the_yes_no_tokens_cross_entropy_alone(llama_dir, data):
+    """Each sample's loss at the position before its answer, from the prompt alone, unpadded:
+    the format tokens ("." and end of sequence) add nothing to it."""
+    rec = backbone.load(llama_dir)
+    samples = data["train"][:6]
+    with torch.no_grad():
+        decision, _ = answer_loss(rec, rec.model, samples, tokens="decision")
+        every, _ = answer_loss(rec, rec.model, samples)
+        by_hand = []
+        for s in samples:
+            ids = rec.tokenizer(s.input, return_tensors="pt")["input_ids"]
+            logits = rec.model(input_ids=ids).logits[0, -1]
+            target = torch.tensor(rec.yes_id if s.label else rec.no_id)
+            by_hand.append(torch.nn.functional.cross_entropy(logits, target))
+    torch.testing.assert_close(decision, torch.stack(by_hand).mean(), atol=1e-5, rtol=1e-4)
+    assert not torch.isclose(decision, every, rtol=1e-3)
+
+
+def test_valid_loss_follows_loss_tokens(llama_dir, data):
+    rec = backbone.load(llama_dir)
+    valid = data["valid"]
+    decision = TrainConfig(loss_tokens="decision", eval_batch_size=4)
+    metrics = valid_metrics(rec, rec.model, valid, decision)
+    with torch.no_grad():
+        expected = answer_loss(rec, rec.model, valid, tokens="decision")[0].item()
+        every = answer_loss(rec, rec.model, valid)[0].item()
+    assert metrics["valid_loss"] == pytest.approx(expected, rel=1e-4)
+    labels = np.array([s.label for s in valid])
+    p_yes = score(rec, valid)["p_yes"]
+    assert metrics["valid_auc"] == pytest.approx(roc_auc_score(labels, p_yes), abs=1e-6)
+    full = valid_metrics(rec, rec.model, valid, TrainConfig(eval_batch_size=4))
+    assert full["valid_loss"] == pytest.approx(every, rel=1e-4) and "valid_auc" not in full
+
+
+def test_selection_by_valid_auc_keeps_the_best_auc_epoch(llama_dir, data, tmp_path, monkeypatch):
+    """Scripted validation in which the valid loss improves every epoch while the AUC peaks in
+    epoch 1: selection by AUC keeps epoch 1's weights and stops after `patience` epochs; by the
+    loss, the same script keeps epoch 3."""
+    import e2urec.model.train as training
+
+    def run(select_by: str, out):
+        script = iter([(0.7, 0.5), (0.6, 0.4), (0.5, 0.3)])  # (AUC, loss), epochs 1, 2, 3
+        snapshots = []
+
+        def scripted(rec, model, samples, config):
+            lora = {
+                n.replace(".default", ""): p.detach().clone()
+                for n, p in model.named_parameters()
+                if "lora_" in n
+            }
+            snapshots.append(lora)
+            auc, loss = next(script)
+            return {"valid_auc": auc, "valid_loss": loss}
+
+        monkeypatch.setattr(training, "valid_metrics", scripted)
+        config = dataclasses.replace(TRAIN, epochs=3, patience=1, select_by=select_by)
+        report = train(llama_dir, data["train"], data["valid"], out, config)
+        return report, snapshots, load_file(out / "adapter_model.safetensors")
+
+    report, snapshots, saved = run("auc", tmp_path / "auc")
+    assert report["best_epoch"] == 1 and report["epochs_run"] == 2
+    assert set(saved) == set(snapshots[0]) and len(saved) > 0
+    assert all(torch.equal(saved[n], snapshots[0][n]) for n in saved)
+    assert not all(torch.equal(saved[n], snapshots[1][n]) for n in saved)
+    report, snapshots, saved = run("loss", tmp_path / "loss")
+    assert report["best_epoch"] == 3 and report["epochs_run"] == 3
+    assert all(torch.equal(saved[n], snapshots[2][n]) for n in saved)
+
+
+def test_warmup_raises_the_lr_before_it_decays(llama_dir, data, tmp_path):
+    lrs = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"])
+    )
+    config = dataclasses.replace(TRAIN, epochs=3, patience=3, schedule="linear", warmup=0.3)
+    try:
+        train(llama_dir, data["train"], data["valid"], tmp_path / "m", config)
+    finally:
+        hook.remove()
+    peak = lrs.index(max(lrs))
+    assert len(lrs) >= 6 and 0 < peak < len(lrs) - 1
+    assert max(lrs) == pytest.approx(config.lr) and lrs[0] <= config.lr / 2
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))  # rising
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))  # then falling
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("loss_tokens", "format", "loss_tokens must be one of"),
+        ("select_by", "test_auc", "select_by must be one of"),
+        ("warmup", 1.0, r"warmup must be a share of the steps in \[0, 1\)"),
+        ("warmup", -0.1, "warmup must be a share"),
+    ],
+)
+def test_training_rules_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
 
 
 # --- "smollm2" as a model name --------------------------------------------------------------------
