@@ -20,7 +20,7 @@ from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.protocol import build_samples
 from e2urec.data.sources import load as load_data
 from e2urec.methods import METHODS, Task, get_method
-from e2urec.model import backbone, encode, forward, score, smollm
+from e2urec.model import backbone, encode, forward, frozen, score, smollm
 from e2urec.model.lora import add_lora
 from e2urec.model.train import TrainConfig, answer_loss, train, valid_metrics
 
@@ -161,12 +161,12 @@ def byte_level_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedT
     )
 
 
-def tiny_llama(tokenizer) -> LlamaForCausalLM:
+def tiny_llama(tokenizer, layers: int = 2) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -400,6 +400,103 @@ def test_warmup_raises_the_lr_before_it_decays(llama_dir, data, tmp_path):
 def test_training_rules_are_checked(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+# --- a frozen bottom: adapters on the top layers, the bottom computed once -----------------------
+
+
+@pytest.fixture(scope="module")
+def deep_llama(tmp_path_factory, data):
+    """A 4-layer tiny Llama, adapters on its top 2 layers with LoRA B drawn (not zero), so
+    that the adapters change the output."""
+    tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
+    out = tmp_path_factory.mktemp("deep") / "base"
+    smollm.save_plain(tiny_llama(tokenizer, layers=4), tokenizer, out, {"kind": "full"})
+    rec = backbone.load(out)
+    net = frozen.add_top_lora(rec.model, 2, rank=4, alpha=8, dropout=0.0)
+    torch.manual_seed(1)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    return rec, net
+
+
+def test_only_the_top_layers_adapters_train(deep_llama):
+    rec, net = deep_llama
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in trainable}
+    assert layers == {2, 3} and all(".lora_" in n for n in trainable)
+    assert len(trainable) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 2e-2)])
+def test_frozen_bottom_forward_equals_the_full_forward(deep_llama, data, dtype, tolerance):
+    rec, net = deep_llama
+    samples = data["train"][:9]
+    states = frozen.BottomStates(rec, frozen.split(net, 2), dtype)
+    assert states.fill(net, samples, batch_size=4) == len(samples)
+    assert states.fill(net, samples) == 0  # computed once
+    net.eval()
+    with torch.no_grad():
+        full = forward(rec, net, encode(rec, samples))
+        # Another batch than the one the states were computed in: padding differs.
+        top = states.forward(net, samples)
+    assert torch.equal(full.targets, top.targets) and torch.equal(full.first, top.first)
+    torch.testing.assert_close(top.logits, full.logits, atol=tolerance, rtol=tolerance)
+    # The adapters move the output far more than the stored states' rounding does.
+    with torch.no_grad(), net.disable_adapter():
+        plain = forward(rec, net, encode(rec, samples)).logits
+    error = (top.logits - full.logits).abs().max()
+    assert (plain - full.logits).abs().max() > 10 * error
+
+
+def test_frozen_bottom_gradients_equal_the_full_ones(deep_llama, data):
+    rec, net = deep_llama
+    samples = data["train"][:6]
+    states = frozen.BottomStates(rec, frozen.split(net, 2), "float32")
+    states.fill(net, samples)
+    net.train()
+
+    def grads(out):
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+
+    full = grads(forward(rec, net, encode(rec, samples)))
+    top = grads(states.forward(net, samples))
+    assert full.keys() == top.keys()
+    for name in full:
+        assert full[name].abs().max() > 0, name
+        torch.testing.assert_close(top[name], full[name], atol=1e-5, rtol=1e-4)
+
+
+def test_bottom_states_save_load_and_drop(deep_llama, data, tmp_path):
+    rec, net = deep_llama
+    samples = data["train"][:5]
+    states = frozen.BottomStates(rec, 2)
+    states.fill(net, samples)
+    states.fill(
+        net, samples[:2], answers=["No." if s.output == "Yes." else "Yes." for s in samples[:2]]
+    )
+    assert len(states) == 7
+    states.save(tmp_path / "bottom.safetensors")
+    again = frozen.BottomStates(rec, 2).load(tmp_path / "bottom.safetensors")
+    assert again.states.keys() == states.states.keys()
+    assert all(torch.equal(again.states[k], states.states[k]) for k in states.states)
+    assert again.drop(samples[:2]) == 4 and len(again) == 3  # both answers of each
+    with pytest.raises(ValueError, match="states below layer 2, not 3"):
+        frozen.BottomStates(rec, 3).load(tmp_path / "bottom.safetensors")
+
+
+def test_frozen_bottom_refuses_what_it_cannot_split(deep_llama, trained):
+    rec, _ = deep_llama
+    with pytest.raises(ValueError, match=r"top_layers must be in \[1, 4\]"):
+        frozen.split(rec.model, 5)
+    t5 = backbone.load(trained["base"])
+    with pytest.raises(ValueError, match="decoder-only"):
+        frozen.split(t5.model, 1)
+    with pytest.raises(ValueError, match="causal LM"):
+        frozen.BottomStates(t5, 1)
 
 
 # --- "smollm2" as a model name --------------------------------------------------------------------
