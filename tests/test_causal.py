@@ -346,7 +346,7 @@ def test_selection_by_valid_auc_keeps_the_best_auc_epoch(llama_dir, data, tmp_pa
         script = iter([(0.7, 0.5), (0.6, 0.4), (0.5, 0.3)])  # (AUC, loss), epochs 1, 2, 3
         snapshots = []
 
-        def scripted(rec, model, samples, config):
+        def scripted(rec, model, samples, config, states=None):
             lora = {
                 n.replace(".default", ""): p.detach().clone()
                 for n, p in model.named_parameters()
@@ -406,13 +406,18 @@ def test_training_rules_are_checked(field, value, message):
 
 
 @pytest.fixture(scope="module")
-def deep_llama(tmp_path_factory, data):
-    """A 4-layer tiny Llama, adapters on its top 2 layers with LoRA B drawn (not zero), so
-    that the adapters change the output."""
+def deep_llama_dir(tmp_path_factory, data):
     tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
     out = tmp_path_factory.mktemp("deep") / "base"
     smollm.save_plain(tiny_llama(tokenizer, layers=4), tokenizer, out, {"kind": "full"})
-    rec = backbone.load(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deep_llama(deep_llama_dir):
+    """A 4-layer tiny Llama, adapters on its top 2 layers with LoRA B drawn (not zero), so
+    that the adapters change the output."""
+    rec = backbone.load(deep_llama_dir)
     net = frozen.add_top_lora(rec.model, 2, rank=4, alpha=8, dropout=0.0)
     torch.manual_seed(1)
     for name, p in net.named_parameters():
@@ -486,6 +491,26 @@ def test_bottom_states_save_load_and_drop(deep_llama, data, tmp_path):
     assert again.drop(samples[:2]) == 4 and len(again) == 3  # both answers of each
     with pytest.raises(ValueError, match="states below layer 2, not 3"):
         frozen.BottomStates(rec, 3).load(tmp_path / "bottom.safetensors")
+
+
+def test_training_from_a_frozen_bottom(deep_llama_dir, data, tmp_path):
+    """train() with top_layers: an adapter on the top layers only, whose full-depth scores
+    (the saved adapter merged, as every later stage loads it) are those it was selected by."""
+    config = dataclasses.replace(
+        TRAIN, epochs=2, patience=2, top_layers=2, loss_tokens="decision", select_by="auc"
+    )
+    out = tmp_path / "m"
+    report = train(deep_llama_dir, data["train"], data["valid"], out, config)
+    saved = load_file(out / "adapter_model.safetensors")
+    assert {int(k.split(".layers.")[1].split(".")[0]) for k in saved} == {2, 3}
+    assert all(t.abs().max() > 0 for k, t in saved.items() if "lora_B" in k)  # trained
+    kept = report["history"][report["best_epoch"] - 1]
+    full_depth = score(backbone.load(out), data["valid"])
+    assert full_depth["loss"].mean() == pytest.approx(kept["valid_decision_loss"], rel=1e-2)
+    base = score(backbone.load(deep_llama_dir), data["valid"])
+    assert abs(base["loss"].mean() - full_depth["loss"].mean()) > 1e-2
+    with pytest.raises(ValueError, match="top_layers needs lora"):
+        dataclasses.replace(config, lora=False)
 
 
 def test_frozen_bottom_refuses_what_it_cannot_split(deep_llama, trained):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
@@ -20,8 +21,17 @@ from e2urec.config import check_lora, check_training
 from e2urec.data.sample import Sample
 from e2urec.metrics import classification
 from e2urec.model import backbone
+from e2urec.model.frozen import BottomStates, add_top_lora, split
 from e2urec.model.lora import add_lora
-from e2urec.model.scoring import autocast, by_length, encode, forward, lengths, score
+from e2urec.model.scoring import (
+    AnswerLogits,
+    autocast,
+    by_length,
+    encode,
+    forward,
+    lengths,
+    yes_probability,
+)
 from e2urec.resources import PeakMemory
 
 WINDOW = 50  # batches sorted by length together; the batches themselves are then shuffled
@@ -30,6 +40,7 @@ SCHEDULES = ("constant", "linear")
 LOSS_TOKENS = ("all", "decision")
 # What picks the epoch kept and stops training: the valid loss (on `loss_tokens`) or valid AUC.
 SELECT_BY = ("loss", "auc")
+BOTTOM_DTYPES = ("float16", "bfloat16")
 
 
 @dataclass
@@ -50,6 +61,10 @@ class TrainConfig:
     # A pretrained LLM learns the format tokens in a few steps; their loss then says nothing.
     loss_tokens: str = "all"
     select_by: str = "loss"
+    # L > 0 (LoRA on a causal LM): adapters on the top L layers only, trained from the frozen
+    # bottom's hidden states, computed once per sample and stored in `bottom_dtype`.
+    top_layers: int = 0
+    bottom_dtype: str = "float16"
     seed: int = 0
 
     def __post_init__(self):
@@ -61,6 +76,14 @@ class TrainConfig:
             raise ValueError(f"loss_tokens must be one of {LOSS_TOKENS}, got {self.loss_tokens!r}")
         if self.select_by not in SELECT_BY:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
+        if self.top_layers < 0 or (self.top_layers and not self.lora):
+            raise ValueError(
+                f"top_layers needs lora: true and L >= 1 (0: all), got {self.top_layers}"
+            )
+        if self.bottom_dtype not in BOTTOM_DTYPES:
+            raise ValueError(
+                f"bottom_dtype must be one of {BOTTOM_DTYPES}, got {self.bottom_dtype!r}"
+            )
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be a share of the steps in [0, 1), got {self.warmup}")
         if self.patience < 1:
@@ -77,11 +100,13 @@ def answer_loss(
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encode(rec, samples, answers).items()}
     out = forward(rec, model, batch)
+    return answer_ce(out, tokens), out
+
+
+def answer_ce(out: AnswerLogits, tokens: str = "all") -> torch.Tensor:
     if tokens == "decision":
-        logits, targets = out.answer(), out.targets[out.first]
-    else:
-        logits, targets = out.logits, out.targets
-    return torch.nn.functional.cross_entropy(logits.float(), targets), out
+        return torch.nn.functional.cross_entropy(out.answer().float(), out.targets[out.first])
+    return torch.nn.functional.cross_entropy(out.logits.float(), out.targets)
 
 
 def shuffled_batches(items: list, size: int, seed: int, sizes: list[int] | None = None) -> list:
@@ -225,11 +250,13 @@ def train(
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     rec = backbone.load(model)
-    net = (
-        add_lora(rec.model, config.lora_rank, config.lora_alpha, config.lora_dropout)
-        if config.lora
-        else rec.model
-    )
+    lora = (config.lora_rank, config.lora_alpha, config.lora_dropout)
+    if config.top_layers:
+        net = add_top_lora(rec.model, config.top_layers, *lora)
+        states = BottomStates(rec, split(net, config.top_layers), config.bottom_dtype)
+        states.fill(net, train_samples + valid_samples, config.eval_batch_size)
+    else:
+        net, states = add_lora(rec.model, *lora) if config.lora else rec.model, None
     state = processes()
     main = state.is_main_process
     best = {"value": float("inf"), "epoch": 0}
@@ -238,7 +265,8 @@ def train(
     def validate(trained, epoch) -> bool:
         if not main:
             return False
-        record = {"epoch": epoch + 1, **valid_metrics(rec, trained, valid_samples, config)}
+        metrics = valid_metrics(rec, trained, valid_samples, config, states)
+        record = {"epoch": epoch + 1, **metrics}
         history.append(record)
         # Lower is better for the kept value: the valid loss, or minus the valid AUC.
         value = -record["valid_auc"] if config.select_by == "auc" else record["valid_loss"]
@@ -259,7 +287,11 @@ def train(
     with PeakMemory() as peak:
         fit(
             net,
-            lambda m, b: answer_loss(rec, m, b, tokens=config.loss_tokens)[0],
+            lambda m, b: (
+                answer_ce(states.forward(m, b), config.loss_tokens)
+                if states
+                else answer_loss(rec, m, b, tokens=config.loss_tokens)[0]
+            ),
             lambda e: shuffled_batches(train_samples, config.batch_size, config.seed + e, sizes),
             config.epochs,
             config.lr,
@@ -285,22 +317,51 @@ def train(
     return report
 
 
-def valid_metrics(rec, model, samples: list[Sample], config: TrainConfig) -> dict:
+def valid_metrics(
+    rec, model, samples: list[Sample], config: TrainConfig, states: BottomStates | None = None
+) -> dict:
     """The valid loss on `config.loss_tokens`, and (unless the loss alone selects over all answer
-    tokens, the tiny T5's default) the valid AUC, both from one scoring pass."""
-    if config.loss_tokens == "all" and config.select_by == "loss":
+    tokens, the tiny T5's default) the valid AUC, both from one pass (from `states` if given)."""
+    if config.loss_tokens == "all" and config.select_by == "loss" and states is None:
         return {"valid_loss": mean_loss(rec, model, samples, config.eval_batch_size)}
-    scored = score(rec, samples, config.eval_batch_size, model=model, desc="validating")
+    passed = answer_pass(rec, model, samples, config.eval_batch_size, states)
     labels = np.array([s.label for s in samples])
-    auc = classification(labels, scored["p_yes"])["auc"]
+    auc = classification(labels, passed["p_yes"])["auc"]
     if config.select_by == "auc" and not np.isfinite(auc):
         raise ValueError("select_by='auc' needs valid samples of both answers (Yes. and No.)")
-    out = {"valid_auc": auc, "valid_decision_loss": float(scored["loss"].mean())}
-    if config.loss_tokens == "all":
-        out["valid_loss"] = mean_loss(rec, model, samples, config.eval_batch_size)
-    else:  # the loss trained on: the decision token's (score's per-sample first-token loss)
-        out["valid_loss"] = out["valid_decision_loss"]
-    return out
+    decision = float(passed["decision_loss"].mean())
+    loss = decision if config.loss_tokens == "decision" else passed["loss"]
+    return {"valid_auc": auc, "valid_decision_loss": decision, "valid_loss": loss}
+
+
+@torch.no_grad()
+def answer_pass(rec, model, samples: list[Sample], batch_size: int, states=None) -> dict:
+    """P(Yes) and the decision token's loss per sample, and the mean answer loss as `mean_loss`
+    computes it, in batches of similar length; from the frozen bottom's `states` if given."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = by_length(rec, samples)
+    p_yes, decision, total = [], [], 0.0
+    for start in range(0, len(order), batch_size):
+        chunk = [samples[i] for i in order[start : start + batch_size]]
+        with autocast(device):
+            if states is not None:
+                out = states.forward(model, chunk)
+            else:
+                batch = {k: v.to(device) for k, v in encode(rec, chunk).items()}
+                out = forward(rec, model, batch)
+        answer = out.answer().float()
+        p_yes.append(yes_probability(rec, answer))
+        decision.append(F.cross_entropy(answer, out.targets[out.first], reduction="none"))
+        total += answer_ce(out).item() * len(chunk)
+    model.train(was)
+    back = torch.from_numpy(np.argsort(np.asarray(order, dtype=np.int64)))
+    return {
+        "p_yes": torch.cat(p_yes).cpu()[back].numpy(),
+        "decision_loss": torch.cat(decision).cpu()[back].numpy(),
+        "loss": total / max(1, len(samples)),
+    }
 
 
 @torch.no_grad()
