@@ -489,7 +489,7 @@ def test_bottom_states_save_load_and_drop(deep_llama, data, tmp_path):
     assert again.states.keys() == states.states.keys()
     assert all(torch.equal(again.states[k], states.states[k]) for k in states.states)
     assert again.drop(samples[:2]) == 4 and len(again) == 3  # both answers of each
-    with pytest.raises(ValueError, match="states below layer 2, not 3"):
+    with pytest.raises(ValueError, match="below layer 2, not of .* below layer 3"):
         frozen.BottomStates(rec, 3).load(tmp_path / "bottom.safetensors")
 
 
@@ -511,6 +511,22 @@ def test_training_from_a_frozen_bottom(deep_llama_dir, data, tmp_path):
     assert abs(base["loss"].mean() - full_depth["loss"].mean()) > 1e-2
     with pytest.raises(ValueError, match="top_layers needs lora"):
         dataclasses.replace(config, lora=False)
+
+
+def test_training_reuses_stored_bottom_states(deep_llama_dir, data, tmp_path):
+    """A second training run reads the states the first one stored, adds nothing, and trains
+    the same as from states it computes itself."""
+    config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    cache = tmp_path / "bottom.safetensors"
+    first = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "a", config, cache)
+    stored = load_file(cache)
+    assert len(stored) == len({(s.input, s.output) for s in data["train"] + data["valid"]})
+    written = cache.stat().st_mtime_ns
+    again = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "b", config, cache)
+    assert cache.stat().st_mtime_ns == written
+    assert again["history"] == first["history"]
+    fresh = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "c", config)
+    assert fresh["history"] == first["history"]
 
 
 def test_frozen_bottom_refuses_what_it_cannot_split(deep_llama, trained):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -150,13 +151,20 @@ class BottomStates:
         return len(found)
 
     def save(self, path: str | Path) -> None:
-        meta = {"start": str(self.start)}
-        save_file(dict(sorted(self.states.items())), str(path), metadata=meta)
+        """One safetensors file, written to a temporary name and renamed: never half a file."""
+        path = Path(path)
+        meta = {"start": str(self.start), "model": self.rec.path}
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(dict(sorted(self.states.items())), str(tmp), metadata=meta)
+        os.replace(tmp, path)
 
     def load(self, path: str | Path) -> BottomStates:
         with safe_open(str(path), "pt") as f:
-            start = int(f.metadata()["start"])
-        if start != self.start:
-            raise ValueError(f"{path}: states below layer {start}, not {self.start}")
+            meta = f.metadata()
+        if int(meta["start"]) != self.start or meta.get("model") != self.rec.path:
+            raise ValueError(
+                f"{path}: states of {meta.get('model')} below layer {meta['start']}, "
+                f"not of {self.rec.path} below layer {self.start}"
+            )
         self.states.update(load_file(str(path)))
         return self

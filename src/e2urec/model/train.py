@@ -244,20 +244,27 @@ def train(
     valid_samples: list[Sample],
     out: str | Path,
     config: TrainConfig | None = None,
+    bottom_cache: str | Path | None = None,
 ) -> dict:
     """Fine-tune `model` on `train_samples` until the valid loss (or AUC, `select_by`) has not
-    improved for `patience` epochs (at most `epochs`); the best epoch is kept in `out`."""
+    improved for `patience` epochs (at most `epochs`); the best epoch is kept in `out`.
+    With `config.top_layers`, the frozen bottom's states are read from `bottom_cache` (a file)
+    when it exists, and the ones computed here are added to it."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     rec = backbone.load(model)
+    state = processes()
     lora = (config.lora_rank, config.lora_alpha, config.lora_dropout)
     if config.top_layers:
         net = add_top_lora(rec.model, config.top_layers, *lora)
         states = BottomStates(rec, split(net, config.top_layers), config.bottom_dtype)
-        states.fill(net, train_samples + valid_samples, config.eval_batch_size)
+        if bottom_cache is not None and Path(bottom_cache).is_file():
+            states.load(bottom_cache)
+        added = states.fill(net, train_samples + valid_samples, config.eval_batch_size)
+        if added and bottom_cache is not None and state.is_main_process:
+            states.save(bottom_cache)
     else:
         net, states = add_lora(rec.model, *lora) if config.lora else rec.model, None
-    state = processes()
     main = state.is_main_process
     best = {"value": float("inf"), "epoch": 0}
     history = []
