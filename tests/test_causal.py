@@ -16,6 +16,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from e2urec.bench import Bench, preset
+from e2urec.bench import setup as bench_setup
+from e2urec.bench import unlearn as bench_unlearn
 from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.protocol import build_samples
 from e2urec.data.sources import load as load_data
@@ -180,8 +182,8 @@ def tiny_llama(tokenizer, layers: int = 2) -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Splits prepared by the ml-100k loader from files of 8 users x 10 ratings."""
+def ml100k_raw(tmp_path_factory):
+    """RecBole files of 8 users x 10 ratings."""
     root = tmp_path_factory.mktemp("ml100k")
     jobs = ["technician", "writer", "student", "other"]
     users = [(u, 20 + u, "MF"[u % 2], jobs[u % 4], "00000") for u in range(1, 9)]
@@ -193,9 +195,18 @@ def data(tmp_path_factory):
         for u in range(1, 9)
         for k in range(10)
     ]
-    raw = write_ml100k(root / "raw", users, items, ratings)
-    prepare(root / "data", "ml-100k", raw, Protocol(last=48, history=3, forget_ratio=0.25))
-    return load_splits(root / "data")
+    return write_ml100k(root / "raw", users, items, ratings)
+
+
+PROTOCOL = Protocol(last=48, history=3, forget_ratio=0.25)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ml100k_raw):
+    """Splits prepared by the ml-100k loader from `ml100k_raw`."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(out, "ml-100k", ml100k_raw, PROTOCOL)
+    return load_splits(out)
 
 
 @pytest.fixture(scope="module")
@@ -527,6 +538,59 @@ def test_training_reuses_stored_bottom_states(deep_llama_dir, data, tmp_path):
     assert again["history"] == first["history"]
     fresh = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "c", config)
     assert fresh["history"] == first["history"]
+
+
+def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
+    deep_llama_dir, ml100k_raw, tmp_path, monkeypatch, capsys
+):
+    """The bench computes the backbone's bottom states once, in the data folder; the original
+    and Retrain read them (computing none), and the original's fingerprint hashes them."""
+    config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    bench = Bench(
+        dataset="ml-100k", raw=str(ml100k_raw), model=str(deep_llama_dir),
+        methods=("retrain",), protocol=PROTOCOL, train=config,
+    )  # fmt: skip
+    computed = []
+    fill = frozen.BottomStates.fill
+    monkeypatch.setattr(
+        frozen.BottomStates, "fill", lambda *a, **k: computed.append(fill(*a, **k)) or computed[-1]
+    )
+    run = bench_setup(bench, tmp_path)
+    splits = load_splits(tmp_path / "data")
+    stored = load_file(tmp_path / "data" / "bottom" / frozen.FILE)
+    wanted = {frozen.key(s.input, s.output) for s in splits["train"] + splits["valid"]}
+    assert set(stored) == wanted and computed == [len(wanted), 0]  # the stage, the original
+    bench_unlearn(run, "retrain", "retrain", None, config)
+    assert computed == [len(wanted), 0, 0]
+    assert backbone.read_meta(run.models["retrain"])["kind"] == "lora"
+    # Other states (here: one entry fewer) are another input: the original is redone.
+    frozen.drop_stored(tmp_path / "data" / "bottom" / frozen.FILE, splits["train"][:1])
+    capsys.readouterr()
+    bench_setup(bench, tmp_path)
+    said = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'bottom'}: finished earlier" in said
+    assert f"{tmp_path / 'original'}: config or inputs changed; redoing" in said
+    assert computed[3:] == [1]  # the original computed the missing entry
+
+
+def test_a_purge_deletes_forgotten_samples_bottom_states(deep_llama_dir, ml100k_raw, tmp_path):
+    from e2urec.purge import Eraser, purge_folder
+
+    folder = tmp_path / "data"
+    prepare(folder, "ml-100k", ml100k_raw, PROTOCOL)
+    splits = load_splits(folder)
+    (folder / "bottom").mkdir()
+    everything = splits["train"] + splits["valid"]
+    frozen.store(str(deep_llama_dir), everything, 2, "float16", folder / "bottom" / frozen.FILE)
+    user = splits["forget"][0].user
+    eraser = Eraser(frozenset([user]), frozenset(), frozenset())
+    removed = purge_folder(folder, eraser)
+    left = load_file(folder / "bottom" / frozen.FILE)
+    gone = {frozen.key(s.input, s.output) for s in everything if s.user == user}
+    kept = {frozen.key(s.input, s.output) for s in everything if s.user != user}
+    assert gone and removed["bottom/" + frozen.FILE] == len(gone)
+    assert set(left) == kept
+    assert purge_folder(folder, eraser)["bottom/" + frozen.FILE] == 0  # run again: nothing left
 
 
 def test_frozen_bottom_refuses_what_it_cannot_split(deep_llama, trained):

@@ -25,6 +25,7 @@ from e2urec.model.lora import add_lora
 from e2urec.model.scoring import AnswerLogits, batches, by_length, encode, forward
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+FILE = "states.safetensors"  # in a data folder's bottom/: the states a bench's trainings share
 
 
 def decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -151,12 +152,7 @@ class BottomStates:
         return len(found)
 
     def save(self, path: str | Path) -> None:
-        """One safetensors file, written to a temporary name and renamed: never half a file."""
-        path = Path(path)
-        meta = {"start": str(self.start), "model": self.rec.path}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(dict(sorted(self.states.items())), str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        _save(self.states, path, {"start": str(self.start), "model": self.rec.path})
 
     def load(self, path: str | Path) -> BottomStates:
         with safe_open(str(path), "pt") as f:
@@ -168,3 +164,34 @@ class BottomStates:
             )
         self.states.update(load_file(str(path)))
         return self
+
+
+def _save(states: dict, path: str | Path, meta: dict) -> None:
+    """One safetensors file, written to a temporary name and renamed: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(dict(sorted(states.items())), str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def store(model: str, samples: list[Sample], top_layers: int, dtype: str, path, batch_size=16):
+    """Compute the bottom's states of `samples` below the top `top_layers` layers of `model` (a
+    backbone folder or name) and save them to `path`; returns how many were stored."""
+    from e2urec.model import backbone
+
+    rec = backbone.load(model)
+    states = BottomStates(rec, split(rec.model, top_layers), dtype)
+    states.fill(rec.model, samples, batch_size)
+    states.save(path)
+    return len(states)
+
+
+def drop_stored(path: str | Path, samples: list[Sample]) -> int:
+    """Delete `samples`' entries (under either answer) from a stored file; returns how many."""
+    keys = {key(s.input, a) for s in samples for a in (YES, NO, s.output)}
+    with safe_open(str(path), "pt") as f:
+        meta, gone = f.metadata(), keys & set(f.keys())
+    if gone:
+        states = load_file(str(path))
+        _save({k: v for k, v in states.items() if k not in gone}, path, meta)
+    return len(gone)
