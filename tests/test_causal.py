@@ -638,6 +638,15 @@ def test_smollm2_without_the_package(tmp_path, monkeypatch):
 def test_smollm_presets(name):
     bench = Bench.from_dict(preset(name), name)
     assert (bench.model, bench.dataset, bench.train.lora) == ("smollm2", "ml-100k", True)
+    # What the format alone minimises neither trains nor selects the model.
+    assert (bench.train.loss_tokens, bench.train.select_by) == ("decision", "auc")
+    assert bench.train.warmup > 0 and bench.train.schedule == "linear"
+
+
+def test_only_the_cpu_preset_freezes_a_bottom():
+    assert Bench.from_dict(preset("smollm"), "smollm").train.top_layers > 0
+    for name in ("smollm-gpu", "paper"):
+        assert Bench.from_dict(preset(name), name).train.top_layers == 0, name
 
 
 @pytest.mark.slow
