@@ -543,8 +543,9 @@ def test_training_reuses_stored_bottom_states(deep_llama_dir, data, tmp_path):
 def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
     deep_llama_dir, ml100k_raw, tmp_path, monkeypatch, capsys
 ):
-    """The bench computes the backbone's bottom states once, in the data folder; the original
-    and Retrain read them (computing none), and the original's fingerprint hashes them."""
+    """The bench computes the backbone's bottom states once, in the data folder; the original,
+    Retrain and SISA's shards read them (computing none), and the original's fingerprint
+    hashes them."""
     config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
     bench = Bench(
         dataset="ml-100k", raw=str(ml100k_raw), model=str(deep_llama_dir),
@@ -561,7 +562,8 @@ def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
     wanted = {frozen.key(s.input, s.output) for s in splits["train"] + splits["valid"]}
     assert set(stored) == wanted and computed == [len(wanted), 0]  # the stage, the original
     bench_unlearn(run, "retrain", "retrain", None, config)
-    assert computed == [len(wanted), 0, 0]
+    bench_unlearn(run, "sisa", "sisa", {"shards": 2}, config)
+    assert computed == [len(wanted), 0, 0, 0, 0]  # and Retrain, and each of the two shards
     assert backbone.read_meta(run.models["retrain"])["kind"] == "lora"
     # Other states (here: one entry fewer) are another input: the original is redone.
     frozen.drop_stored(tmp_path / "data" / "bottom" / frozen.FILE, splits["train"][:1])
@@ -570,7 +572,7 @@ def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
     said = capsys.readouterr().err
     assert f"{tmp_path / 'data' / 'bottom'}: finished earlier" in said
     assert f"{tmp_path / 'original'}: config or inputs changed; redoing" in said
-    assert computed[3:] == [1]  # the original computed the missing entry
+    assert computed[5:] == [1]  # the original computed the missing entry
 
 
 def test_a_purge_deletes_forgotten_samples_bottom_states(deep_llama_dir, ml100k_raw, tmp_path):
