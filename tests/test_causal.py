@@ -9,17 +9,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from e2urec.bench import Bench, preset
+from e2urec.bench.run import setup as bench_setup
+from e2urec.bench.run import unlearn as bench_unlearn
 from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.protocol import build_samples
 from e2urec.data.sources import load as load_data
 from e2urec.methods import METHODS, Task, get_method
-from e2urec.model import backbone, encode, forward, loader, score, smollm
+from e2urec.model import backbone, encode, forward, frozen, loader, score, smollm
 from e2urec.model.lora import add_lora
-from e2urec.model.train import TrainConfig, answer_loss, train
+from e2urec.model.train import TrainConfig, answer_loss, train, valid_metrics
 
 TRAIN = TrainConfig(epochs=1, lr=5e-3, batch_size=8, eval_batch_size=16, lora=True, lora_rank=4)
 # Small and fast; each method takes the options its config has.
@@ -158,12 +163,12 @@ def byte_level_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedT
     )
 
 
-def tiny_llama(tokenizer) -> LlamaForCausalLM:
+def tiny_llama(tokenizer, layers: int = 2) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -177,8 +182,8 @@ def tiny_llama(tokenizer) -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Splits prepared by the ml-100k loader from files of 8 users x 10 ratings."""
+def ml100k_raw(tmp_path_factory):
+    """RecBole files of 8 users x 10 ratings."""
     root = tmp_path_factory.mktemp("ml100k")
     jobs = ["technician", "writer", "student", "other"]
     users = [(u, 20 + u, "MF"[u % 2], jobs[u % 4], "00000") for u in range(1, 9)]
@@ -190,9 +195,18 @@ def data(tmp_path_factory):
         for u in range(1, 9)
         for k in range(10)
     ]
-    raw = write_ml100k(root / "raw", users, items, ratings)
-    prepare(root / "data", "ml-100k", raw, Protocol(last=48, history=3, forget_ratio=0.25))
-    return load_splits(root / "data")
+    return write_ml100k(root / "raw", users, items, ratings)
+
+
+PROTOCOL = Protocol(last=48, history=3, forget_ratio=0.25)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ml100k_raw):
+    """Splits prepared by the ml-100k loader from `ml100k_raw`."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(out, "ml-100k", ml100k_raw, PROTOCOL)
+    return load_splits(out)
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +310,302 @@ def test_every_method_on_a_causal_lm(name, original, llama_dir, data, tmp_path):
     assert np.isfinite(after).all() and not np.allclose(after, before)
 
 
+# --- what a pretrained LLM is trained on and selected by ------------------------------------------
+
+
+def test_decision_loss_is_the_yes_no_tokens_cross_entropy_alone(llama_dir, data):
+    """Each sample's loss at the position before its answer, from the prompt alone, unpadded:
+    the format tokens ("." and end of sequence) add nothing to it."""
+    rec = loader.load(llama_dir)
+    samples = data["train"][:6]
+    with torch.no_grad():
+        decision, _ = answer_loss(rec, rec.model, samples, tokens="decision")
+        every, _ = answer_loss(rec, rec.model, samples)
+        by_hand = []
+        for s in samples:
+            ids = rec.tokenizer(s.input, return_tensors="pt")["input_ids"]
+            logits = rec.model(input_ids=ids).logits[0, -1]
+            target = torch.tensor(rec.yes_id if s.label else rec.no_id)
+            by_hand.append(torch.nn.functional.cross_entropy(logits, target))
+    torch.testing.assert_close(decision, torch.stack(by_hand).mean(), atol=1e-5, rtol=1e-4)
+    assert not torch.isclose(decision, every, rtol=1e-3)
+
+
+def test_valid_loss_follows_loss_tokens(llama_dir, data):
+    rec = loader.load(llama_dir)
+    valid = data["valid"]
+    decision = TrainConfig(loss_tokens="decision", eval_batch_size=4)
+    metrics = valid_metrics(rec, rec.model, valid, decision)
+    with torch.no_grad():
+        expected = answer_loss(rec, rec.model, valid, tokens="decision")[0].item()
+        every = answer_loss(rec, rec.model, valid)[0].item()
+    assert metrics["valid_loss"] == pytest.approx(expected, rel=1e-4)
+    labels = np.array([s.label for s in valid])
+    p_yes = score(rec, valid)["p_yes"]
+    assert metrics["valid_auc"] == pytest.approx(roc_auc_score(labels, p_yes), abs=1e-6)
+    full = valid_metrics(rec, rec.model, valid, TrainConfig(eval_batch_size=4))
+    assert full["valid_loss"] == pytest.approx(every, rel=1e-4) and "valid_auc" not in full
+
+
+def test_selection_by_valid_auc_keeps_the_best_auc_epoch(llama_dir, data, tmp_path, monkeypatch):
+    """Scripted validation in which the valid loss improves every epoch while the AUC peaks in
+    epoch 1: selection by AUC keeps epoch 1's weights and stops after `patience` epochs; by the
+    loss, the same script keeps epoch 3."""
+    import e2urec.model.train as training
+
+    def run(select_by: str, out):
+        script = iter([(0.7, 0.5), (0.6, 0.4), (0.5, 0.3)])  # (AUC, loss), epochs 1, 2, 3
+        snapshots = []
+
+        def scripted(rec, model, samples, config, states=None):
+            lora = {
+                n.replace(".default", ""): p.detach().clone()
+                for n, p in model.named_parameters()
+                if "lora_" in n
+            }
+            snapshots.append(lora)
+            auc, loss = next(script)
+            return {"valid_auc": auc, "valid_loss": loss}
+
+        monkeypatch.setattr(training, "valid_metrics", scripted)
+        config = dataclasses.replace(TRAIN, epochs=3, patience=1, select_by=select_by)
+        report = train(llama_dir, data["train"], data["valid"], out, config)
+        return report, snapshots, load_file(out / "adapter_model.safetensors")
+
+    report, snapshots, saved = run("auc", tmp_path / "auc")
+    assert report["best_epoch"] == 1 and report["epochs_run"] == 2
+    assert set(saved) == set(snapshots[0]) and len(saved) > 0
+    assert all(torch.equal(saved[n], snapshots[0][n]) for n in saved)
+    assert not all(torch.equal(saved[n], snapshots[1][n]) for n in saved)
+    report, snapshots, saved = run("loss", tmp_path / "loss")
+    assert report["best_epoch"] == 3 and report["epochs_run"] == 3
+    assert all(torch.equal(saved[n], snapshots[2][n]) for n in saved)
+
+
+def test_warmup_raises_the_lr_before_it_decays(llama_dir, data, tmp_path):
+    lrs = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"])
+    )
+    config = dataclasses.replace(TRAIN, epochs=3, patience=3, schedule="linear", warmup=0.3)
+    try:
+        train(llama_dir, data["train"], data["valid"], tmp_path / "m", config)
+    finally:
+        hook.remove()
+    peak = lrs.index(max(lrs))
+    assert len(lrs) >= 6 and 0 < peak < len(lrs) - 1
+    assert max(lrs) == pytest.approx(config.lr) and lrs[0] <= config.lr / 2
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))  # rising
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))  # then falling
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("loss_tokens", "format", "loss_tokens must be one of"),
+        ("select_by", "test_auc", "select_by must be one of"),
+        ("warmup", 1.0, r"warmup must be a share of the steps in \[0, 1\)"),
+        ("warmup", -0.1, "warmup must be a share"),
+    ],
+)
+def test_training_rules_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+# --- a frozen bottom: adapters on the top layers, the bottom computed once -----------------------
+
+
+@pytest.fixture(scope="module")
+def deep_llama_dir(tmp_path_factory, data):
+    tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
+    out = tmp_path_factory.mktemp("deep") / "base"
+    smollm.save_plain(tiny_llama(tokenizer, layers=4), tokenizer, out, {"kind": "full"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def deep_llama(deep_llama_dir):
+    """A 4-layer tiny Llama, adapters on its top 2 layers with LoRA B drawn (not zero), so
+    that the adapters change the output."""
+    rec = loader.load(deep_llama_dir)
+    net = frozen.add_top_lora(rec.model, 2, rank=4, alpha=8, dropout=0.0)
+    torch.manual_seed(1)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    return rec, net
+
+
+def test_only_the_top_layers_adapters_train(deep_llama):
+    rec, net = deep_llama
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in trainable}
+    assert layers == {2, 3} and all(".lora_" in n for n in trainable)
+    assert len(trainable) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 2e-2)])
+def test_frozen_bottom_forward_equals_the_full_forward(deep_llama, data, dtype, tolerance):
+    rec, net = deep_llama
+    samples = data["train"][:9]
+    states = frozen.BottomStates(rec, frozen.split(net, 2), dtype)
+    assert states.fill(net, samples, batch_size=4) == len(samples)
+    assert states.fill(net, samples) == 0  # computed once
+    net.eval()
+    with torch.no_grad():
+        full = forward(rec, net, encode(rec, samples))
+        # Another batch than the one the states were computed in: padding differs.
+        top = states.forward(net, samples)
+    assert torch.equal(full.targets, top.targets) and torch.equal(full.first, top.first)
+    torch.testing.assert_close(top.logits, full.logits, atol=tolerance, rtol=tolerance)
+    # The adapters move the output far more than the stored states' rounding does.
+    with torch.no_grad(), net.disable_adapter():
+        plain = forward(rec, net, encode(rec, samples)).logits
+    error = (top.logits - full.logits).abs().max()
+    assert (plain - full.logits).abs().max() > 10 * error
+
+
+def test_frozen_bottom_gradients_equal_the_full_ones(deep_llama, data):
+    rec, net = deep_llama
+    samples = data["train"][:6]
+    states = frozen.BottomStates(rec, frozen.split(net, 2), "float32")
+    states.fill(net, samples)
+    net.train()
+
+    def grads(out):
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(out.logits, out.targets).backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+
+    full = grads(forward(rec, net, encode(rec, samples)))
+    top = grads(states.forward(net, samples))
+    assert full.keys() == top.keys()
+    for name in full:
+        assert full[name].abs().max() > 0, name
+        torch.testing.assert_close(top[name], full[name], atol=1e-5, rtol=1e-4)
+
+
+def test_bottom_states_save_load_and_drop(deep_llama, data, tmp_path):
+    rec, net = deep_llama
+    samples = data["train"][:5]
+    states = frozen.BottomStates(rec, 2)
+    states.fill(net, samples)
+    states.fill(
+        net, samples[:2], answers=["No." if s.output == "Yes." else "Yes." for s in samples[:2]]
+    )
+    assert len(states) == 7
+    states.save(tmp_path / "bottom.safetensors")
+    again = frozen.BottomStates(rec, 2).load(tmp_path / "bottom.safetensors")
+    assert again.states.keys() == states.states.keys()
+    assert all(torch.equal(again.states[k], states.states[k]) for k in states.states)
+    assert again.drop(samples[:2]) == 4 and len(again) == 3  # both answers of each
+    with pytest.raises(ValueError, match="below layer 2, not of .* below layer 3"):
+        frozen.BottomStates(rec, 3).load(tmp_path / "bottom.safetensors")
+
+
+def test_training_from_a_frozen_bottom(deep_llama_dir, data, tmp_path):
+    """train() with top_layers: an adapter on the top layers only, whose full-depth scores
+    (the saved adapter merged, as every later stage loads it) are those it was selected by."""
+    config = dataclasses.replace(
+        TRAIN, epochs=2, patience=2, top_layers=2, loss_tokens="decision", select_by="auc"
+    )
+    out = tmp_path / "m"
+    report = train(deep_llama_dir, data["train"], data["valid"], out, config)
+    saved = load_file(out / "adapter_model.safetensors")
+    assert {int(k.split(".layers.")[1].split(".")[0]) for k in saved} == {2, 3}
+    assert all(t.abs().max() > 0 for k, t in saved.items() if "lora_B" in k)  # trained
+    kept = report["history"][report["best_epoch"] - 1]
+    full_depth = score(loader.load(out), data["valid"])
+    assert full_depth["loss"].mean() == pytest.approx(kept["valid_decision_loss"], rel=1e-2)
+    base = score(loader.load(deep_llama_dir), data["valid"])
+    assert abs(base["loss"].mean() - full_depth["loss"].mean()) > 1e-2
+    with pytest.raises(ValueError, match="top_layers needs lora"):
+        dataclasses.replace(config, lora=False)
+
+
+def test_training_reuses_stored_bottom_states(deep_llama_dir, data, tmp_path):
+    """A second training run reads the states the first one stored, adds nothing, and trains
+    the same as from states it computes itself."""
+    config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    cache = tmp_path / "bottom.safetensors"
+    first = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "a", config, cache)
+    stored = load_file(cache)
+    assert len(stored) == len({(s.input, s.output) for s in data["train"] + data["valid"]})
+    written = cache.stat().st_mtime_ns
+    again = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "b", config, cache)
+    assert cache.stat().st_mtime_ns == written
+    assert again["history"] == first["history"]
+    fresh = train(deep_llama_dir, data["train"], data["valid"], tmp_path / "c", config)
+    assert fresh["history"] == first["history"]
+
+
+def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
+    deep_llama_dir, ml100k_raw, tmp_path, monkeypatch, capsys
+):
+    """The bench computes the backbone's bottom states once, in the data folder; the original,
+    Retrain and SISA's shards read them (computing none), and the original's fingerprint
+    hashes them."""
+    config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    bench = Bench(
+        dataset="ml-100k", raw=str(ml100k_raw), model=str(deep_llama_dir),
+        methods=("retrain",), protocol=PROTOCOL, train=config,
+    )  # fmt: skip
+    computed = []
+    fill = frozen.BottomStates.fill
+    monkeypatch.setattr(
+        frozen.BottomStates, "fill", lambda *a, **k: computed.append(fill(*a, **k)) or computed[-1]
+    )
+    run = bench_setup(bench, tmp_path)
+    splits = load_splits(tmp_path / "data")
+    stored = load_file(tmp_path / "data" / "bottom" / frozen.FILE)
+    wanted = {frozen.key(s.input, s.output) for s in splits["train"] + splits["valid"]}
+    assert set(stored) == wanted and computed == [len(wanted), 0]  # the stage, the original
+    bench_unlearn(run, "retrain", "retrain", None, config)
+    bench_unlearn(run, "sisa", "sisa", {"shards": 2}, config)
+    assert computed == [len(wanted), 0, 0, 0, 0]  # and Retrain, and each of the two shards
+    assert backbone.read_meta(run.models["retrain"])["kind"] == "lora"
+    # Other states (here: one entry fewer) are another input: the original is redone.
+    frozen.drop_stored(tmp_path / "data" / "bottom" / frozen.FILE, splits["train"][:1])
+    capsys.readouterr()
+    bench_setup(bench, tmp_path)
+    said = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'bottom'}: finished earlier" in said
+    assert f"{tmp_path / 'original'}: config or inputs changed; redoing" in said
+    assert computed[5:] == [1]  # the original computed the missing entry
+
+
+def test_a_purge_deletes_forgotten_samples_bottom_states(deep_llama_dir, ml100k_raw, tmp_path):
+    from e2urec.deploy.purge import Eraser, purge_folder
+
+    folder = tmp_path / "data"
+    prepare(folder, "ml-100k", ml100k_raw, PROTOCOL)
+    splits = load_splits(folder)
+    (folder / "bottom").mkdir()
+    everything = splits["train"] + splits["valid"]
+    frozen.store(str(deep_llama_dir), everything, 2, "float16", folder / "bottom" / frozen.FILE)
+    user = splits["forget"][0].user
+    eraser = Eraser(frozenset([user]), frozenset(), frozenset())
+    removed = purge_folder(folder, eraser)
+    left = load_file(folder / "bottom" / frozen.FILE)
+    gone = {frozen.key(s.input, s.output) for s in everything if s.user == user}
+    kept = {frozen.key(s.input, s.output) for s in everything if s.user != user}
+    assert gone and removed["bottom/" + frozen.FILE] == len(gone)
+    assert set(left) == kept
+    assert purge_folder(folder, eraser)["bottom/" + frozen.FILE] == 0  # run again: nothing left
+
+
+def test_frozen_bottom_refuses_what_it_cannot_split(deep_llama, trained):
+    rec, _ = deep_llama
+    with pytest.raises(ValueError, match=r"top_layers must be in \[1, 4\]"):
+        frozen.split(rec.model, 5)
+    t5 = loader.load(trained["base"])
+    with pytest.raises(ValueError, match="decoder-only"):
+        frozen.split(t5.model, 1)
+    with pytest.raises(ValueError, match="causal LM"):
+        frozen.BottomStates(t5, 1)
+
+
 # --- "smollm2" as a model name --------------------------------------------------------------------
 
 
@@ -330,6 +640,15 @@ def test_smollm2_without_the_package(tmp_path, monkeypatch):
 def test_smollm_presets(name):
     bench = Bench.from_dict(preset(name), name)
     assert (bench.model, bench.dataset, bench.train.lora) == ("smollm2", "ml-100k", True)
+    # What the format alone minimises neither trains nor selects the model.
+    assert (bench.train.loss_tokens, bench.train.select_by) == ("decision", "auc")
+    assert bench.train.warmup > 0 and bench.train.schedule == "linear"
+
+
+def test_only_the_cpu_preset_freezes_a_bottom():
+    assert Bench.from_dict(preset("smollm"), "smollm").train.top_layers > 0
+    for name in ("smollm-gpu", "paper"):
+        assert Bench.from_dict(preset(name), name).train.top_layers == 0, name
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ MAY_IMPORT = {
     "data": SHARED,
     "metrics": SHARED,
     "mia": SHARED,
-    "model": SHARED | {"data"},
+    "model": SHARED | {"data", "metrics"},  # selection by valid AUC
     "methods": SHARED | {"data", "model"},
     "scorecard": SHARED | {"data", "model", "metrics", "mia"},
     "api": BELOW_API,

@@ -22,6 +22,8 @@ from e2urec.data.canaries import real
 from e2urec.data.deletion import DeletionRequest, sample_key, select, split_users
 from e2urec.memory import keep_freed_memory
 from e2urec.methods import METHODS, Task, get_method
+from e2urec.model import frozen
+from e2urec.model.frozen import FILE as BOTTOM_FILE
 from e2urec.model.tiny import build_tiny_t5
 from e2urec.model.train import TrainConfig, train
 
@@ -125,17 +127,21 @@ class Run:
     original: str
     rows: dict
     models: dict
+    bottom: Path | None = None  # the stage holding the frozen bottom's states (top_layers)
 
     def task(self, row: str, config: TrainConfig) -> Task:
         s = self.splits
+        cache = str(self.bottom / BOTTOM_FILE) if self.bottom and config.top_layers else None
         return Task(
             self.original, s["retain"], s["forget"], s["valid"], self.out / "methods" / row,
-            base=self.base, train_config=config,
+            base=self.base, train_config=config, bottom_cache=cache,
         )  # fmt: skip
 
     def backbone_inputs(self) -> list:
-        """What a model trained from the backbone depends on: the data and a local backbone."""
-        return [self.out / "data", *local_inputs(self.base)]
+        """What a model trained from the backbone depends on: the data, a local backbone and
+        the bottom's states."""
+        bottom = [self.bottom / BOTTOM_FILE] if self.bottom else []
+        return [self.out / "data", *local_inputs(self.base), *bottom]
 
     def reported(self, forget: list) -> list:
         """The samples of `forget` from the eval half of the forgotten users."""
@@ -164,8 +170,11 @@ def setup(bench: Bench, out: Path, original: bool = True) -> Run:
 
         stage(base, asdict(bench.tiny), [data], build)
 
+    bottom = setup_bottom(bench, data, splits, base)
+    cache = str(bottom / BOTTOM_FILE) if bottom else None
+
     def train_original(folder: Path) -> dict:
-        report = train(base, splits["train"], splits["valid"], folder, bench.train)
+        report = train(base, splits["train"], splits["valid"], folder, bench.train, cache)
         _record_base(folder, base)
         row = _row(report["seconds"], report["trainable_params"], report["peak_rss_mb"])
         return {**row, "epochs_run": _epochs_run(folder)}
@@ -173,14 +182,36 @@ def setup(bench: Bench, out: Path, original: bool = True) -> Run:
     folder = out / "original"
     rows, models = {}, {}
     if original:
-        rows["original"] = stage(
-            folder, asdict(bench.train), [data, *local_inputs(base)], train_original
-        )
+        inputs = [data, *local_inputs(base), *([cache] if cache else [])]
+        rows["original"] = stage(folder, asdict(bench.train), inputs, train_original)
         models["original"] = str(folder)
     if bench.model != "tiny":  # a pretrained backbone: how it does untuned, for reference
         rows = {"zero-shot": {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}, **rows}
         models["zero-shot"] = base
-    return Run(out, manifest, splits, base, str(folder), rows, models)
+    return Run(out, manifest, splits, base, str(folder), rows, models, bottom)
+
+
+def setup_bottom(bench: Bench, data: Path, splits: dict, base: str) -> Path | None:
+    """With train.top_layers, the backbone's frozen-bottom states of every train and valid
+    sample, computed once (a stage inside the data folder, derived from it: the purge deletes
+    forgotten samples' entries) and read by the original, Retrain and the shards, whose
+    fingerprints hash the states file itself."""
+    if not bench.train.top_layers:
+        return None
+    folder = data / "bottom"
+    config = {
+        "model": base,
+        "top_layers": bench.train.top_layers,
+        "dtype": bench.train.bottom_dtype,
+    }
+
+    def work(folder: Path) -> dict:
+        samples = splits["train"] + splits["valid"]
+        args = (bench.train.top_layers, bench.train.bottom_dtype, folder / BOTTOM_FILE)
+        return {"states": frozen.store(base, samples, *args, bench.train.eval_batch_size)}
+
+    stage(folder, config, [data, *local_inputs(base)], work)
+    return folder
 
 
 def unlearn(run: Run, row: str, method: str, options: dict | None, config: TrainConfig) -> None:

@@ -56,6 +56,15 @@ def purge_folder(folder: str | Path, eraser: Eraser, after_file: Callable[[], No
     user lists. Returns the samples removed per file."""
     folder = Path(folder)
     removed = {}
+    # The frozen bottom's stored states (derived data) first: they are found by the samples,
+    # which a purge cut short after rewriting the splits would no longer list.
+    stored = sorted(folder.glob("bottom/*.safetensors"))
+    if stored:
+        from e2urec.model.frozen import drop_stored
+
+        erased = [s for p in folder.glob("*.jsonl") for s in read_split(p) if eraser.erases(s)]
+        for path in stored:
+            removed[f"bottom/{path.name}"] = drop_stored(path, erased)
     for path in sorted(folder.glob("*.jsonl")):
         samples = read_split(path)
         kept = [s for s in samples if not eraser.erases(s)]

@@ -81,6 +81,8 @@ class Task:
     out: Path
     base: str | None = None  # the backbone before recommendation tuning (for retraining)
     train_config: TrainConfig = field(default_factory=TrainConfig)
+    # The frozen bottom's stored states of the backbone (train_config.top_layers), if any.
+    bottom_cache: str | None = None
 
     def retained_valid(self) -> list[Sample]:
         """Valid samples of users with nothing in the forget set: what an exact method may

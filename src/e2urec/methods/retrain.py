@@ -13,6 +13,9 @@ class Retrain(Method):
     def run(self, task: Task) -> tuple[str, int, dict]:
         if task.base is None:
             raise ValueError("retrain needs the backbone the original was trained from (task.base)")
-        report = train(task.base, task.retain, task.retained_valid(), task.out, task.train_config)
+        config = task.train_config
+        report = train(
+            task.base, task.retain, task.retained_valid(), task.out, config, task.bottom_cache
+        )
         info = {k: report[k] for k in ("epochs_run", "best_epoch")}
         return str(task.out), report["trainable_params"], info

@@ -91,5 +91,6 @@ class Sisa(Method):
         epochs = self.config.shard_epochs or base.epochs
         config = replace(base, epochs=epochs, seed=base.seed + shard)
         out = task.out / f"shard_{shard}"
-        report = train(task.base, samples, task.retained_valid(), out, config)
+        stored = {"bottom_cache": task.bottom_cache} if task.bottom_cache else {}
+        report = train(task.base, samples, task.retained_valid(), out, config, **stored)
         return str(out), report["trainable_params"], report["epochs_run"]

@@ -107,7 +107,9 @@ def forward(rec: Recommender, model: torch.nn.Module, batch: dict) -> AnswerLogi
         )
         logits, keep = out.logits, labels != -100
     else:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        # `inputs_embeds`: the hidden states a frozen bottom left (model/frozen.py), not ids.
+        first_input = "inputs_embeds" if "inputs_embeds" in batch else "input_ids"
+        inputs = {k: batch[k] for k in (first_input, "attention_mask", "position_ids")}
         # Logits only from the position before the earliest answer token on: with left padding
         # that is the last few positions, which spares a [batch, length, vocab] tensor (49,152
         # wide for SmolLM2) and its gradient. A causal LM predicts token t from position t-1.

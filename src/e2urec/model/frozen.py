@@ -1,0 +1,197 @@
+"""A frozen bottom: with LoRA on the top L decoder layers only, the layers below depend on
+nothing that trains, so their output for a sample is computed once and the top runs from it.
+
+`BottomStates` holds, per sample (prompt and answer), the hidden states that leave the bottom
+layers, in float16 (or bfloat16), and saves them to one safetensors file keyed by a digest of
+the sample's text: derived data, which can be deleted sample by sample. `forward` then runs only
+the top layers (and the language-model head at the answer positions, as `scoring.forward`).
+Decoder-only models with a Llama-like layout (`model.layers`, `model.norm`) only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from e2urec.data.sample import NO, YES, Sample
+from e2urec.model import loader
+from e2urec.model.backbone import Recommender
+from e2urec.model.lora import add_lora
+from e2urec.model.scoring import AnswerLogits, batches, by_length, encode, forward
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+FILE = "states.safetensors"  # in a data folder's bottom/: the states a bench's trainings share
+
+
+def decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The stack of decoder layers inside a causal LM, peft-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    if getattr(base.config, "is_encoder_decoder", False) or not hasattr(inner, "layers"):
+        raise ValueError(
+            f"a frozen bottom needs a decoder-only LM with Llama-like layers, "
+            f"not {type(base).__name__}"
+        )
+    return inner
+
+
+def split(model: torch.nn.Module, top_layers: int) -> int:
+    """Index of the lowest trained layer when adapters sit on the top `top_layers` layers."""
+    count = len(decoder(model).layers)
+    if not 1 <= top_layers <= count:
+        raise ValueError(f"top_layers must be in [1, {count}] for this model, got {top_layers}")
+    return count - top_layers
+
+
+def add_top_lora(model, top_layers: int, rank: int, alpha: int, dropout: float, name="default"):
+    """LoRA on the top `top_layers` decoder layers only; everything else frozen."""
+    start = split(model, top_layers)
+    layers = list(range(start, start + top_layers))
+    return add_lora(model, rank, alpha, dropout, name=name, layers=layers)
+
+
+@contextlib.contextmanager
+def only_layers(model: torch.nn.Module, start: int, stop: int | None, norm: bool = True):
+    """Run `model` through decoder layers [start, stop) only (without the final norm unless
+    `norm`); the modules themselves, so gradients reach the same parameters. Parameter names
+    inside the block are renumbered: save nothing there."""
+    inner = decoder(model)
+    layers, final = inner.layers, inner.norm
+    inner.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not norm:
+        inner.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        inner.layers, inner.norm = layers, final
+
+
+def key(prompt: str, answer: str) -> str:
+    return hashlib.sha256(f"{prompt}\0{answer}".encode()).hexdigest()[:32]
+
+
+class BottomStates:
+    """The bottom's output per (prompt, answer), below decoder layer `start`."""
+
+    def __init__(self, rec: Recommender, start: int, dtype: str = "float16"):
+        if rec.seq2seq:
+            raise ValueError("a frozen bottom needs a causal LM, not a seq2seq model")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        self.rec, self.start, self.dtype = rec, start, DTYPES[dtype]
+        self.states: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @torch.no_grad()
+    def fill(self, model, samples: list[Sample], batch_size: int = 16, answers=None) -> int:
+        """Compute the states of the samples not yet held; returns how many were computed."""
+        answers = answers or [s.output for s in samples]
+        todo = {}
+        for s, a in zip(samples, answers):
+            todo.setdefault(key(s.input, a), (s, a))
+        todo = [v for k, v in todo.items() if k not in self.states]
+        if not todo:
+            return 0
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        pending = [s for s, _ in todo]
+        for idx in batches(by_length(self.rec, pending), batch_size):
+            chunk = [todo[i] for i in idx]
+            enc = encode(self.rec, [s for s, _ in chunk], [a for _, a in chunk])
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with only_layers(model, 0, self.start, norm=False):
+                hidden = decoder(model)(
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
+                    position_ids=enc["position_ids"],
+                    use_cache=False,
+                ).last_hidden_state
+            stored = hidden.to(self.dtype)
+            if not torch.isfinite(stored).all():
+                raise FloatingPointError(f"bottom states overflow {self.dtype}: use bfloat16")
+            for row, (s, a) in enumerate(chunk):
+                keep = enc["attention_mask"][row].bool()
+                self.states[key(s.input, a)] = stored[row, keep].cpu().clone()
+        model.train(was)
+        return len(todo)
+
+    def inputs(self, samples: list[Sample], answers=None) -> dict:
+        """`encode`'s batch with the bottom's states, left-padded, in place of the ids."""
+        answers = answers or [s.output for s in samples]
+        enc = encode(self.rec, samples, answers)
+        mask = enc.pop("attention_mask")
+        enc.pop("input_ids")
+        width = mask.shape[1]
+        rows = [self.states[key(s.input, a)] for s, a in zip(samples, answers)]
+        hidden = torch.zeros(len(rows), width, rows[0].shape[-1])
+        for i, row in enumerate(rows):
+            hidden[i, width - len(row) :] = row.float()
+        return {**enc, "attention_mask": mask, "inputs_embeds": hidden}
+
+    def forward(self, model, samples: list[Sample], answers=None) -> AnswerLogits:
+        """`scoring.forward` for `model`, running only its layers from `start` up."""
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.inputs(samples, answers).items()}
+        with only_layers(model, self.start, None):
+            return forward(self.rec, model, batch)
+
+    def drop(self, samples: list[Sample]) -> int:
+        """Delete the entries of `samples` (under either answer); returns how many were held."""
+        keys = {key(s.input, a) for s in samples for a in (YES, NO, s.output)}
+        found = keys & self.states.keys()
+        for k in found:
+            del self.states[k]
+        return len(found)
+
+    def save(self, path: str | Path) -> None:
+        _save(self.states, path, {"start": str(self.start), "model": self.rec.path})
+
+    def load(self, path: str | Path) -> BottomStates:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        if int(meta["start"]) != self.start or meta.get("model") != self.rec.path:
+            raise ValueError(
+                f"{path}: states of {meta.get('model')} below layer {meta['start']}, "
+                f"not of {self.rec.path} below layer {self.start}"
+            )
+        self.states.update(load_file(str(path)))
+        return self
+
+
+def _save(states: dict, path: str | Path, meta: dict) -> None:
+    """One safetensors file, written to a temporary name and renamed: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(dict(sorted(states.items())), str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def store(model: str, samples: list[Sample], top_layers: int, dtype: str, path, batch_size=16):
+    """Compute the bottom's states of `samples` below the top `top_layers` layers of `model` (a
+    backbone folder or name) and save them to `path`; returns how many were stored."""
+
+    rec = loader.load(model)
+    states = BottomStates(rec, split(rec.model, top_layers), dtype)
+    states.fill(rec.model, samples, batch_size)
+    states.save(path)
+    return len(states)
+
+
+def drop_stored(path: str | Path, samples: list[Sample]) -> int:
+    """Delete `samples`' entries (under either answer) from a stored file; returns how many."""
+    keys = {key(s.input, a) for s in samples for a in (YES, NO, s.output)}
+    with safe_open(str(path), "pt") as f:
+        meta, gone = f.metadata(), keys & set(f.keys())
+    if gone:
+        states = load_file(str(path))
+        _save({k: v for k, v in states.items() if k not in gone}, path, meta)
+    return len(gone)
