@@ -26,10 +26,10 @@ def seen(monkeypatch):
     def spy_train(module):
         real = module.train
 
-        def train(base, samples, valid, out, config):
+        def train(base, samples, valid, out, config, *rest, **options):
             log["train"].append(list(samples))
             log["valid"].append(list(valid))
-            return real(base, samples, valid, out, config)
+            return real(base, samples, valid, out, config, *rest, **options)
 
         monkeypatch.setattr(module, "train", train)
 
