@@ -21,7 +21,7 @@ from e2urec.bench.evaluation import _planted_log_odds, model_scorer
 from e2urec.bench.pool import worker_pool
 from e2urec.bench.run import setup
 from e2urec.data.canaries import unique
-from e2urec.metrics import classification, exposure
+from e2urec.metrics import exposure, scored_classification
 
 
 def dose(bench: Bench, copies: int, out: Path) -> dict:
@@ -30,8 +30,8 @@ def dose(bench: Bench, copies: int, out: Path) -> dict:
     scorer = model_scorer(run.original, bench.eval_batch_size)
     controls = _planted_log_odds(scorer, run.splits["canary_control"])
     row = {"copies": copies, "train_rows": len(run.splits["train"]), **run.rows["original"]}
-    test = scorer(run.splits["test"], False)["p_yes"]
-    row["test_auc"] = classification([s.label for s in run.splits["test"]], test)["auc"]
+    test = scorer(run.splits["test"], False)
+    row["test_auc"] = scored_classification(run.splits["test"], test)["auc"]
     for key, split in (("forgotten", "forget"), ("retained", "retain")):
         planted = _planted_log_odds(scorer, unique(run.splits[split]))
         row[key] = {

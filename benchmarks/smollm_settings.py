@@ -19,13 +19,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from e2urec.bench import Bench, preset
 from e2urec.config import override
 from e2urec.data import load_splits
-from e2urec.metrics import classification
+from e2urec.metrics import scored_classification
 from e2urec.model import loader
 from e2urec.model.frozen import BottomStates, split
 from e2urec.model.train import answer_pass, train
@@ -70,7 +69,7 @@ def untuned(valid: list, config, cache: Path) -> dict:
             states.load(cache)
         states.fill(rec.model, valid, config.eval_batch_size)
     passed = answer_pass(rec, rec.model, valid, config.eval_batch_size, states)
-    metrics = classification(np.array([x.label for x in valid]), passed["p_yes"])
+    metrics = scored_classification(valid, passed)
     return {
         "zero_shot": True,
         "top_layers": config.top_layers,

@@ -8,14 +8,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from e2urec import mia
 from e2urec.config import from_dict
 from e2urec.data import load_splits, template_texts
 from e2urec.data.deletion import DeletionRequest, sample_key, select
 from e2urec.methods import Task, get_method
-from e2urec.metrics import classification, scored_classification
+from e2urec.metrics import scored_classification
 from e2urec.model import backbone, loader, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, processes, train
@@ -25,7 +23,7 @@ from e2urec.scorecard import judge, standing
 def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
     rec = loader.load(model)
     s = score(rec, samples, batch_size)
-    return classification(np.array([x.label for x in samples]), s["p_yes"], log_odds=s["log_odds"])
+    return scored_classification(samples, s)
 
 
 def assess(

@@ -30,7 +30,7 @@ from e2urec.bench.resumable import MARKER
 from e2urec.bench.run import INFO, Run, setup, unlearn
 from e2urec.data.canaries import real
 from e2urec.maths import js_divergence
-from e2urec.metrics import classification
+from e2urec.metrics import scored_classification
 from e2urec.model import loader, score
 
 APPROXIMATE = ("neggrad", "bad_t", "bad_teacher", "scrub", "e2urec")
@@ -152,7 +152,6 @@ class Judge:
 
     def __init__(self, run: Run, forget: list, batch_size: int):
         self.valid, self.forget, self.batch_size = run.splits["valid"], forget, batch_size
-        self.labels = np.array([s.label for s in self.valid])
         self.retrain = self._dist(loader.load(run.models["retrain"]))
 
     def _dist(self, rec) -> np.ndarray:
@@ -160,7 +159,7 @@ class Judge:
 
     def _valid_auc(self, rec) -> float:
         s = score(rec, self.valid, self.batch_size)
-        return classification(self.labels, s["p_yes"], log_odds=s["log_odds"])["auc"]
+        return scored_classification(self.valid, s)["auc"]
 
     def __call__(self, model: str) -> dict:
         rec = loader.load(model)  # once for both numbers

@@ -129,6 +129,12 @@ def yes_probability(rec: Recommender, answer_logits: torch.Tensor) -> torch.Tens
     return torch.softmax(pair, dim=-1)[:, 1]
 
 
+def yes_log_odds(rec: Recommender, answer_logits: torch.Tensor) -> torch.Tensor:
+    """The Yes-No logit difference in float64: what AUCs rank by, since the float32 two-way
+    softmax reaches 1.0 at a gap of ~17 and confident models' P(Yes) tie."""
+    return answer_logits[:, rec.yes_id].double() - answer_logits[:, rec.no_id].double()
+
+
 def batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -167,8 +173,7 @@ def score(
             out = forward(rec, model, batch)
         answer = out.answer().float()
         p_yes.append(yes_probability(rec, answer))
-        # Ranks by this, not P(Yes): the float32 two-way softmax reaches 1.0 at a gap of ~17.
-        log_odds.append(answer[:, rec.yes_id].double() - answer[:, rec.no_id].double())
+        log_odds.append(yes_log_odds(rec, answer))
         loss.append(F.cross_entropy(answer, out.targets[out.first], reduction="none"))
         if full:
             dists.append(torch.softmax(answer, dim=-1).cpu())

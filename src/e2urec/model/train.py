@@ -20,7 +20,7 @@ from tqdm import tqdm
 from e2urec.config import check_lora, check_training
 from e2urec.data.sample import Sample
 from e2urec.memory import PeakMemory
-from e2urec.metrics import classification
+from e2urec.metrics import scored_classification
 from e2urec.model import backbone, loader
 from e2urec.model.frozen import BottomStates, add_top_lora, split
 from e2urec.model.lora import add_lora
@@ -31,6 +31,7 @@ from e2urec.model.scoring import (
     encode,
     forward,
     lengths,
+    yes_log_odds,
     yes_probability,
 )
 
@@ -332,8 +333,7 @@ def valid_metrics(
     if config.loss_tokens == "all" and config.select_by == "loss" and states is None:
         return {"valid_loss": mean_loss(rec, model, samples, config.eval_batch_size)}
     passed = answer_pass(rec, model, samples, config.eval_batch_size, states)
-    labels = np.array([s.label for s in samples])
-    auc = classification(labels, passed["p_yes"], log_odds=passed["log_odds"])["auc"]
+    auc = scored_classification(samples, passed)["auc"]
     if config.select_by == "auc" and not np.isfinite(auc):
         raise ValueError("select_by='auc' needs valid samples of both answers (Yes. and No.)")
     decision = float(passed["decision_loss"].mean())
@@ -360,7 +360,7 @@ def answer_pass(rec, model, samples: list[Sample], batch_size: int, states=None)
                 out = forward(rec, model, batch)
         answer = out.answer().float()
         p_yes.append(yes_probability(rec, answer))
-        log_odds.append(answer[:, rec.yes_id].double() - answer[:, rec.no_id].double())
+        log_odds.append(yes_log_odds(rec, answer))
         decision.append(F.cross_entropy(answer, out.targets[out.first], reduction="none"))
         total += answer_ce(out).item() * len(chunk)
     model.train(was)
