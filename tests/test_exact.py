@@ -1,4 +1,4 @@
-"""The exact methods (Retrain, SISA, RecEraser) never see a forgotten user's data: not in what
+"""The exact methods (Retrain, SISA, RecEraser, APA) never see a forgotten user's data: not in what
 they train on, not in what chooses their epochs or their aggregation, not in the vocabulary of
 the backbone they start from."""
 
@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+import e2urec.methods.apa
 import e2urec.methods.receraser
 import e2urec.methods.retrain
 import e2urec.methods.sisa
@@ -35,6 +36,14 @@ def seen(monkeypatch):
 
     spy_train(e2urec.methods.retrain)
     spy_train(e2urec.methods.sisa)
+    spy_train(e2urec.methods.apa)
+    real_score = e2urec.methods.apa.score
+
+    def pool(rec, samples, *rest, **options):  # what APA's weights are computed from
+        log["valid"].append(list(samples))
+        return real_score(rec, samples, *rest, **options)
+
+    monkeypatch.setattr(e2urec.methods.apa, "score", pool)
     real_batches = e2urec.methods.receraser.shuffled_batches
 
     def batches(items, size, seed, sizes=None):
@@ -58,8 +67,8 @@ def test_no_forgotten_users_data_reaches_an_exact_method(tmp_path, seen):
     forget, retain = run.splits["forget"], run.splits["retain"]
     gone = {s.user for s in forget}
     assert gone and any(s.user in gone for s in run.splits["valid"])  # the test can fail
-    options = {"sisa": {"shards": 2}, "receraser": {"shards": 2, "epochs": 1}}
-    for name in ("retrain", "sisa", "receraser"):
+    options = {"sisa": {"shards": 2}, "receraser": {"shards": 2, "epochs": 1}, "apa": {"shards": 2}}
+    for name in ("retrain", "sisa", "receraser", "apa"):
         get_method(name, options.get(name)).unlearn(run.task(name, replace(bench.train)))
     assert seen["train"] and seen["valid"] and seen["aggregator"] and seen["tokenizer"]
     kept = {s.input for s in retain}

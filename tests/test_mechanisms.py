@@ -30,6 +30,9 @@ from e2urec.model.train import answer_loss
 
 FAST = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "lora_rank": 4, "lora_alpha": 8}
 
+# Small float32 KLs summed in another order (another CPU) move in the 4th digit.
+KL_REL = 1e-3
+
 
 def make(name: str, **options) -> Method:
     fields = {f.name for f in dataclasses.fields(METHODS[name].Config)}
@@ -228,7 +231,7 @@ def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(make_task, rec
 
     max_loss = method.loss(student, batch, 0).item()
     away = kl_to_original(batch.forget, c.temperature)
-    assert away > 0 and max_loss == pytest.approx(-(c.temperature**2) * away, rel=1e-4)
+    assert away > 0 and max_loss == pytest.approx(-(c.temperature**2) * away, rel=KL_REL)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     start = kl_to_original(batch.forget)
     for _ in range(3):
@@ -244,7 +247,7 @@ def test_scrub_losses_push_away_on_forget_and_pull_back_on_retain(make_task, rec
     ce = answer_loss(rec, student, batch.retain)[0].item()
     kl = kl_to_original(batch.retain, c.temperature)
     expected = c.ce_weight * ce + c.kl_weight * c.temperature**2 * kl
-    assert method.loss(student, batch, 0).item() == pytest.approx(expected, rel=1e-4)
+    assert method.loss(student, batch, 0).item() == pytest.approx(expected, rel=KL_REL)
 
 
 def test_forgetting_teacher_lowers_only_what_the_augmented_model_raised():
@@ -305,7 +308,7 @@ def test_e2urec_forget_term_alone_then_the_documented_mix(splits, make_task, rec
         )
 
     forget_only = method.loss(student, batch, 0).item()
-    assert forget_only == pytest.approx(kl_to_original(batch.forget).item(), rel=1e-4)
+    assert forget_only == pytest.approx(kl_to_original(batch.forget).item(), rel=KL_REL)
     retain = splits["retain"]
     other = dataclasses.replace(
         batch, retain=retain[-3:], retain_idx=[len(retain) - 3 + i for i in range(3)]

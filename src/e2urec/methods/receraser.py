@@ -37,20 +37,25 @@ class RecEraserConfig(SisaConfig):
             raise ValueError(f"attention_size must be at least 1, got {self.attention_size}")
 
 
+def balanced_homes(counts: Counter, shards: int, seed: int) -> dict[str, int]:
+    """Users, largest first (ties in seeded order), each to the shard with fewest samples."""
+    users = random.Random(seed).sample(sorted(counts), len(counts))
+    users.sort(key=lambda u: -counts[u])
+    load, home = [0] * shards, {}
+    for user in users:
+        home[user] = load.index(min(load))
+        load[home[user]] += counts[user]
+    return home
+
+
 class RecEraser(Sisa):
     name = "receraser"
     Config = RecEraserConfig
 
     def partition(self, samples: list[Sample]) -> list[list[int]]:
-        """Users, largest first (ties in seeded order), each to the shard with fewest samples."""
         counts = Counter(s.user for s in samples)
-        users = random.Random(self.config.seed).sample(sorted(counts), len(counts))
-        users.sort(key=lambda u: -counts[u])
-        load, home = [0] * self.config.shards, {}
-        for user in users:
-            home[user] = load.index(min(load))
-            load[home[user]] += counts[user]
-        shards: list[list[int]] = [[] for _ in load]
+        home = balanced_homes(counts, self.config.shards, self.config.seed)
+        shards: list[list[int]] = [[] for _ in range(self.config.shards)]
         for i, s in enumerate(samples):
             shards[home[s.user]].append(i)
         return shards

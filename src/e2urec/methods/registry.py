@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from e2urec.config import from_dict
+from e2urec.methods.apa import Apa
 from e2urec.methods.bad_t import BadT
 from e2urec.methods.bad_teacher import BadTeacher
 from e2urec.methods.base import Method
@@ -17,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "retrain": Retrain,
     "sisa": Sisa,
     "receraser": RecEraser,
+    "apa": Apa,
     "neggrad": NegGrad,
     "bad_t": BadT,
     "bad_teacher": BadTeacher,

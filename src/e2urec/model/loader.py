@@ -1,6 +1,6 @@
 """Load any model folder: a full checkpoint, a LoRA adapter on the folder its `e2urec.json`
 names (loaded recursively and merged, so an unlearning adapter on a LoRA-tuned recommender loads
-like any other model), an ensemble of shard folders (SISA, RecEraser), or a name in NAMED."""
+like any other model), an ensemble of shard folders (SISA, RecEraser), shard adapters mixed per sample (APA), or a name in NAMED."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from e2urec.model import smollm
+from e2urec.model.apa import assemble_apa
 from e2urec.model.backbone import Recommender, load_checkpoint, read_meta, resolve, wrap
 from e2urec.model.ensemble import assemble
 
@@ -25,6 +26,8 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32) -> Recommender:
     if meta.get("kind") == "ensemble":
         members = [load(resolve(path, shard), dtype) for shard in meta["shards"]]
         return assemble(path, meta, members)
+    if meta.get("kind") == "apa":
+        return assemble_apa(path, meta, load(resolve(path, meta["base"]), dtype))
     if meta.get("kind") == "lora":
         from peft import PeftModel
 
