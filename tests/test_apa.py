@@ -3,6 +3,7 @@ retrains only the shards that held the user, and the mixture is a per-sample sum
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import pytest
@@ -12,6 +13,7 @@ from conftest import TRAIN
 import e2urec.methods.apa
 from e2urec.data import load_splits, prepare
 from e2urec.data.protocol import Protocol
+from e2urec.methods import Task, get_method
 from e2urec.methods.apa import forget, read_homes, train_apa
 from e2urec.model import apa, loader
 from e2urec.model.scoring import score
@@ -113,3 +115,26 @@ def test_a_causal_prompts_key_does_not_see_the_answer_being_scored():
     torch.testing.assert_close(keys[0], alone[0])
     blind = apa.prompt_keys(embeddings, ids, mask, [])  # without the cut the answer shows
     assert not torch.allclose(blind[0], blind[1])
+
+
+def test_e2urec_on_an_apa_model_keeps_the_mixture(tmp_path, base, data):
+    """The approximate phase of a deletion runs E2URec on the live APA model."""
+    train, valid, test = data["train"], data["valid"], data["test"]
+    train_apa(base, train, valid, tmp_path / "apa", TRAIN, OPTIONS)
+    live = loader.load(tmp_path / "apa")
+    twin = copy.deepcopy(live.model)  # E2URec's augmented model is a deep copy (aug_mode full)
+    before = score(live, test, 64)["log_odds"]
+    assert score(live, test, 64, model=twin)["log_odds"] == pytest.approx(before, abs=1e-6)
+    user = train[0].user
+    task = Task(
+        str(tmp_path / "apa"),
+        [s for s in train if s.user != user],
+        [s for s in train if s.user == user],
+        valid,
+        tmp_path / "e2urec",
+    )
+    options = {"epochs": 1, "aug_epochs": 1, "lora_rank": 4, "lora_alpha": 8, "aug_mode": "full"}
+    get_method("e2urec", options).unlearn(task)
+    after = loader.load(tmp_path / "e2urec")
+    mixed = [m for m in after.model.modules() if isinstance(m, apa.MixedLinear)]
+    assert mixed and score(after, test, 64)["log_odds"] != pytest.approx(before, abs=1e-4)

@@ -173,16 +173,19 @@ def attach(
         down = torch.stack([a[f"{name}.lora_A.weight"] for a in adapters])
         up = torch.stack([a[f"{name}.lora_B.weight"] for a in adapters])
         setattr(holder, leaf, MixedLinear(getattr(holder, leaf), down, up, scalings[0], router))
-    model.apa_router = router  # kept with the model (a submodule: it follows `.to`)
-
-    def route(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            raise ValueError("an APA model routes by the prompt's token ids; it got embeddings")
-        router.route(ids, kwargs.get("attention_mask"))
-
-    _input_stack(model).register_forward_pre_hook(route, with_kwargs=True)
+    # On the module the hook runs on, so that a deep copy (E2URec's augmented model) routes its
+    # own copy of the router, the one its layers read.
+    stack = _input_stack(model)
+    stack.apa_router = router
+    stack.register_forward_pre_hook(_route, with_kwargs=True)
     return router
+
+
+def _route(stack, args, kwargs):
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is None:
+        raise ValueError("an APA model routes by the prompt's token ids; it got embeddings")
+    stack.apa_router.route(ids, kwargs.get("attention_mask"))
 
 
 def save_apa(out: str | Path, base: str, shards: list[str | Path], pool: dict, **info) -> None:
