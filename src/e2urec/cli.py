@@ -212,6 +212,10 @@ def add_bench(sub) -> None:
     _preset_options(p, "runs/<preset>")
     p.add_argument("--seeds", help="comma-separated seeds: mean ± std over them")
     p.add_argument("--sequential", type=int, help="also forget the users in N successive requests")
+    p.add_argument(
+        "--executor", choices=("local", "ray"), help="where the jobs run (default: local processes)"
+    )
+    p.add_argument("--address", help="a Ray cluster's HOST:PORT (default: start a local one)")
     p.set_defaults(run=run_bench_cli)
 
 
@@ -226,8 +230,9 @@ def _bench_values(args) -> dict:
         values["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds:
         values["seeds"] = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if getattr(args, "sequential", None) is not None:
-        values["sequential"] = args.sequential
+    for name in ("sequential", "executor", "address"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
     return values
 
 

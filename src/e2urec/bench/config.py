@@ -15,6 +15,7 @@ from e2urec.model.tiny import TinyT5
 from e2urec.model.train import TrainConfig
 
 SECTIONS = {"protocol": Protocol, "tiny": TinyT5, "train": TrainConfig}
+EXECUTORS = ("local", "ray")
 NOISE_SEED = 1000  # retrain_b's training seed is Retrain's plus this
 
 
@@ -31,6 +32,9 @@ class Bench:
     method_options: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = ()  # seeds to average over (see `seeded`)
     workers: int = 1  # > 1: originals, methods and evaluations side by side (run_seeds)
+    # "ray": the same jobs on a Ray cluster (bench/ray_pool.py), at `address` or a local one.
+    executor: str = "local"
+    address: str | None = None
     requests: int = 0  # > 0: also time this many single-user E2URec requests
     sequential: int = 0  # > 1: also forget the users in this many successive requests
     mia_seed: int = 0  # which test samples train the attack and which are held out
@@ -40,6 +44,10 @@ class Bench:
             raise ValueError(f"sequential must be >= 0, got {self.sequential}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.address and self.executor != "ray":
+            raise ValueError("address names a Ray cluster: it needs executor ray")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
 

@@ -64,11 +64,19 @@ def run_seeds(bench: Bench, out: Path) -> dict:
     seeds = bench.seeds or (None,)
     folders = {s: out if s is None else out / f"seed-{s}" for s in seeds}
     keep_freed_memory()
-    if bench.workers > 1:
-        with worker_pool(bench.workers) as pool:
+    if bench.workers > 1 or bench.executor == "ray":
+        with _pool(bench) as pool:
             _schedule(pool, bench, folders)
         return single_threaded(lambda: {s: run_seed(bench, folders[s], s) for s in seeds})
     return {s: run_seed(bench, folders[s], s) for s in seeds}
+
+
+def _pool(bench: Bench):
+    if bench.executor == "ray":
+        from e2urec.bench.ray_pool import RayPool
+
+        return RayPool(bench.workers, bench.address)
+    return worker_pool(bench.workers)
 
 
 def _schedule(pool: ProcessPoolExecutor, bench: Bench, folders: dict) -> None:
