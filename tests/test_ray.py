@@ -8,7 +8,6 @@ import pytest
 
 from e2urec.bench import Bench, merge, preset, run_bench
 
-
 VOLATILE = {"seconds", "peak_rss_mb", "cpu_seconds", "wall_seconds"}
 
 
