@@ -4,8 +4,11 @@ by retraining the APA shards that held its rows; crashes resume; the ledger vouc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 from conftest import TRAIN
 from fastapi.testclient import TestClient
 
+import e2urec
 from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import apply, exact_phase, init, request, status
@@ -32,6 +36,7 @@ FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "batch_si
 APA = {"shards": 2, "neighbours": 5}
 OPTIONS = {**FAST, "verify": {"samples": 20}, "apa": APA}
 TOKEN = "t0ken-for-tests-only-0123456789"
+SRC = str(Path(e2urec.__file__).parents[1])
 HIDDEN = "zz-forget-me"  # a user id no other byte in the deployment can match by chance
 
 
@@ -181,20 +186,30 @@ def test_phases_one_at_a_time_and_a_crash_in_the_exact_phase_resumes(
     assert view["phase"] == "approximate" and view["state"] == "purged" and view["shards"]
     assert status(root)["live"] == "v2"
     # Each run dies one exact step later; before "exact-recorded" it starts over, then rolls on.
-    for step in exact_phase.STEPS:
+    for step in exact_phase.STEPS[:-1]:
         monkeypatch.setattr(rollout, "_checkpoint", _crash_at(step))
         with pytest.raises(Crash):
             apply(root, phase="exact")
-        assert verify(root)["ok"], (step, verify(root))
-        assert status(root, rid)["requests"][0]["phase"] == "approximate", step
-        if exact_phase.STEPS.index(step) < exact_phase.STEPS.index("exact-switched"):
-            assert status(root)["live"] == "v2", step
-    monkeypatch.setattr(rollout, "_checkpoint", lambda name: None)
+        _still_approximate(root, rid, step)
+    monkeypatch.undo()  # the last one: a process killed by the env variable, as kill -9
+    code = f"from e2urec.deploy import apply; apply({str(root)!r})"
+    env = {**os.environ, rollout.CRASH_ENV: "exact-switched", "PYTHONPATH": SRC}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert killed.returncode == 137, killed.stderr.decode()[-2000:]
+    _still_approximate(root, rid, "exact-switched")
+    assert status(root)["live"] == "v3"  # switched, its "exact" rows not yet written
     [outcome] = apply(root)
     assert outcome["phase"] == "exact" and outcome["exact_version"] == "v3"
     assert sorted(p.name for p in (root / "models").iterdir()) == ["v0", "v1", "v2", "v3"]
     assert verify(root)["ok"]
     assert apply(root) == []  # nothing left in either phase
+
+
+def _still_approximate(root: Path, rid: str, step: str) -> None:
+    assert verify(root)["ok"], (step, verify(root))
+    assert status(root, rid)["requests"][0]["phase"] == "approximate", step
+    if exact_phase.STEPS.index(step) < exact_phase.STEPS.index("exact-switched"):
+        assert status(root)["live"] == "v2", step
 
 
 def test_a_deployment_without_exact_has_one_phase(tmp_path, data_dir, model):

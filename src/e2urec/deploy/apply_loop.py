@@ -47,14 +47,12 @@ STEPS = (
     "applied",
     "purging",
     "purged-data",
-)
+)  # the exact phase's steps: exact_phase.STEPS
+PHASES = ("approximate", "exact")  # of a two-phase deployment (init --exact)
 
 
 class Busy(RuntimeError):
     """Another `apply` holds the deployment."""
-
-
-PHASES = ("approximate", "exact")
 
 
 def _checkpoint(step: str) -> None:
