@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 import e2urec
 from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
-from e2urec.deploy import apply, exact_phase, init, request, status
+from e2urec.deploy import apply, exact_phase, init, request, status, verification
 from e2urec.deploy import apply_loop as rollout
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.integrity import verify
@@ -31,6 +31,7 @@ from e2urec.model.apa import read_pool
 from e2urec.model.scoring import score
 from e2urec.service.app import create_app
 from e2urec.service.config import ServiceConfig
+from e2urec.service.worker import exact_waiting
 
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "batch_size": 16}
 APA = {"shards": 2, "neighbours": 5}
@@ -184,7 +185,14 @@ def test_phases_one_at_a_time_and_a_crash_in_the_exact_phase_resumes(
     assert main(["status", "--deploy", str(root), rid]) == 0
     [view] = json.loads(capsys.readouterr().out)["requests"]
     assert view["phase"] == "approximate" and view["state"] == "purged" and view["shards"]
-    assert status(root)["live"] == "v2"
+    assert status(root)["live"] == "v2" and exact_waiting(root) == [rid]  # the service's worker
+    # An exact model that fails verification is dropped: the approximate one stays live.
+    with monkeypatch.context() as patch:
+        patch.setattr(verification, "verify_exact", lambda *a: {"passed": False, "failures": ["x"]})
+        [failed] = apply(root, phase="exact")
+    assert failed["phase"] == "approximate" and failed["exact_error"] == "VerificationFailed"
+    assert failed["exact_attempts"] == 1 and exact_waiting(root, max_attempts=1) == []
+    assert status(root)["live"] == "v2" and not list((root / "models").glob(".staging-*"))
     # Each run dies one exact step later; before "exact-recorded" it starts over, then rolls on.
     for step in exact_phase.STEPS[:-1]:
         monkeypatch.setattr(rollout, "_checkpoint", _crash_at(step))
@@ -202,7 +210,7 @@ def test_phases_one_at_a_time_and_a_crash_in_the_exact_phase_resumes(
     assert outcome["phase"] == "exact" and outcome["exact_version"] == "v3"
     assert sorted(p.name for p in (root / "models").iterdir()) == ["v0", "v1", "v2", "v3"]
     assert verify(root)["ok"]
-    assert apply(root) == []  # nothing left in either phase
+    assert apply(root) == [] and exact_waiting(root) == []  # nothing left in either phase
 
 
 def _still_approximate(root: Path, rid: str, step: str) -> None:

@@ -74,6 +74,7 @@ VIEW = (
     "shards",
     "exact",
     "exact_version",
+    "exact_attempts",
     "exact_error",
 )
 CANCELLED = "cancelled by the operator"
@@ -273,10 +274,11 @@ def _phase(view: dict, row: dict) -> None:
     """A two-phase deployment's view of a request: its phase and the exact phase's rows."""
     kind = row["event"]
     if view["phase"] is None:
-        view["phase"] = "pending"
+        view["phase"], view["exact_attempts"] = "pending", 0
     if kind == "purged":
         view["phase"], view["shards"] = "approximate", row["details"].get("shards")
     elif kind == "failed" and view["purged"] is not None:
+        view["exact_attempts"] += 1
         view["exact_error"] = row["details"].get("error")
     elif kind == "retrained":
         view["exact_version"], view["exact_error"] = row["version"], None

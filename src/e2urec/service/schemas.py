@@ -94,6 +94,7 @@ class DeletionStatus(BaseModel):
     shards: list[int] | None = None
     exact: str | None = None
     exact_version: str | None = None
+    exact_attempts: int | None = None
     exact_error: str | None = None
     applying: bool = False
 
