@@ -158,6 +158,22 @@ def test_the_exact_model_equals_apa_trained_from_scratch_on_the_retained_data(do
     assert logits["exact"] != pytest.approx(logits["first"], abs=1e-4)  # the test can fail
 
 
+def test_a_later_request_builds_on_the_last_exact_version(done, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(done["root"], root)
+    tested = {s.user for s in read_jsonl(root / "data" / "test.jsonl")}
+    counts = Counter(s.user for s in read_jsonl(root / "data" / "train.jsonl") if s.user not in tested)  # fmt: skip
+    user = min(counts, key=counts.get)
+    rid = request(root, users=[user])
+    [outcome] = apply(root)
+    assert outcome["version"] == "v4" and outcome["exact_version"] == "v5"
+    with Ledger(root / "ledger.sqlite") as ledger:
+        steps = [r["details"]["from"] for r in ledger.records() if r["event"] == "retrained"]
+    assert steps == ["v1", "v1", "v3"]  # two requests in the first step, then this one
+    assert Layout(root).keyer()(user) not in read_homes(root / "models" / "v5")
+    assert verify(root)["ok"] and status(root, rid)["requests"][0]["phase"] == "exact"
+
+
 class Crash(BaseException):
     pass
 

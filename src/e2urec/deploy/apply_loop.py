@@ -231,13 +231,14 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
         forget,
         valid,
         layout.models / f".staging-{uuid.uuid4().hex[:8]}",
-        base=_base(layout, config),
+        base=base_path(layout, config),
         train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
     )
     return task, held_name, holdout
 
 
-def _base(layout: Layout, config: dict) -> str | None:
+def base_path(layout: Layout, config: dict) -> str | None:
+    """The backbone the deployment's model was trained from: in the folder, or as recorded."""
     base = config.get("base")
     if base is None:
         return None
