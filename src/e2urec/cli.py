@@ -277,6 +277,12 @@ def add_init(sub) -> None:
     p.add_argument("--config", help="YAML file with the method's options (and a verify: section)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. epochs=1 verify.samples=100")
     p.add_argument(
+        "--exact",
+        choices=("apa",),
+        help="two-phase deletions: serve an APA model trained now from the backbone; each "
+        "request is carried out by --method, then exactly (its options: --set apa.shards=4)",
+    )
+    p.add_argument(
         "--key-file",
         dest="key_file",
         help="HMAC key for the forgotten ids (32+ bytes), kept where it is "
@@ -288,7 +294,8 @@ def add_init(sub) -> None:
 def run_init(args) -> None:
     from e2urec.deploy import init
 
-    made = init(args.data, args.model, args.out, args.method, _options(args), args.key_file)
+    options = _options(args)
+    made = init(args.data, args.model, args.out, args.method, options, args.key_file, args.exact)
     print(json.dumps(made, indent=2))
 
 
@@ -329,6 +336,11 @@ def add_apply(sub) -> None:
     p.add_argument("--method", help="unlearning method (default: the deployment's)")
     p.add_argument("--config", help="YAML file with the method's options (and a verify: section)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. alpha=1 verify.retrain=true")
+    p.add_argument(
+        "--phase",
+        choices=("approximate", "exact"),
+        help="a two-phase deployment (init --exact): run only this phase's pending steps",
+    )
     p.set_defaults(run=run_apply)
 
 
@@ -337,7 +349,7 @@ def run_apply(args) -> None:
 
     options = _options(args) if args.config or args.set else None
     try:
-        outcomes = apply(args.deploy, args.method, options)
+        outcomes = apply(args.deploy, args.method, options, phase=args.phase)
     except Busy as err:
         raise ValueError(str(err)) from None
     print(json.dumps(outcomes, indent=2) if outcomes else "no pending requests")

@@ -1,6 +1,7 @@
 """Carrying deletion requests out on a deployment folder: `init` makes it, `request` records a
 request, `apply` unlearns, verifies, puts the new version live and purges the data, `status`
-and the hash-chained ledger show what was done.
+and the hash-chained ledger show what was done. With `init(..., exact="apa")` each request
+is then carried out exactly as well (`exact_phase`).
 
 It may import api and everything below it (methods, model, data, the shared modules), never
 bench/, service/ or cli.

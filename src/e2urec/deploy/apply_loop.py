@@ -9,13 +9,13 @@ the next run starts over (removing it); from then on it rolls forward: name the 
 version, switch the live pointer, write "applied" rows, purge the data (idempotent), then write
 "purged" rows and drop the requests' ids in one transaction. A run that fails (an error, a
 verification that does not pass) writes "failed" rows and leaves its requests pending.
+In a two-phase deployment (`init --exact apa`) the exact phase (`exact_phase`) follows.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
-from e2urec.deploy import integrity
+from e2urec.deploy import exact_phase, integrity
 from e2urec.deploy.folder import Layout, tree_hash
 from e2urec.deploy.ledger import Ledger, request_views, states, versions
 from e2urec.deploy.purge import Eraser, purge_folder, read_split
@@ -47,8 +47,8 @@ STEPS = (
     "applied",
     "purging",
     "purged-data",
-)
-VERSION = re.compile(r"^v\d+$")
+)  # the exact phase's steps: exact_phase.STEPS
+PHASES = ("approximate", "exact")  # of a two-phase deployment (init --exact)
 
 
 class Busy(RuntimeError):
@@ -73,44 +73,65 @@ def locked(path: Path, wait: bool = False):
         yield
 
 
-def apply(deploy, method=None, options=None, requests=None, max_attempts=None) -> list[dict]:
+def apply(
+    deploy, method=None, options=None, requests=None, max_attempts=None, phase=None
+) -> list[dict]:
     """Carry out every pending request (or those of `requests`; with `max_attempts`, those that
     failed fewer times) in one unlearning run: unlearn, verify, switch the live version, purge
     the data. Requests a crash left half done are completed first. `method` and `options` (with
     an optional "verify" mapping over the deployment's bounds) replace the deployment's for this
-    run. Returns what `status` shows of each request handled."""
+    run. In a two-phase deployment the exact phase of every request carried out approximately
+    follows; `phase` ("approximate" or "exact") runs only that one (a step a crash left half
+    done is completed whatever it was). Returns what `status` shows of each request handled."""
     layout = Layout.of(deploy)
+    if phase is not None and phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if phase is not None and not exact_phase.enabled(layout):
+        raise ValueError(f"{deploy}: a deployment made without --exact has one phase only")
     with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
         try:
-            return _apply(layout, ledger, method, options, requests, max_attempts)
-        except integrity.Tampered:
-            raise  # refused before anything: the deployment is left exactly as it was
+            return _apply(layout, ledger, method, options, requests, max_attempts, phase)
+        except (integrity.Tampered, exact_phase.Failed):
+            raise  # refused before anything, or the exact phase recorded its own failure
         except Exception as err:  # whatever failed, the requests wait, the attempt recorded
             record_attempt(layout, ledger, requests, method, type(err).__name__)
             raise
 
 
-def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attempts) -> list:
+def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attempts, phase):
     tidy(layout, ledger)
     enforce(layout, ledger, integrity.preflight(layout))
     state = states(ledger.records())
     pending = list(ledger.pending())
-    outcomes = []
+    handled = []
     started: dict[str, list[str]] = {}  # version -> requests already verified into it
     for rid in pending:
         if state[rid]["event"] in ("verified", "applied"):
             started.setdefault(state[rid]["version"], []).append(rid)
     for version, ids in started.items():
-        outcomes += _finish(layout, ledger, ids, version)
+        handled += _finish(layout, ledger, ids, version)
+    two_phase = exact_phase.enabled(layout)
+    if two_phase:  # before any new version, so that versions follow one another
+        handled += exact_phase.roll_forward(layout, ledger, _checkpoint)
     views = request_views(ledger.records())
     fresh = [r for r in pending if state[r]["event"] in ("received", "failed")]
     fresh = [r for r in fresh if requests is None or r in requests]
     fresh = [r for r in fresh if max_attempts is None or views[r]["attempts"] < max_attempts]
-    left = complete_already_purged(layout, ledger, fresh)
-    outcomes += _views(ledger, [r for r in fresh if r not in left])
-    if left:
-        outcomes += _run(layout, ledger, left, method, options)
-    return outcomes
+    if phase != "exact":
+        shards = _shards(layout, ledger) if two_phase else None
+        left = complete_already_purged(layout, ledger, fresh, shards)
+        handled += [r for r in fresh if r not in left]
+        if left:
+            handled += _run(layout, ledger, left, method, options)
+    if two_phase and phase != "approximate":
+        bounds = _run_settings(layout.config(), None, None)[2]
+        handled += exact_phase.run(layout, ledger, _checkpoint, bounds)
+    return _views(ledger, list(dict.fromkeys(handled)))
+
+
+def _shards(layout: Layout, ledger: Ledger):
+    """Request bodies -> the shards each one's exact phase retrains (read before the ids go)."""
+    return lambda bodies: exact_phase.shard_details(layout, ledger.records(), bodies)
 
 
 def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
@@ -123,7 +144,7 @@ def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict,
     return method or config["method"], opts, from_dict(Bounds, verify_opts, "verify")
 
 
-def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[dict]:
+def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[str]:
     """A fresh run for requests only received: unlearn, verify, then promote or fail."""
     from e2urec.deploy.verification import verify
     from e2urec.methods import get_method
@@ -175,21 +196,13 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     if not numbers["passed"]:
         record_attempt(layout, ledger, ids, method, "VerificationFailed", numbers)
         shutil.rmtree(task.out)
-        return _views(ledger, ids)
-    version = _next_version(layout, recorded)
+        return ids
+    version = layout.next_version(recorded)
     details["chain"] = integrity.chain(layout, task.out)
     digest = tree_hash(task.out)
     ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
     _checkpoint("recorded")
     return _finish(layout, ledger, ids, version)
-
-
-def _next_version(layout: Layout, recorded: dict) -> str:
-    """The next version's name; a folder the ledger does not know (the operator's) is skipped."""
-    n = 1 + max(int(v[1:]) for v in recorded if VERSION.match(v))
-    while layout.version(f"v{n}").exists():
-        n += 1
-    return f"v{n}"
 
 
 def _purged_digests(layout: Layout, eraser: Eraser) -> dict[str, str]:
@@ -218,13 +231,14 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
         forget,
         valid,
         layout.models / f".staging-{uuid.uuid4().hex[:8]}",
-        base=_base(layout, config),
+        base=base_path(layout, config),
         train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
     )
     return task, held_name, holdout
 
 
-def _base(layout: Layout, config: dict) -> str | None:
+def base_path(layout: Layout, config: dict) -> str | None:
+    """The backbone the deployment's model was trained from: in the folder, or as recorded."""
     base = config.get("base")
     if base is None:
         return None
@@ -240,7 +254,7 @@ def _reference(task: Task) -> str:
     return get_method("retrain").unlearn(replace(task, out=out)).model
 
 
-def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[dict]:
+def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> list[str]:
     """Roll a verified run forward: the staging folder named as its version, live pointer,
     "applied" rows, purge, "purged" rows."""
     state = states(ledger.records())
@@ -264,11 +278,18 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
     _checkpoint("purged-data")
     details = {"removed": removed, "data": integrity.digests(integrity.read_splits(layout.data))}
+    exact = _shards(layout, ledger)({r: bodies[r] for r in ids}) if exact_phase.enabled(layout) else {}  # fmt: skip
     purged = [
-        {"event": "purged", "request": r, "version": version, "details": details} for r in ids
+        {
+            "event": "purged",
+            "request": r,
+            "version": version,
+            "details": {**details, **exact.get(r, {})},
+        }  # fmt: skip
+        for r in ids
     ]
     ledger.append(purged, drop_pending=ids)
-    return _views(ledger, ids)
+    return ids
 
 
 def _views(ledger: Ledger, ids: list[str]) -> list[dict]:

@@ -31,12 +31,15 @@ from e2urec.deploy.purge import read_split
 LEAKY = ("forget_report.json",)
 
 
-def init(data, model, out, method: str = "e2urec", options=None, key_file=None) -> dict:
+def init(data, model, out, method: str = "e2urec", options=None, key_file=None, exact=None) -> dict:
     """Create the deployment folder `out` from a prepared data folder and a trained model;
     returns `status`. `options` holds the method's options and, under "verify", the
     verification bounds (`e2urec.deploy.verification.Bounds`); `apply` uses them unless told
     otherwise. `key_file`: the HMAC key to use (at least 32 bytes), kept where it is; without
-    one a new key is made in `folder.key_folder()` (mode 0600), outside the deployment."""
+    one a new key is made in `folder.key_folder()` (mode 0600), outside the deployment.
+    `exact` ("apa"): two-phase deletions; the exact method's model is trained now from the
+    backbone the model was trained from (its options under `options[exact]`) and served as v1,
+    and each request is carried out approximately (`method`), then exactly (`exact_phase`)."""
     data, model, out = Path(data), Path(model), Path(out)
     if key_file is not None:
         key_file = Path(key_file).resolve()
@@ -53,7 +56,11 @@ def init(data, model, out, method: str = "e2urec", options=None, key_file=None) 
             f"{model} was made by `e2urec forget` ({leaky[0]} lists forgotten ids in clear); "
             "start from the original model and submit those deletions as requests"
         )
-    settings = _settings(method, dict(options or {}))
+    settings = _settings(method, dict(options or {}), exact)
+    if exact is not None and _train_report(model).get("base") is None:
+        raise ValueError(
+            f"--exact {exact} trains from the backbone, and {model}/train_report.json names none"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     made = None
@@ -104,14 +111,23 @@ def check_weights(folder: Path) -> None:
             raise ValueError(f"{path}: truncated ({size} bytes, its header needs more)")
 
 
-def _settings(method: str, options: dict) -> dict:
-    """Method, its options and the verification bounds, each checked now rather than at apply."""
+def _settings(method: str, options: dict, exact: str | None = None) -> dict:
+    """Method, its options and the verification bounds, each checked now rather than at apply;
+    with `exact`, the exact method and its options (`options[exact]`)."""
+    from e2urec.deploy.exact_phase import METHODS
     from e2urec.deploy.verification import Bounds
     from e2urec.methods import get_method
 
     bounds = from_dict(Bounds, options.pop("verify", None), "verify")
+    more = {}
+    if exact is not None:
+        if exact not in METHODS:
+            raise ValueError(f"--exact must be one of {METHODS}, got {exact!r}")
+        exact_options = options.pop(exact, None) or {}
+        get_method(exact, exact_options)
+        more = {"exact": exact, "exact_options": exact_options}
     get_method(method, options)
-    return {"method": method, "options": options, "verify": asdict(bounds)}
+    return {"method": method, "options": options, "verify": asdict(bounds), **more}
 
 
 def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list) -> None:
@@ -142,7 +158,28 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list)
     }
     with Ledger.create(layout.ledger) as ledger:
         ledger.append([event])
-    layout.set_live("v0")
+        layout.set_live("v0")
+        if settings.get("exact"):
+            _first_exact(layout, ledger, config, event["model_after"])
+
+
+def _first_exact(layout: Layout, ledger: Ledger, config: dict, v0_hash: str) -> None:
+    """The exact method's model, trained from the backbone on the live data: v1, served."""
+    from e2urec.deploy.apply_loop import base_path
+    from e2urec.deploy.exact_phase import train_first
+
+    made = train_first(layout, base_path(layout, config), config["train_config"], config["exact_options"])  # fmt: skip
+    v1 = layout.version("v1")
+    event = {
+        "event": "created",
+        "version": "v1",
+        "method": config["exact"],
+        "model_before": v0_hash,
+        "model_after": tree_hash(v1),
+        "details": {"exact": config["exact"], "chain": integrity.chain(layout, v1), **made},
+    }
+    ledger.append([event])
+    layout.set_live("v1")
 
 
 def _train_report(model: Path) -> dict:

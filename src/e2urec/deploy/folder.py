@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+VERSION = re.compile(r"^v\d+$")
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -46,6 +48,14 @@ class Layout:
 
     def version(self, version_id: str) -> Path:
         return self.models / version_id
+
+    def next_version(self, recorded: dict) -> str:
+        """The next version's name after the `recorded` ones; a folder the ledger does not know
+        (the operator's) is skipped."""
+        n = 1 + max(int(v[1:]) for v in recorded if VERSION.match(v))
+        while self.version(f"v{n}").exists():
+            n += 1
+        return f"v{n}"
 
     def live(self) -> str:
         return self.live_file.read_text().strip()

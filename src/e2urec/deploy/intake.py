@@ -165,13 +165,15 @@ def status(deploy, request_id: str | None = None) -> dict:
     if request_id is not None and request_id not in requests:
         raise ValueError(f"{deploy}: no request {request_id!r} in the ledger")
     live = layout.live()
-    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] == "verified"}  # fmt: skip
+    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] in ("verified", "retrained")}  # fmt: skip
     models = [
         {**info, "id": v, "verification": checks.get(v), "live": v == live}
         for v, info in versions(rows).items()
     ]
     chosen = [requests[request_id]] if request_id else list(requests.values())
-    return {"live": live, "models": models, "requests": chosen, "ledger": head}
+    found = {"live": live, "models": models, "requests": chosen, "ledger": head}
+    exact = layout.config().get("exact")
+    return {**found, "exact": exact} if exact else found  # two-phase deletions (init --exact)
 
 
 def live_model(deploy) -> Path:

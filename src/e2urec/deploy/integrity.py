@@ -18,7 +18,7 @@ from pathlib import Path
 from e2urec.data.deletion import shown_ratings
 from e2urec.data.sample import FIELDS, Sample
 from e2urec.deploy.folder import Keyer, KeyMissing, Layout, tree_hash
-from e2urec.deploy.ledger import Ledger, order_problems, states, versions
+from e2urec.deploy.ledger import BUILT, Ledger, order_problems, states, versions
 from e2urec.deploy.purge import read_split
 
 CAP = 50  # problems of one kind listed before "and N more"
@@ -60,7 +60,7 @@ class Forgotten:
 
     @classmethod
     def of(cls, keyer: Keyer, rows: list[dict]) -> Forgotten:
-        done = {rid for rid, st in states(rows).items() if st["event"] == "purged"}
+        done = {rid for rid, st in states(rows).items() if "purged" in st}
         users, pairs, shown = set(), set(), set()
         for r in rows:
             if r["event"] == "received" and r["request"] in done:
@@ -126,11 +126,13 @@ def chain(layout: Layout, folder: Path) -> list[dict]:
     from e2urec.model import backbone
 
     meta = backbone.read_meta(folder)
-    names = [meta["base"]] if meta.get("kind") == "lora" else []
-    names += meta.get("shards", []) if meta.get("kind") == "ensemble" else []
+    names = [meta["base"]] if meta.get("kind") in ("lora", "apa") else []
+    names += meta.get("shards", []) if meta.get("kind") in ("ensemble", "apa") else []
     found = []
     for name in names:
         path = Path(backbone.resolve(folder, name))
+        if meta.get("kind") == "apa" and path.resolve().is_relative_to(Path(folder).resolve()):
+            continue  # an APA model's own shards: part of its content hash
         if not path.exists():
             found.append({"name": name})  # a hub name: nothing on disk to vouch for
         elif path.resolve().is_relative_to(layout.models.resolve()):
@@ -151,12 +153,12 @@ def live_problems(layout: Layout, rows: list[dict]) -> list[str]:
     before it); each run must have started from the version live before it."""
     order, recorded, problems = version_order(rows), versions(rows), []
     for prev, version in zip(order, order[1:]):
-        befores = {r["model_before"] for r in rows if r["event"] == "verified" and r["version"] == version}  # fmt: skip
+        befores = {r["model_before"] for r in rows if r["event"] in BUILT and r["version"] == version}  # fmt: skip
         if befores != {recorded[prev]["hash"]}:
             problems.append(
                 f"models/{version} was made from a model that is not {prev}, the version before it"
             )
-    rolling = any(st["event"] == "verified" and st.get("version") == order[-1] for st in states(rows).values())  # fmt: skip
+    rolling = any(st["event"] in ("verified", "retrained") and st.get("version") == order[-1] for st in states(rows).values())  # fmt: skip
     allowed = set(order[-2:]) if rolling else {order[-1]}
     live = layout.live()
     if live not in allowed:
@@ -193,7 +195,7 @@ def version_folder(layout: Layout, rows: list[dict], version: str) -> Path:
     folder = layout.version(version)
     if not folder.exists():
         for r in rows:
-            if r["event"] == "verified" and r["version"] == version:
+            if r["event"] in ("verified", "retrained") and r["version"] == version:
                 return layout.models / r["details"].get("staging", version)
     return folder
 
@@ -202,8 +204,59 @@ def _recorded_chains(rows: list[dict]) -> dict[str, list]:
     return {
         r["version"]: r["details"]["chain"]
         for r in rows
-        if r["event"] in ("created", "verified") and "chain" in r["details"]
+        if r["event"] in BUILT and "chain" in r["details"]
     }
+
+
+def exact_problems(layout: Layout, rows: list[dict]) -> list[str]:
+    """A two-phase deployment: each exact version must come from the exact version before it (the
+    APA model of `init`, or the last exact step), never from an approximate one, whose unlearning
+    only dampened what its base had seen; it must be an APA model that builds on no version but
+    the backbone; and its step must have retrained every shard its requests recorded."""
+    created = [r for r in rows if r["event"] == "created" and r["details"].get("exact")]
+    if not created:
+        return []
+    backbone_at = _inside(layout.config().get("base"))
+    lineage, problems, recorded = [created[0]["version"]], [], states(rows)
+    steps: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["event"] == "retrained":
+            steps.setdefault(r["version"], []).append(r)
+    for version, made in steps.items():
+        details = made[0]["details"]
+        if details.get("from") != lineage[-1]:
+            problems.append(
+                f"models/{version}: the exact phase built it from {details.get('from')!r}, not "
+                f"from {lineage[-1]!r}, the last exact version: what it builds on saw deleted rows"
+            )
+        names = [c["version"] for c in details.get("chain", []) if "version" in c]
+        for name in names:
+            if name != backbone_at:
+                problems.append(
+                    f"models/{version}: an exact version builds on models/{name}, not only on "
+                    "the backbone"
+                )
+        folder = version_folder(layout, rows, version) / "e2urec.json"
+        kind = json.loads(folder.read_text()).get("kind") if folder.is_file() else None
+        if kind != "apa":
+            problems.append(f"models/{version}: an exact version is not an APA model ({kind!r})")
+        for r in made:
+            asked = set(recorded[r["request"]].get("purged", {}).get("details", {}).get("shards") or [])  # fmt: skip
+            missing = sorted(asked - set(details.get("shards", [])))
+            if missing:
+                problems.append(
+                    f"request {r['request']}: its exact step ({version}) did not retrain "
+                    f"shard(s) {missing}, which held its rows"
+                )
+        lineage.append(version)
+    return problems
+
+
+def _inside(base: str | None) -> str | None:
+    """The backbone's place as `chain` names it when it lies inside a version (models/v0/...)."""
+    if base and Path(base).parts[:1] == ("models",):
+        return Path(*Path(base).parts[1:]).as_posix()
+    return None
 
 
 def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | None]:
@@ -239,6 +292,7 @@ def check(layout: Layout, all_models: bool = True) -> tuple[list[str], dict]:
         problems += live_problems(layout, rows)
     only = None if all_models else live_chain(layout, live, recorded)
     problems += model_problems(layout, rows, only)
+    problems += exact_problems(layout, rows)
     found, keyer = key_problems(layout, rows)
     problems += found
     forgotten = Forgotten.of(keyer, rows) if keyer is not None else None

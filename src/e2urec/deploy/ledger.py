@@ -10,6 +10,9 @@ as their "received" row and leave with their "purged" or "refused" row (a reques
 the two), and `secure_delete` overwrites them in the file when they go. A "failed" row records an
 attempt that did not finish (its error's kind); the request stays pending and is tried again.
 An "enforced" row (no request) records forgotten rows found back in the data and removed again.
+In a two-phase deployment (`init --exact apa`) a purged request goes on to its exact phase: a
+"retrained" row (the exact model verified, with the shards it retrained) and an "exact" row
+(that model live); a failed exact attempt is a "failed" row marked `"phase": "exact"`.
 """
 
 from __future__ import annotations
@@ -33,9 +36,23 @@ FIELDS = (
     "version",
     "details",
 )
-EVENTS = ("created", "received", "refused", "verified", "applied", "purged", "failed", "enforced")
+EVENTS = (
+    "created",
+    "received",
+    "refused",
+    "verified",
+    "applied",
+    "purged",
+    "failed",
+    "enforced",
+    "retrained",
+    "exact",
+)
+BUILT = ("created", "verified", "retrained")  # the events that record a new model version
 GENESIS = "0" * 64
-# A request as `status` shows it. state: its last event; received/applied/purged: times.
+# A request as `status` shows it. state: its last event of the approximate phase;
+# received/applied/purged/exact: times. phase (two-phase deployments only): pending, approximate
+# (purged, the approximate model live) or exact (the exactly retrained model live).
 VIEW = (
     "state",
     "received",
@@ -53,6 +70,12 @@ VIEW = (
     "reason",
     "attempts",
     "error",
+    "phase",
+    "shards",
+    "exact",
+    "exact_version",
+    "exact_attempts",
+    "exact_error",
 )
 CANCELLED = "cancelled by the operator"
 ALREADY = "already purged by an earlier request"
@@ -196,7 +219,7 @@ def versions(rows: list[dict]) -> dict[str, dict]:
     """Model versions the ledger vouches for: the initial one and each verified unlearned one."""
     found: dict[str, dict] = {}
     for row in rows:
-        if row["event"] in ("created", "verified") and row["version"] not in found:
+        if row["event"] in BUILT and row["version"] not in found:
             found[row["version"]] = {"hash": row["model_after"], "created": row["time"]}
     return found
 
@@ -217,11 +240,16 @@ def states(rows: list[dict]) -> dict[str, dict]:
 def request_views(rows: list[dict]) -> dict[str, dict]:
     """What `status` shows of each request (VIEW; None where it has not got that far)."""
     views: dict[str, dict] = {}
+    two_phase = any(r["event"] == "created" and r["details"].get("exact") for r in rows)
     for row in rows:
         rid, kind = row["request"], row["event"]
         if not rid:
             continue
         view = views.setdefault(rid, {"id": rid, **dict.fromkeys(VIEW), "attempts": 0})
+        if two_phase:
+            _phase(view, row)
+        if view["purged"] is not None:  # the exact phase's rows leave the request's state
+            continue
         view["state"] = "retrying" if kind == "failed" else kind
         if kind == "received" or (kind == "refused" and view["received"] is None):
             view.update(received=row["time"], users=row["users"], samples=row["samples"])
@@ -242,11 +270,32 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
     return views
 
 
+def _phase(view: dict, row: dict) -> None:
+    """A two-phase deployment's view of a request: its phase and the exact phase's rows."""
+    kind = row["event"]
+    if view["phase"] is None:
+        view["phase"], view["exact_attempts"] = "pending", 0
+    if kind == "purged":
+        view["phase"], view["shards"] = "approximate", row["details"].get("shards")
+    elif kind == "failed" and view["purged"] is not None:
+        view["exact_attempts"] += 1
+        view["exact_error"] = row["details"].get("error")
+    elif kind == "retrained":
+        view["exact_version"], view["exact_error"] = row["version"], None
+    elif kind == "exact":
+        view["phase"], view["exact"] = "exact", row["time"]
+    elif kind == "refused":
+        view["phase"] = None
+
+
 # The event sequences a request may have: refused at once; or received, failed attempts, then
 # refused (cancelled), purged (already purged by an earlier one) or a prefix of verified,
-# applied, purged.
+# applied, purged; after purged, in a two-phase deployment, failed exact attempts and a prefix
+# of retrained, exact.
+EXACT_TAIL = r"( failed)*( retrained( exact)?)?"
 SEQUENCE = re.compile(
-    r"refused|received( failed)*( verified( applied( purged)?)?| refused| purged)?"
+    rf"refused|received( failed)*( verified( applied( purged{EXACT_TAIL})?)?| refused"
+    rf"| purged{EXACT_TAIL})?"
 )
 
 
@@ -256,7 +305,7 @@ def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
     problems = []
     for rid, state in states(rows).items():
         events = tuple(r["event"] for r in rows if r["request"] == rid)
-        finished = events[-1] in ("purged", "refused")
+        finished = events[-1] == "refused" or "purged" in events
         if not SEQUENCE.fullmatch(" ".join(events)):
             problems.append(f"request {rid}: events out of order: {', '.join(events)}")
         elif finished == (rid in pending):

@@ -46,9 +46,9 @@ def tidy(layout: Layout, ledger: Ledger) -> None:
     temporary files (named after the file they were to replace). Nothing else: the folder may
     hold the operator's files."""
     rolling = {
-        st["verified"]["details"].get("staging")
+        st[st["event"]]["details"].get("staging")
         for st in states(ledger.records()).values()
-        if st["event"] == "verified"
+        if st["event"] in ("verified", "retrained")
     }
     for folder in layout.models.iterdir():
         if folder.name.startswith(".staging-") and folder.name not in rolling:
@@ -71,9 +71,10 @@ def enforce(layout: Layout, ledger: Ledger, restorable: dict) -> None:
     ledger.append([{"event": "enforced", "details": {"removed": removed, "data": data}}])
 
 
-def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str]) -> list[str]:
+def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str], shards=None):
     """Complete the requests none of whose train samples are left (an earlier request purged
-    them with its own), so that they never block a run; return the others."""
+    them with its own), so that they never block a run; return the others. `shards` (a
+    two-phase deployment): request bodies -> {request: the shards its exact phase retrains}."""
     bodies, train = ledger.pending(), read_split(layout.data / "train.jsonl")
     union = Eraser.of(bodies[r] for r in ids)
     touched = [s for s in train if union.erases(s)]  # one pass over the data, not one per request
@@ -87,8 +88,17 @@ def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str]) -> l
     live = layout.live()
     # The rows first: a crash before the files are rewritten leaves rows of purged requests in
     # the data, which the next apply's enforcement removes (their HMACs are in the ledger).
+    exact = shards({r: bodies[r] for r in done}) if shards else {}
     ledger.append(
-        [{"event": "purged", "request": r, "version": live, "details": details} for r in done],
+        [
+            {
+                "event": "purged",
+                "request": r,
+                "version": live,
+                "details": {**details, **exact.get(r, {})},
+            }  # fmt: skip
+            for r in done
+        ],
         drop_pending=done,
     )
     changed = {name: kept[name] for name in kept if removed[name]}

@@ -163,6 +163,49 @@ def verify(
     return {**numbers, "bounds": asdict(bounds), "passed": not failures, "failures": failures}
 
 
+def verify_exact(
+    before: str,
+    after: str,
+    gone: set[str],
+    holdout: list[Sample],
+    holdout_name: str,
+    bounds: Bounds,
+) -> dict:
+    """The exact phase's model against the live one: the same held-out utility bound, and the
+    structural evidence: an APA model whose users (`homes`) and pool name none of `gone`."""
+    from e2urec.metrics import scored_classification
+    from e2urec.model import apa, backbone
+
+    if len(holdout) < 4:
+        raise ValueError(f"verification needs at least 4 held-out samples, got {len(holdout)}")
+    held = _subset(holdout, 2 * bounds.samples, np.random.default_rng(bounds.seed))
+    aucs = {
+        name: scored_classification(held, score(loader.load(folder), held))["auc"]
+        for name, folder in (("before", before), ("after", after))
+    }
+    meta = backbone.read_meta(after)
+    pooled = {row[0] for row in apa.read_pool(after)["samples"]}
+    left = sorted(gone & (set(meta.get("homes", {})) | pooled))
+    numbers = {
+        "holdout": holdout_name,
+        "samples": {"forget": 0, "members": 0, "held_out": len(held)},
+        "holdout_auc": _clean(aucs),
+        "forgetting": {
+            "verdict": STRUCTURAL,
+            "shown": not left,
+            "note": "the shards that held the requests' rows were retrained from the backbone "
+            "on the data left after the purge; the model's users and pool name none of them",
+        },
+    }
+    failures = [f"{len(left)} forgotten user(s) still in the model's homes or pool"] if left else []
+    was, now = aucs["before"], aucs["after"]
+    if not (math.isnan(was) or math.isnan(now)) and was - now > bounds.max_utility_drop:
+        failures.append(
+            f"held-out AUC fell from {was:.3f} to {now:.3f} (more than {bounds.max_utility_drop})"
+        )
+    return {**numbers, "bounds": asdict(bounds), "passed": not failures, "failures": failures}
+
+
 def control_samples(forget: list[Sample], retain: list[Sample], rng) -> list[Sample]:
     """As many retained samples as forgotten ones, from random retained users (whole users,
     as a request takes them, so the control changes as a request's samples would by chance)."""

@@ -222,11 +222,13 @@ def kmeans_homes(base: str, samples: list[Sample], counts: Counter, shards: int,
     return homes
 
 
-def forget(model: str | Path, users, train_samples, valid, out: str | Path) -> dict:
+def forget(model: str | Path, users, train_samples, valid, out: str | Path, shards=()) -> dict:
     """Exact unlearning of `users` from the APA model in `model`, into the new folder `out`:
     the shards that held them retrained on `train_samples` (the data left after every deletion
     so far: it must hold none of theirs), the pool rescored by them and cut to retained users;
-    the other shards' adapters and pool losses are copied."""
+    the other shards' adapters and pool losses are copied. `shards`: more shards to retrain,
+    whose users stay (ratings of theirs deleted: `train_samples` and `valid` no longer hold
+    them)."""
     meta = backbone.read_meta(model)
     if meta.get("kind") != "apa":
         raise ValueError(
@@ -240,7 +242,7 @@ def forget(model: str | Path, users, train_samples, valid, out: str | Path) -> d
         )
     homes = meta["homes"]
     method = Apa(from_dict(ApaConfig, meta["config"], where=f"{model}/e2urec.json"))
-    affected = sorted({homes[u] for u in users if u in homes})
+    affected = sorted({homes[u] for u in users if u in homes} | set(shards))
     base = backbone.resolve(model, meta["base"])
     config = from_dict(TrainConfig, meta["train"], where=f"{model}/e2urec.json")
     shards = Shards(method, base, config, homes, Path(out), users)

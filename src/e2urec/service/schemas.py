@@ -87,6 +87,15 @@ class DeletionStatus(BaseModel):
     model_after: str | None = None
     verification: dict | None = None
     forgetting: dict | None = None  # the evidence that the request's data lost its hold
+    # A two-phase deployment (init --exact) only: pending, approximate (purged, the approximate
+    # model live) or exact (the exactly retrained model live); the shards the exact phase
+    # retrains, when it went live and in which version, its last failed attempt's kind.
+    phase: str | None = None
+    shards: list[int] | None = None
+    exact: str | None = None
+    exact_version: str | None = None
+    exact_attempts: int | None = None
+    exact_error: str | None = None
     applying: bool = False
 
 

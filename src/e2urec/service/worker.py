@@ -55,7 +55,22 @@ def pending(deploy: Path, max_attempts: int | None = None) -> list[str]:
     alone = {r["id"] for r in waiting if r["attempts"] >= ALONE and r["error"] != "ProcessDied"}
     stuck = [r["id"] for r in waiting if r["id"] in alone]
     fresh = [r["id"] for r in waiting if r["id"] not in alone]
-    return rolling + (stuck[:1] if stuck else fresh)
+    return rolling + (stuck[:1] if stuck else fresh) + exact_waiting(deploy, max_attempts)
+
+
+def exact_waiting(deploy: Path, max_attempts: int | None = None) -> list[str]:
+    """In a two-phase deployment: requests carried out approximately whose exact phase has not
+    gone live (not started, cut short, or failed fewer than `max_attempts` times). An apply
+    runs it for all of them whatever its `requests`."""
+    found = deployment.status(deploy)
+    if "exact" not in found:
+        return []
+    return [
+        r["id"]
+        for r in found["requests"]
+        if r["phase"] == "approximate"
+        and (max_attempts is None or r["exact_attempts"] < max_attempts)
+    ]
 
 
 class ApplyError(RuntimeError):

@@ -34,6 +34,7 @@ async def page(request: Request, service: ServiceDep):
         "head": found["ledger"],
         "models": found["models"],
         "live": found["live"],
+        "two_phase": found.get("exact") is not None,
         "serving": service.live.get().version,
         "applying": service.worker.applying,
         "last_error": service.worker.last_error,
