@@ -138,3 +138,20 @@ def test_e2urec_on_an_apa_model_keeps_the_mixture(tmp_path, base, data):
     after = loader.load(tmp_path / "e2urec")
     mixed = [m for m in after.model.modules() if isinstance(m, apa.MixedLinear)]
     assert mixed and score(after, test, 64)["log_odds"] != pytest.approx(before, abs=1e-4)
+
+
+def test_a_later_request_keeps_an_earlier_users_valid_samples_out(tmp_path, base, data):
+    train, valid = data["train"], data["valid"]
+    train_apa(base, train, valid, tmp_path / "v0", TRAIN, OPTIONS)
+    first, second = [
+        u
+        for u, _ in Counter(s.user for s in valid if s.user in {t.user for t in train}).most_common(
+            2
+        )
+    ]
+    kept = [s for s in train if s.user != first]
+    forget(tmp_path / "v0", [first], kept, valid, tmp_path / "v1")
+    kept = [s for s in kept if s.user != second]
+    forget(tmp_path / "v1", [second], kept, valid, tmp_path / "v2")  # valid still holds both
+    pooled = {row[0] for row in apa.read_pool(tmp_path / "v2")["samples"]}
+    assert pooled and not pooled & {first, second}

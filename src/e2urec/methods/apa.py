@@ -245,7 +245,9 @@ def forget(model: str | Path, users, train_samples, valid, out: str | Path, shar
     affected = sorted({homes[u] for u in users if u in homes} | set(shards))
     base = backbone.resolve(model, meta["base"])
     config = from_dict(TrainConfig, meta["train"], where=f"{model}/e2urec.json")
-    shards = Shards(method, base, config, homes, Path(out), users)
+    # Valid samples of users an earlier request forgot (not in `homes`) stay out too.
+    gone = users | {s.user for s in valid if s.user not in homes}
+    shards = Shards(method, base, config, homes, Path(out), gone)
     start = time.perf_counter()
     shards.fit(train_samples, valid, only=affected)
     old = apa.read_pool(model)
