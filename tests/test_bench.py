@@ -302,7 +302,9 @@ def test_with_seeds_intervals_and_verdicts_are_taken_over_the_seeds():
 def test_the_study_is_the_demo_over_seeds():
     demo, study = preset("demo"), preset("study")
     assert "extends" not in study
-    assert study == {**demo, "seeds": [0, 1, 2, 3, 4], "requests": 0}
+    assert [m for m in study["methods"] if m != "apa"] == demo["methods"]  # APA added
+    extra = {"seeds": [0, 1, 2, 3, 4], "requests": 0, "methods": study["methods"]}
+    assert study == merge(demo, {**extra, "method_options": {"apa": {"shards": 4}}})
 
 
 def test_bench_refuses_more_requests_than_forgotten_users(tmp_path, capsys):
