@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import test_deploy
 from conftest import TRAIN
 from fastapi.testclient import TestClient
 
@@ -38,17 +39,8 @@ APA = {"shards": 2, "neighbours": 5}
 OPTIONS = {**FAST, "verify": {"samples": 20}, "apa": APA}
 TOKEN = "t0ken-for-tests-only-0123456789"
 SRC = str(Path(e2urec.__file__).parents[1])
+model = test_deploy.model  # the module's fixture, shared: the original with its backbone named
 HIDDEN = "zz-forget-me"  # a user id no other byte in the deployment can match by chance
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, trained):
-    """The trained recommender, its report naming the backbone the APA shards train from."""
-    out = tmp_path_factory.mktemp("model") / "original"
-    shutil.copytree(trained["original"], out)
-    report = json.loads((out / "train_report.json").read_text())
-    (out / "train_report.json").write_text(json.dumps({**report, "base": trained["base"]}))
-    return out
 
 
 @pytest.fixture(scope="module")

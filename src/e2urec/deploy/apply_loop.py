@@ -28,7 +28,13 @@ from e2urec.deploy import exact_phase, integrity
 from e2urec.deploy.folder import Layout, tree_hash
 from e2urec.deploy.ledger import Ledger, request_views, states, versions
 from e2urec.deploy.purge import Eraser, purge_folder, read_split
-from e2urec.deploy.upkeep import complete_already_purged, enforce, record_attempt, tidy
+from e2urec.deploy.upkeep import (
+    complete_already_purged,
+    enforce,
+    purged_rows,
+    record_attempt,
+    tidy,
+)
 
 # Modules that load torch are imported inside the unlearning run only, so that rolling a crashed
 # run forward (and `request` and `status`, which import this module) start quickly.
@@ -279,16 +285,7 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     _checkpoint("purged-data")
     details = {"removed": removed, "data": integrity.digests(integrity.read_splits(layout.data))}
     exact = _shards(layout, ledger)({r: bodies[r] for r in ids}) if exact_phase.enabled(layout) else {}  # fmt: skip
-    purged = [
-        {
-            "event": "purged",
-            "request": r,
-            "version": version,
-            "details": {**details, **exact.get(r, {})},
-        }  # fmt: skip
-        for r in ids
-    ]
-    ledger.append(purged, drop_pending=ids)
+    ledger.append(purged_rows(ids, version, details, exact), drop_pending=ids)
     return ids
 
 

@@ -90,18 +90,23 @@ def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str], shar
     # the data, which the next apply's enforcement removes (their HMACs are in the ledger).
     exact = shards({r: bodies[r] for r in done}) if shards else {}
     ledger.append(
-        [
-            {
-                "event": "purged",
-                "request": r,
-                "version": live,
-                "details": {**details, **exact.get(r, {})},
-            }  # fmt: skip
-            for r in done
-        ],
+        purged_rows(done, live, details, exact),
         drop_pending=done,
     )
     changed = {name: kept[name] for name in kept if removed[name]}
     if changed:
         write_kept(layout.data, changed, eraser)
     return [r for r in ids if r not in done]
+
+
+def purged_rows(ids, version: str, details: dict, exact: dict) -> list[dict]:
+    """The "purged" row of each request, with its exact phase's shards where there is one."""
+    return [
+        {
+            "event": "purged",
+            "request": r,
+            "version": version,
+            "details": {**details, **exact.get(r, {})},
+        }
+        for r in ids
+    ]
