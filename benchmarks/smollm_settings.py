@@ -9,7 +9,9 @@ top_layers=0 ...) and `train_size=N` training on a seeded N of the train samples
 JSON line: the setting, per epoch the valid AUC, decision-token loss and answer loss, the epoch
 kept (by the preset's rule), and seconds. With top_layers the frozen bottom's states are stored
 in DATA (bottom-top{L}-{dtype}.safetensors) by the first run and read by the next ones. `zero_shot=1` scores the untuned model on valid
-instead (from the stored bottom states with top_layers). Nothing here reads test: the smollm preset's settings are chosen from these lines.
+instead (from the stored bottom states with top_layers). `targets=all` puts the adapters on every
+linear module of the adapted layers (attention and MLP) instead of the paper's q/v, a candidate
+that becomes a config field only if valid says it helps. Nothing here reads test: the smollm preset's settings are chosen from these lines.
 """
 
 import json
@@ -25,7 +27,7 @@ from e2urec.bench import Bench, preset
 from e2urec.config import override
 from e2urec.data import load_splits
 from e2urec.metrics import scored_classification
-from e2urec.model import loader
+from e2urec.model import loader, lora
 from e2urec.model.frozen import BottomStates, split
 from e2urec.model.train import answer_pass, train
 
@@ -35,6 +37,17 @@ def main(data: str, out: Path, options: dict) -> dict:
     s = load_splits(data)
     zero_shot = options.pop("zero_shot", None)
     size = int(options.pop("train_size", len(s["train"])))
+    targets = options.pop("targets", "attention")
+    if targets == "all":
+        lora.DEFAULT_TARGETS = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     config = override(Bench.from_dict(preset("smollm"), "smollm").train, options, "train")
     # The frozen bottom's states are computed once per data folder and split point.
     cache = Path(data) / f"bottom-top{config.top_layers}-{config.bottom_dtype}.safetensors"
@@ -45,6 +58,7 @@ def main(data: str, out: Path, options: dict) -> dict:
     kept = report["history"][report["best_epoch"] - 1]
     return {
         "train_size": len(samples),
+        "targets": targets,
         "valid_size": len(s["valid"]),
         **{k: v for k, v in asdict(config).items() if k in options},
         "history": [
