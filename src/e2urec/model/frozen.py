@@ -63,13 +63,20 @@ def only_layers(model: torch.nn.Module, start: int, stop: int | None, norm: bool
     inside the block are renumbered: save nothing there."""
     inner = decoder(model)
     layers, final = inner.layers, inner.norm
+    # Gemma 3 reads layer i's attention kind (sliding window or full, each with its own rotary
+    # base) from config.layer_types[i]: numbered from 0 again, the kept layers need theirs.
+    types = getattr(inner.config, "layer_types", None)
     inner.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if types is not None:
+        inner.config.layer_types = types[start:stop]
     if not norm:
         inner.norm = torch.nn.Identity()
     try:
         yield
     finally:
         inner.layers, inner.norm = layers, final
+        if types is not None:
+            inner.config.layer_types = types
 
 
 def key(prompt: str, answer: str) -> str:

@@ -116,7 +116,10 @@ def forward(rec: Recommender, model: torch.nn.Module, batch: dict) -> AnswerLogi
         width = labels.shape[1]
         first_label = int((labels != -100).int().argmax(1).min())
         tail = min(width, width - first_label + 1)
-        logits = model(**inputs, logits_to_keep=tail).logits[:, :-1]
+        # No cache: nothing is generated here, and Gemma 3 would size one from
+        # config.layer_types, which a frozen top run shortens (model/frozen.py) while its layers
+        # keep their own indices into it.
+        logits = model(**inputs, logits_to_keep=tail, use_cache=False).logits[:, :-1]
         labels = labels[:, width - tail + 1 :]
         keep = labels != -100
     sizes = keep.sum(1)
