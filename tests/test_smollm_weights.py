@@ -68,6 +68,18 @@ def margin(rec, prompt: str, right: str, wrong: str) -> float:
     return logp(right) - logp(wrong)
 
 
+def assert_shuffled_layers_fail(rec, bound: float) -> None:
+    """The layers out of order: the paragraph far past `bound` and some fact wrong."""
+    layers = rec.model.model.layers
+    order = torch.randperm(len(layers), generator=torch.Generator().manual_seed(0)).tolist()
+    try:
+        rec.model.model.layers = torch.nn.ModuleList(layers[i] for i in order)
+        assert perplexity(rec, PARAGRAPH) > 100 * bound
+        assert min(margin(rec, *fact) for fact in FACTS) < 0
+    finally:
+        rec.model.model.layers = layers
+
+
 def rotary_interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """q/k rows in llama.cpp's order, which the GGUF file stores and a loader must undo."""
     rows = weight.shape[0]
@@ -85,14 +97,8 @@ def test_converted_smollm2_knows_obvious_facts(rec):
 
 def test_a_broken_conversion_fails_both_checks(rec):
     """The bound and the facts are tight enough to catch what a wrong conversion does."""
+    assert_shuffled_layers_fail(rec, PERPLEXITY_BOUND)
     layers = rec.model.model.layers
-    order = torch.randperm(len(layers), generator=torch.Generator().manual_seed(0)).tolist()
-    try:
-        rec.model.model.layers = torch.nn.ModuleList(layers[i] for i in order)
-        assert perplexity(rec, PARAGRAPH) > 100 * PERPLEXITY_BOUND
-        assert min(margin(rec, *fact) for fact in FACTS) < 0
-    finally:
-        rec.model.model.layers = layers
     config = rec.model.config
     saved = {}
     try:
