@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -613,6 +614,42 @@ def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
     assert f"{tmp_path / 'data' / 'bottom'}: finished earlier" in said
     assert f"{tmp_path / 'original'}: config or inputs changed; redoing" in said
     assert computed[5:] == [1]  # the original computed the missing entry
+
+
+def test_e2urec_on_a_top_layers_original_runs_from_its_stored_bottom(
+    deep_llama_dir, original, data, tmp_path, monkeypatch
+):
+    """An original tuned on its top 2 layers from stored states: E2URec's adapters go on those
+    layers, every pass reads the stored states (computing none), and the chain of adapters
+    still shares the backbone's bottom. A full-depth adapter shares nothing."""
+    config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    cache = tmp_path / "bottom.safetensors"
+    top = tmp_path / "original"
+    train(deep_llama_dir, data["train"], data["valid"], top, config, cache)
+    computed = []
+    fill = frozen.BottomStates.fill
+    monkeypatch.setattr(
+        frozen.BottomStates, "fill", lambda *a, **k: computed.append(fill(*a, **k)) or computed[-1]
+    )
+    task = Task(
+        str(top), data["retain"], data["forget"], data["valid"], tmp_path / "e2urec",
+        base=str(deep_llama_dir), train_config=config, bottom_cache=str(cache),
+    )  # fmt: skip
+    options = {k: METHOD_OPTIONS[k] for k in ("lr", "aug_lr", "batch_size", "lora_rank")}
+    result = get_method("e2urec", {**options, "epochs": 2, "lora_alpha": 8}).unlearn(task)
+    assert computed == [0]  # every forget and retain sample's states were read, not computed
+    assert result.info["adapted_layers"] == [2, 3]
+    # Tuned on the forget set's decision tokens, as the original was trained: lower loss there.
+    assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
+    saved = load_file(tmp_path / "e2urec" / "adapter_model.safetensors")
+    assert {int(k.split(".layers.")[1].split(".")[0]) for k in saved} == {2, 3}
+    after = score(loader.load(result.model), data["forget"])["p_yes"]
+    assert not np.allclose(after, score(loader.load(top), data["forget"])["p_yes"])
+    base = str(deep_llama_dir)
+    assert frozen.bottom_source(result.model, 2) == frozen.bottom_source(top, 2)
+    assert Path(frozen.bottom_source(top, 2)).resolve() == Path(base).resolve()
+    assert frozen.bottom_source(top, 3) is None  # a bottom of layers 0-2 holds its layer-2 adapter
+    assert frozen.bottom_source(original, 2) is None  # the full-depth LoRA original
 
 
 def test_a_purge_deletes_forgotten_samples_bottom_states(deep_llama_dir, ml100k_raw, tmp_path):

@@ -2,6 +2,9 @@
 
 Forgetting teacher on forget data: orig - alpha * relu(aug - orig), where aug is the original
 tuned further on the forget set. Remembering teacher on retain data: the original itself.
+Both the augmented model's loss and CE_retain are on the answer tokens the original was trained
+on (`loss_tokens`). An original tuned on its top layers from stored bottom states
+(`top_layers`) gets its unlearning adapters on those layers, and every pass runs from the states.
 Loss = weight * (CE_retain + KL(orig || student)_retain) + (1 - weight) * KL(forget teacher ||
 student)_forget; the first `forget_epochs` epochs use the forget term alone.
 
@@ -32,9 +35,10 @@ from e2urec.maths import forgetting_teacher
 from e2urec.methods.base import LossMethod, Pair, StepsConfig, Task, scaled_steps, step_limited
 from e2urec.methods.teacher import BUDGET_MB, Teacher, check_target, exactness
 from e2urec.model import backbone
+from e2urec.model.frozen import BottomStates, bottom_source, only_layers, split
 from e2urec.model.lora import add_lora, lora_config
 from e2urec.model.scoring import forward, lengths
-from e2urec.model.train import answer_loss, fit, shuffled_batches
+from e2urec.model.train import answer_ce, answer_loss, fit, shuffled_batches
 
 AUGMENTED = "augmented"
 
@@ -81,12 +85,21 @@ class E2URec(LossMethod):
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
         c = self.config
         shape = (c.lora_rank, c.lora_alpha, c.lora_dropout)
+        self.states = self._frozen_bottom(task, rec)
+        # The recommendation loss as the original was trained on it: its loss tokens (a SmolLM2
+        # original learned the Yes/No token alone; its untrained format tokens would dominate).
+        self.tokens = task.train_config.loss_tokens
+        layers = None
+        if self.states is not None:
+            layers = list(
+                range(self.states.start, self.states.start + task.train_config.top_layers)
+            )
         if c.aug_mode == "full":  # every weight tuned: a second copy, dropped once cached
             augmented = copy.deepcopy(rec.model).requires_grad_(True)
             self._tune(task, rec, augmented)
             self.net = add_lora(rec.model, *shape)
         else:
-            self.net = add_lora(rec.model, *shape, name=AUGMENTED)
+            self.net = add_lora(rec.model, *shape, name=AUGMENTED, layers=layers)
             self._tune(task, rec, self.net)
             augmented = self.net
         self.net.eval()
@@ -95,14 +108,19 @@ class E2URec(LossMethod):
 
         def original(batch):
             with self.net.disable_adapter():
-                return forward(rec, self.net, batch).logits
+                return self._logits(self.net, batch)
 
         def target(batch):
-            orig, aug = original(batch), forward(rec, augmented, batch).logits
-            gold = batch["labels"][batch["labels"] != -100]
-            losses["orig"] += F.cross_entropy(orig.float(), gold, reduction="sum").item()
-            losses["aug"] += F.cross_entropy(aug.float(), gold, reduction="sum").item()
-            losses["rows"] += len(gold)
+            orig, aug = original(batch), self._logits(augmented, batch)
+            answer = batch["labels"] != -100
+            gold, rows = batch["labels"][answer], slice(None)
+            if self.tokens == "decision":  # the losses reported on the rows trained on
+                sizes = answer.sum(1)
+                rows = torch.cumsum(sizes, 0) - sizes  # each sample's first answer row
+            for name, logits in (("orig", orig), ("aug", aug)):
+                loss = F.cross_entropy(logits[rows].float(), gold[rows], reduction="sum")
+                losses[name] += loss.item()
+            losses["rows"] += len(gold[rows])
             return forgetting_teacher(orig, aug, c.alpha)
 
         # Only the epochs with the retain term read the remembering teacher: with the tuned
@@ -111,10 +129,12 @@ class E2URec(LossMethod):
         # The adapters change below, so these outputs are cached (no fallback), in half of
         # BUDGET_MB each.
         args = {"cache_mb": BUDGET_MB / 2, "target": c.target}
+        if self.states is not None:
+            args["inputs"] = self.states.inputs
         self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), **args)
         self.remember = Teacher(rec, original, task.retain, retain_idx, **args)
         if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
-            self.net.add_adapter("default", lora_config(rec.model, *shape))
+            self.net.add_adapter("default", lora_config(rec.model, *shape, layers))
             self.net.set_adapter("default")
             self.net.delete_adapter(AUGMENTED)
         rows = max(1, losses["rows"])
@@ -123,8 +143,40 @@ class E2URec(LossMethod):
             "orig_forget_loss": losses["orig"] / rows,
             "teacher_samples": {"forget": len(task.forget), "retain": len(retain_idx)},
             "teacher_entries": self.forget.entries() + self.remember.entries(),
+            "adapted_layers": layers or "all",
             **exactness(self.forget, self.remember),
         }
+
+    def _frozen_bottom(self, task: Task, rec: backbone.Recommender) -> BottomStates | None:
+        """The stored states of the original's bottom, when it was tuned on its top layers from
+        them (`top_layers`, the bench's bottom cache) and every adapter it carries sits there:
+        E2URec's adapters then go on those layers too, and every pass runs the top from the
+        states, as the original's training did (benchmarks/RESULTS.md: a full-depth pass made
+        it 2.2x Retrain's CPU on the smollm preset)."""
+        top = task.train_config.top_layers
+        if not (top and task.bottom_cache) or self.config.aug_mode != "lora":
+            return None
+        start = split(rec.model, top)
+        source = bottom_source(task.original, start)
+        if source is None:
+            return None
+        states = BottomStates(rec, start, task.train_config.bottom_dtype)
+        states.load(task.bottom_cache, source)
+        states.fill(rec.model, task.forget + task.retain, self.config.batch_size)
+        return states
+
+    def _logits(self, model, batch: dict) -> torch.Tensor:
+        if self.states is None:
+            return forward(self.rec, model, batch).logits
+        with only_layers(model, self.states.start, None):
+            return forward(self.rec, model, batch).logits
+
+    def _pass(self, model, samples: list, tokens: str = "all"):
+        """(cross-entropy on the answer `tokens`, forward output), from the stored bottom if any."""
+        if self.states is None:
+            return answer_loss(self.rec, model, samples, tokens=tokens)
+        out = self.states.forward(model, samples)
+        return answer_ce(out, tokens), out
 
     def _tune(self, task: Task, rec: backbone.Recommender, model) -> None:
         """The original tuned further on the forget set: it shows what that data teaches."""
@@ -139,7 +191,7 @@ class E2URec(LossMethod):
             epochs, batches = step_limited(batches, scaled_steps(c.aug_steps, len(task.forget)))
         fit(
             model,
-            lambda m, b: answer_loss(rec, m, b)[0],
+            lambda m, b: self._pass(m, b, self.tokens)[0],
             batches,
             epochs,
             c.aug_lr,
@@ -161,9 +213,9 @@ class E2URec(LossMethod):
         )
 
     def _retain_term(self, model, batch: Pair) -> torch.Tensor:
-        ce, out = answer_loss(self.rec, model, batch.retain)
+        ce, out = self._pass(model, batch.retain, self.tokens)
         return ce + self.remember.kl(batch.retain_idx, out).mean()
 
     def _forget_kl(self, model, batch: Pair) -> torch.Tensor:
-        _, out = answer_loss(self.rec, model, batch.forget)
+        _, out = self._pass(model, batch.forget)
         return self.forget.kl(batch.forget_idx, out).mean()

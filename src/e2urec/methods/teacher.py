@@ -179,9 +179,12 @@ class Teacher:
         answers: list[str] | None = None,
         fallback: bool = False,
         target: str = "vocabulary",
+        inputs: Callable[[list[Sample], list[str] | None], dict] | None = None,
     ):
         check_target(target)
         self.rec, self.outputs, self.samples, self.answers = rec, outputs, samples, answers
+        # What `outputs` reads: `encode`'s batch, or e.g. a frozen bottom's states (model/frozen.py).
+        self.inputs = inputs or (lambda batch, answers: encode(rec, batch, answers))
         self.temperature, self.target = temperature, target
         self.cache: dict[int, Compact] | None = None
         self.inexact_rows = 0
@@ -224,7 +227,7 @@ class Teacher:
     @torch.no_grad()
     def _run(self, idx: list[int]) -> tuple[torch.Tensor, list[int]]:
         answers = [self.answers[j] for j in idx] if self.answers else None
-        batch = encode(self.rec, [self.samples[j] for j in idx], answers)
+        batch = self.inputs([self.samples[j] for j in idx], answers)
         device = backbone_device()
         with autocast(device):
             logits = self.outputs({k: v.to(device) for k, v in batch.items()}).float()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from e2urec.data.sample import NO, YES, Sample
-from e2urec.model import loader
-from e2urec.model.backbone import Recommender
+from e2urec.model import gguf, loader
+from e2urec.model.backbone import Recommender, read_meta, resolve
 from e2urec.model.lora import add_lora
 from e2urec.model.scoring import AnswerLogits, batches, by_length, encode, forward
 
@@ -162,16 +163,42 @@ class BottomStates:
     def save(self, path: str | Path) -> None:
         _save(self.states, path, {"start": str(self.start), "model": self.rec.path})
 
-    def load(self, path: str | Path) -> BottomStates:
+    def load(self, path: str | Path, source: str | None = None) -> BottomStates:
+        """Add the states stored at `path`; they must be of the bottom of `source` (default: this
+        model; `bottom_source` finds the model a tuned one shares its bottom with)."""
+        source = source or self.rec.path
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
-        if int(meta["start"]) != self.start or meta.get("model") != self.rec.path:
+        if int(meta["start"]) != self.start or not _same(meta.get("model"), source):
             raise ValueError(
                 f"{path}: states of {meta.get('model')} below layer {meta['start']}, "
-                f"not of {self.rec.path} below layer {self.start}"
+                f"not of {source} below layer {self.start}"
             )
         self.states.update(load_file(str(path)))
         return self
+
+
+def bottom_source(path: str | Path, start: int) -> str | None:
+    """The full model under every adapter of the model at `path` (LoRA folders on their bases),
+    when all of those adapters sit on decoder layers >= `start`: that model's bottom states are
+    then this one's too. None when an adapter reaches lower, or the chain holds another kind."""
+    path = str(path)
+    if path in gguf.FAMILIES and not Path(path).exists():
+        path = gguf.folder(path)
+    meta = read_meta(path)
+    if meta.get("kind", "full") == "full":
+        return path
+    if meta["kind"] != "lora":
+        return None
+    layers = json.loads((Path(path) / "adapter_config.json").read_text()).get("layers_to_transform")
+    if not layers or min(layers) < start:
+        return None
+    return bottom_source(resolve(path, meta["base"]), start)
+
+
+def _same(a: str | None, b: str) -> bool:
+    """The same model: the same name, or two spellings of one folder."""
+    return a == b or (a is not None and Path(a).exists() and Path(a).resolve() == Path(b).resolve())
 
 
 def _save(states: dict, path: str | Path, meta: dict) -> None:
