@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -619,25 +620,40 @@ def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
 def test_e2urec_on_a_top_layers_original_runs_from_its_stored_bottom(
     deep_llama_dir, original, data, tmp_path, monkeypatch
 ):
-    """An original tuned on its top 2 layers from stored states: E2URec's adapters go on those
-    layers, every pass reads the stored states (computing none), and the chain of adapters
-    still shares the backbone's bottom. A full-depth adapter shares nothing."""
+    """An original tuned on its top 2 layers from stored (float32) states: E2URec's adapters go
+    on those layers, its passes run from the stored states (computing none), and it unlearns as
+    the same adapters would at full depth. The chain of adapters still shares the backbone's
+    bottom; a full-depth adapter shares none."""
+    from e2urec.methods import e2urec as e2urec_module
+
     config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    config.bottom_dtype = "float32"  # not offered to users; here it makes the two paths agree
     cache = tmp_path / "bottom.safetensors"
     top = tmp_path / "original"
     train(deep_llama_dir, data["train"], data["valid"], top, config, cache)
-    computed = []
-    fill = frozen.BottomStates.fill
+    calls = {"fill": [], "forward": 0}
+    fill, states_forward = frozen.BottomStates.fill, frozen.BottomStates.forward
+
+    def counted_forward(*a, **k):
+        calls["forward"] += 1
+        return states_forward(*a, **k)
+
     monkeypatch.setattr(
-        frozen.BottomStates, "fill", lambda *a, **k: computed.append(fill(*a, **k)) or computed[-1]
+        frozen.BottomStates, "fill", lambda *a, **k: calls["fill"].append(fill(*a, **k)) or 0
     )
-    task = Task(
-        str(top), data["retain"], data["forget"], data["valid"], tmp_path / "e2urec",
-        base=str(deep_llama_dir), train_config=config, bottom_cache=str(cache),
-    )  # fmt: skip
+    monkeypatch.setattr(frozen.BottomStates, "forward", counted_forward)
     options = {k: METHOD_OPTIONS[k] for k in ("lr", "aug_lr", "batch_size", "lora_rank")}
-    result = get_method("e2urec", {**options, "epochs": 2, "lora_alpha": 8}).unlearn(task)
-    assert computed == [0]  # every forget and retain sample's states were read, not computed
+    options.update(epochs=2, lora_alpha=8, lora_dropout=0.0)
+
+    def unlearn(out):
+        task = Task(
+            str(top), data["retain"], data["forget"], data["valid"], tmp_path / out,
+            base=str(deep_llama_dir), train_config=config, bottom_cache=str(cache),
+        )  # fmt: skip
+        return get_method("e2urec", options).unlearn(task)
+
+    result = unlearn("e2urec")
+    assert calls["fill"] == [0] and calls["forward"] > 0  # states read, none computed
     assert result.info["adapted_layers"] == [2, 3]
     # Tuned on the forget set's decision tokens, as the original was trained: lower loss there.
     assert result.info["aug_forget_loss"] < result.info["orig_forget_loss"]
@@ -645,6 +661,18 @@ def test_e2urec_on_a_top_layers_original_runs_from_its_stored_bottom(
     assert {int(k.split(".layers.")[1].split(".")[0]) for k in saved} == {2, 3}
     after = score(loader.load(result.model), data["forget"])["p_yes"]
     assert not np.allclose(after, score(loader.load(top), data["forget"])["p_yes"])
+    # The same adapters trained at full depth: ids in, every layer run (teachers and student).
+    monkeypatch.setattr(
+        frozen.BottomStates, "inputs", lambda self, s, answers=None: encode(self.rec, s, answers)
+    )
+    monkeypatch.setattr(
+        frozen.BottomStates,
+        "forward",
+        lambda self, model, s, answers=None: forward(self.rec, model, self.inputs(s, answers)),
+    )
+    monkeypatch.setattr(e2urec_module, "only_layers", lambda *a: contextlib.nullcontext())
+    full = score(loader.load(unlearn("full-depth").model), data["forget"])["p_yes"]
+    assert np.allclose(after, full, atol=1e-4)
     base = str(deep_llama_dir)
     assert frozen.bottom_source(result.model, 2) == frozen.bottom_source(top, 2)
     assert Path(frozen.bottom_source(top, 2)).resolve() == Path(base).resolve()

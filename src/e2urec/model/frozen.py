@@ -190,7 +190,12 @@ def bottom_source(path: str | Path, start: int) -> str | None:
         return path
     if meta["kind"] != "lora":
         return None
-    layers = json.loads((Path(path) / "adapter_config.json").read_text()).get("layers_to_transform")
+    adapter = json.loads((Path(path) / "adapter_config.json").read_text())
+    layers = adapter.get("layers_to_transform")
+    layers = [layers] if isinstance(layers, int) else layers
+    # Trained modules or token rows outside the layers (embeddings) change the bottom too.
+    if adapter.get("modules_to_save") or adapter.get("trainable_token_indices"):
+        return None
     if not layers or min(layers) < start:
         return None
     return bottom_source(resolve(path, meta["base"]), start)
