@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -624,8 +623,6 @@ def test_e2urec_on_a_top_layers_original_runs_from_its_stored_bottom(
     on those layers, its passes run from the stored states (computing none), and it unlearns as
     the same adapters would at full depth. The chain of adapters still shares the backbone's
     bottom; a full-depth adapter shares none."""
-    from e2urec.methods import e2urec as e2urec_module
-
     config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
     config.bottom_dtype = "float32"  # not offered to users; here it makes the two paths agree
     cache = tmp_path / "bottom.safetensors"
@@ -666,11 +663,8 @@ def test_e2urec_on_a_top_layers_original_runs_from_its_stored_bottom(
         frozen.BottomStates, "inputs", lambda self, s, answers=None: encode(self.rec, s, answers)
     )
     monkeypatch.setattr(
-        frozen.BottomStates,
-        "forward",
-        lambda self, model, s, answers=None: forward(self.rec, model, self.inputs(s, answers)),
+        frozen.BottomStates, "run", lambda self, model, batch: forward(self.rec, model, batch)
     )
-    monkeypatch.setattr(e2urec_module, "only_layers", lambda *a: contextlib.nullcontext())
     full = score(loader.load(unlearn("full-depth").model), data["forget"])["p_yes"]
     assert np.allclose(after, full, atol=1e-4)
     base = str(deep_llama_dir)

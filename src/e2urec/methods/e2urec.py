@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,9 @@ from e2urec.maths import forgetting_teacher
 from e2urec.methods.base import LossMethod, Pair, StepsConfig, Task, scaled_steps, step_limited
 from e2urec.methods.teacher import BUDGET_MB, Teacher, check_target, exactness
 from e2urec.model import backbone
-from e2urec.model.frozen import BottomStates, bottom_source, only_layers, split
+from e2urec.model.frozen import BottomStates, bottom_source, split, top_indices
 from e2urec.model.lora import add_lora, lora_config
-from e2urec.model.scoring import forward, lengths
+from e2urec.model.scoring import first_rows, forward, lengths
 from e2urec.model.train import answer_ce, answer_loss, fit, shuffled_batches
 
 AUGMENTED = "augmented"
@@ -89,11 +90,9 @@ class E2URec(LossMethod):
         # The recommendation loss as the original was trained on it: its loss tokens (a SmolLM2
         # original learned the Yes/No token alone; its untrained format tokens would dominate).
         self.tokens = task.train_config.loss_tokens
-        layers = None
+        layers = None  # every layer
         if self.states is not None:
-            layers = list(
-                range(self.states.start, self.states.start + task.train_config.top_layers)
-            )
+            layers = top_indices(rec.model, task.train_config.top_layers)
         if c.aug_mode == "full":  # every weight tuned: a second copy, dropped once cached
             augmented = copy.deepcopy(rec.model).requires_grad_(True)
             self._tune(task, rec, augmented)
@@ -115,8 +114,7 @@ class E2URec(LossMethod):
             answer = batch["labels"] != -100
             gold, rows = batch["labels"][answer], slice(None)
             if self.tokens == "decision":  # the losses reported on the rows trained on
-                sizes = answer.sum(1)
-                rows = torch.cumsum(sizes, 0) - sizes  # each sample's first answer row
+                rows = first_rows(answer.sum(1))
             for name, logits in (("orig", orig), ("aug", aug)):
                 loss = F.cross_entropy(logits[rows].float(), gold[rows], reduction="sum")
                 losses[name] += loss.item()
@@ -166,10 +164,8 @@ class E2URec(LossMethod):
         return states
 
     def _logits(self, model, batch: dict) -> torch.Tensor:
-        if self.states is None:
-            return forward(self.rec, model, batch).logits
-        with only_layers(model, self.states.start, None):
-            return forward(self.rec, model, batch).logits
+        run = partial(forward, self.rec) if self.states is None else self.states.run
+        return run(model, batch).logits
 
     def _pass(self, model, samples: list, tokens: str = "all"):
         """(cross-entropy on the answer `tokens`, forward output), from the stored bottom if any."""

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from e2urec.data.sample import Sample
 from e2urec.model.backbone import Recommender, to_device
 from e2urec.model.backbone import device as backbone_device
-from e2urec.model.scoring import AnswerLogits, autocast, by_length, encode, forward
+from e2urec.model.scoring import AnswerLogits, autocast, by_length, encode, first_rows, forward
 
 TAIL = 1e-4  # teacher mass a row may leave to the bucket without needing more entries
 MIN_CAP = 64  # below this many entries per row a teacher is not cached
@@ -55,7 +55,7 @@ def target_rows(rec: Recommender, logits: torch.Tensor, sizes, target: str) -> t
     if target == "vocabulary":
         return logits
     sizes = torch.as_tensor(sizes, device=logits.device)
-    return logits[torch.cumsum(sizes, 0) - sizes][:, [rec.no_id, rec.yes_id]]
+    return logits[first_rows(sizes)][:, [rec.no_id, rec.yes_id]]
 
 
 def student_rows(rec: Recommender, out: AnswerLogits, target: str) -> torch.Tensor:
@@ -184,7 +184,7 @@ class Teacher:
         check_target(target)
         self.rec, self.outputs, self.samples, self.answers = rec, outputs, samples, answers
         # What `outputs` reads: `encode`'s batch, or e.g. a frozen bottom's states (model/frozen.py).
-        self.inputs = inputs or (lambda batch, answers: encode(rec, batch, answers))
+        self.inputs = inputs or (lambda chunk, answers: encode(rec, chunk, answers))
         self.temperature, self.target = temperature, target
         self.cache: dict[int, Compact] | None = None
         self.inexact_rows = 0

@@ -50,11 +50,15 @@ def split(model: torch.nn.Module, top_layers: int) -> int:
     return count - top_layers
 
 
+def top_indices(model: torch.nn.Module, top_layers: int) -> list[int]:
+    """The numbers of the top `top_layers` decoder layers."""
+    start = split(model, top_layers)
+    return list(range(start, start + top_layers))
+
+
 def add_top_lora(model, top_layers: int, rank: int, alpha: int, dropout: float, name="default"):
     """LoRA on the top `top_layers` decoder layers only; everything else frozen."""
-    start = split(model, top_layers)
-    layers = list(range(start, start + top_layers))
-    return add_lora(model, rank, alpha, dropout, name=name, layers=layers)
+    return add_lora(model, rank, alpha, dropout, name=name, layers=top_indices(model, top_layers))
 
 
 @contextlib.contextmanager
@@ -148,7 +152,10 @@ class BottomStates:
     def forward(self, model, samples: list[Sample], answers=None) -> AnswerLogits:
         """`scoring.forward` for `model`, running only its layers from `start` up."""
         device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.inputs(samples, answers).items()}
+        return self.run(model, {k: v.to(device) for k, v in self.inputs(samples, answers).items()})
+
+    def run(self, model, batch: dict) -> AnswerLogits:
+        """`scoring.forward` of a batch from `inputs` (on the model's device), from `start` up."""
         with only_layers(model, self.start, None):
             return forward(self.rec, model, batch)
 

@@ -123,8 +123,12 @@ def forward(rec: Recommender, model: torch.nn.Module, batch: dict) -> AnswerLogi
         labels = labels[:, width - tail + 1 :]
         keep = labels != -100
     sizes = keep.sum(1)
-    first = torch.cumsum(sizes, 0) - sizes
-    return AnswerLogits(logits[keep], labels[keep], first, sizes)
+    return AnswerLogits(logits[keep], labels[keep], first_rows(sizes), sizes)
+
+
+def first_rows(sizes: torch.Tensor) -> torch.Tensor:
+    """Each sample's first answer row among answer rows laid end to end, `sizes` a sample."""
+    return torch.cumsum(sizes, 0) - sizes
 
 
 def yes_probability(rec: Recommender, answer_logits: torch.Tensor) -> torch.Tensor:
