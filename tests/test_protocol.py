@@ -108,7 +108,12 @@ def test_prepare_writes_splits_and_manifest(tmp_path):
     assert manifest["users"]["forgotten"] == len(manifest["forgotten_users"])
     assert manifest["source_checksum"].startswith("sha256:")
     first = json.loads((out / "test.jsonl").read_text().splitlines()[0])
-    assert set(first) == {"input", "output", "user", "item", "rating", "timestamp"}
+    assert set(first) == {"input", "output", "user", "item", "rating", "timestamp", "history"}
+    # The items and ratings the prompt shows, as its text shows them (paper template).
+    assert len(first["history"]) == 4
+    for n, (_item, rating) in enumerate(first["history"]):
+        value = int(rating) if float(rating).is_integer() else rating
+        assert f"'{n}. " in first["input"] and f"({value} star" in first["input"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ def _protocol(args):
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     values = values.get("protocol", values)
     names = ("history", "min_history", "last", "forget_ratio", "seed", "threshold", "sample")
-    for key in (*names, "holdout", "canaries", "canary_copies"):
+    for key in (*names, "holdout", "canaries", "canary_copies", "template"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return from_dict(Protocol, values, "protocol")
@@ -43,6 +43,10 @@ def add_prepare(sub) -> None:
     p.add_argument("--holdout", type=float, help="held-out share of train for the attack (0)")
     p.add_argument("--canaries", type=int, help="canaries per forgotten user (default 0)")
     p.add_argument("--canary-copies", dest="canary_copies", type=int, help="default 4")
+    p.add_argument(
+        "--template",
+        help="prompt template: paper (default), compact, or a Jinja2 file (README: templates)",
+    )
     p.add_argument(
         "--memory-limit",
         help="memory for the data engine, e.g. 2GB (default: an eighth of the machine's RAM)",

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from e2urec.data.sample import NO, YES, Sample
 
 PREFIX = "canary:"
-_TARGET = re.compile(r"\*\*\*(.*)\*\*\*")
 _WORD = re.compile(r"[A-Za-z]{4,}")
 
 
@@ -53,11 +52,19 @@ def _title(words: list[str], taken: set[str], rng: random.Random) -> str:
 
 
 def plant(
-    train: Sequence[Sample], users: Sequence[str], per_user: int, copies: int, rng: random.Random
+    train: Sequence[Sample],
+    users: Sequence[str],
+    per_user: int,
+    copies: int,
+    rng: random.Random,
+    target: Callable[[Sample], str],
+    retarget: Callable[[Sample, str], str],
 ) -> tuple[list[Sample], list[Sample]]:
     """`per_user` canaries for each of `users` (each repeated `copies` times, to train on) and
-    as many controls (one copy each, never trained on), from the same users' prompts."""
-    titles = {m.group(1) for s in train if (m := _TARGET.search(s.input))}
+    as many controls (one copy each, never trained on), from the same users' prompts:
+    `retarget(sample, title)` is the sample's prompt asking about `title` instead of
+    `target(sample)`; invented titles are made of the targets' words and differ from them."""
+    titles = {target(s) for s in train}
     words = sorted({w for t in titles for w in _WORD.findall(t)})
     if len(words) < 3:
         raise ValueError("canaries: the titles have too few words to invent new ones")
@@ -73,7 +80,7 @@ def plant(
                 title = _title(words, titles, rng)
                 canary = replace(
                     source,
-                    input=_TARGET.sub(lambda _m, t=title: f"***{t}***", source.input, count=1),
+                    input=retarget(source, title),
                     output=rng.choice((YES, NO)),
                     item=f"{PREFIX}{user}:{n}",  # users are disjoint between calls
                 )

@@ -143,6 +143,15 @@ def shown_ratings(sample: Sample) -> list[str]:
     return []
 
 
+def shown(sample: Sample) -> tuple[list[str], list[str]]:
+    """(items, texts): the items whose ratings the prompt shows, as recorded with the sample; for
+    a sample prepared before they were, the paper template's 'Title (N stars)' entries instead.
+    A prompt shows a deleted rating (user, item) when its user's items or texts name it."""
+    if sample.history:
+        return [item for item, _ in sample.history], []
+    return [], shown_ratings(sample)
+
+
 def shown_as(sample: Sample) -> str | None:
     """How `sample`'s rating appears in the history of later prompts: 'Title (N stars)'."""
     found = _TARGET.search(sample.input)
@@ -168,12 +177,15 @@ def select(
     chosen = {sample_key(s) for s in targets}
     extra: set[tuple] = set()
     if history and pairs:
-        shown = {(s.user, shown_as(s)) for s in targets if (s.user, s.item) in pairs}
-        touched = {user for user, _ in shown}
+        texts = {(s.user, shown_as(s)) for s in targets if (s.user, s.item) in pairs}
+        touched = {user for user, _ in pairs}
         for s in live:
             if s.user not in touched or sample_key(s) in chosen:
                 continue
-            if any((s.user, r) in shown for r in shown_ratings(s)):
+            items, entries = shown(s)
+            if any((s.user, i) in pairs for i in items) or any(
+                (s.user, r) in texts for r in entries
+            ):
                 extra.add(sample_key(s))
     chosen |= extra
     return Selection(

@@ -12,7 +12,7 @@ from pathlib import Path
 from e2urec import __version__
 from e2urec.data import sources
 from e2urec.data.canaries import real, unique
-from e2urec.data.prompt import KINDS, template_prompts
+from e2urec.data.prompt import KINDS, Template, template_prompts
 from e2urec.data.protocol import Protocol, Splits, make_splits
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
 from e2urec.data.sampling import split_stats
@@ -63,9 +63,16 @@ def prepare(
         },
         "split_stats": {name: split_stats(real(splits[name])) for name in (*SPLITS, "holdout")},
         "canaries": len(unique(splits["train"])),
+        # The text itself, so a deployment builds prompts as these were built, file or not.
+        "template": Template.named(protocol.template).describe(),
         "e2urec_version": __version__,
     }
-    catalogue = {"kind": data.kind.noun, "history": protocol.history, "titles": titles}
+    catalogue = {
+        "kind": data.kind.noun,
+        "history": protocol.history,
+        "titles": titles,
+        "items": splits.titles,  # what a deployment serves, whatever the prompts look like
+    }
     write_splits(out, splits, manifest, catalogue)
     return manifest
 
@@ -88,7 +95,16 @@ def template_texts(folder: str | Path) -> list[str]:
             f"{path}: missing (prepared by an older e2urec); prepare the data again"
         )
     catalogue = json.loads(path.read_text())
-    return template_prompts(catalogue["titles"], KINDS[catalogue["kind"]], catalogue["history"])
+    template = read_template(folder)
+    return template_prompts(
+        catalogue["titles"], KINDS[catalogue["kind"]], catalogue["history"], template
+    )
+
+
+def read_template(folder: str | Path) -> Template:
+    """The template a prepared data folder's prompts were built with."""
+    manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    return Template.of(manifest.get("template"))
 
 
 def write_splits(out: str | Path, splits: Splits, manifest: dict, catalogue: dict) -> None:

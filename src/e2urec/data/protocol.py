@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from e2urec.data.canaries import plant
-from e2urec.data.prompt import Profile, build_prompt
+from e2urec.data.prompt import Profile, Template
 from e2urec.data.sample import NO, YES, Sample
 from e2urec.data.sampling import draw_holdout, halves, sample_split
 from e2urec.data.sources.base import PROFILE, Interactions
@@ -29,6 +29,8 @@ class Protocol:
     holdout: float = 0.0
     canaries: int = 0  # per reported forgotten user (and retained user), see data/canaries.py
     canary_copies: int = 4  # times each canary is repeated in training
+    # How a prompt reads: "paper" (byte for byte), "compact" or a Jinja2 file (data/prompt.py).
+    template: str = "paper"
 
     def __post_init__(self):
         if self.history < 1:
@@ -55,6 +57,7 @@ class Protocol:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.canaries < 0 or self.canary_copies < 1:
             raise ValueError("canaries must be >= 0 and canary_copies >= 1")
+        Template.named(self.template)  # refuses an unknown name or a broken file now
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Splits:
     forgotten: list[str] = field(default_factory=list)
     candidates: int = 0  # samples with enough history, before the last-N cut
     halves: dict[str, list[str]] = field(default_factory=dict)  # forgotten: tune / eval
+    titles: dict[str, str] = field(default_factory=dict)  # item -> title, of every prompt
 
     def __getitem__(self, name: str) -> list[Sample]:
         return self.parts[name]
@@ -104,15 +108,29 @@ def _kept(db, p: Protocol, profile: list[str]) -> list[tuple]:
         "rows AS (SELECT * FROM interactions WHERE seq IN "
         "(SELECT seq FROM chosen UNION ALL SELECT seq FROM past)), "
         "hist AS (SELECT p.k, list(r.title ORDER BY p.pos) AS titles, "
-        "list(r.rating ORDER BY p.pos) AS ratings FROM past p JOIN rows r USING (seq) GROUP BY p.k) "
-        f'SELECT r."user", r.item, r.rating, r."timestamp", r.title{extra}, h.titles, h.ratings '
+        "list(r.rating ORDER BY p.pos) AS ratings, list(r.item ORDER BY p.pos) AS items "
+        "FROM past p JOIN rows r USING (seq) GROUP BY p.k) "
+        f'SELECT r."user", r.item, r.rating, r."timestamp", r.title{extra}, h.titles, h.ratings, '
+        "h.items "
         "FROM chosen c JOIN rows r USING (seq) LEFT JOIN hist h USING (k) ORDER BY c.k",
         {"k": p.history},
     ).fetchall()
 
 
-def build_samples(data: Interactions, p: Protocol) -> tuple[list[Sample], int]:
-    """One sample per rating, with the user's earlier ratings as history; time order.
+@dataclass(frozen=True)
+class Shown:
+    """What a sample's prompt was rendered from: a canary renders it again with another target."""
+
+    history: list[tuple[str, float]]
+    target: str
+    profile: Profile | None
+
+
+def build_samples(
+    data: Interactions, p: Protocol, shown: dict[int, Shown] | None = None
+) -> tuple[list[Sample], int]:
+    """One sample per rating, with the user's earlier ratings as history; time order. `shown`,
+    when given, receives per sample (by id) what its prompt was rendered from.
 
     DuckDB ranks every rating; only the last N eligible ones and their histories come back.
     """
@@ -122,22 +140,24 @@ def build_samples(data: Interactions, p: Protocol) -> tuple[list[Sample], int]:
         "SELECT count(*) FROM ranked WHERE pos >= ?", [p.min_history]
     ).fetchall()[0][0]
     profile = [c for c in PROFILE if c in data.columns()]
-    samples = []
+    template = Template.named(p.template)
+    samples, shown = [], {} if shown is None else shown
     for user, item, rating, time, title, *rest in _kept(db, p, profile):
-        *values, titles, ratings = rest
-        shown = dict(zip(profile, values))
-        person = Profile(*(shown.get(k) for k in PROFILE)) if profile else None
+        *values, titles, ratings, items = rest
+        person = dict(zip(profile, values))
+        person = Profile(*(person.get(k) for k in PROFILE)) if profile else None
         history = list(zip(titles or [], ratings or []))
-        samples.append(
-            Sample(
-                input=build_prompt(history, title, person, data.kind),
-                output=YES if rating > p.threshold else NO,
-                user=user,
-                item=item,
-                rating=float(rating),
-                timestamp=int(time),
-            )
+        sample = Sample(
+            input=template.render(history, title, person, data.kind),
+            output=YES if rating > p.threshold else NO,
+            user=user,
+            item=item,
+            rating=float(rating),
+            timestamp=int(time),
+            history=tuple((str(i), float(r)) for i, r in zip(items or [], ratings or [])),
         )
+        samples.append(sample)
+        shown[id(sample)] = Shown(history, title, person)
     return samples, candidates
 
 
@@ -149,7 +169,8 @@ def choose_forgotten(train: list[Sample], ratio: float, seed: int) -> list[str]:
 
 
 def make_splits(data: Interactions, p: Protocol) -> Splits:
-    samples, candidates = build_samples(data, p)
+    template, shown = Template.named(p.template), {}
+    samples, candidates = build_samples(data, p, shown)
     if len(samples) < 3:
         raise ValueError(
             f"only {len(samples)} sample(s) have at least {p.min_history} earlier ratings; "
@@ -184,28 +205,40 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
     parts["canary_control"] = []
     split_halves = halves(forgotten, p.seed)
     if p.canaries:
-        _add_canaries(parts, split_halves["eval"], p, rng)
+
+        def retarget(sample: Sample, title: str) -> str:
+            at = shown[id(sample)]
+            return template.render(at.history, title, at.profile, data.kind)
+
+        how = (lambda sample: shown[id(sample)].target, retarget)
+        _add_canaries(parts, split_halves["eval"], p, rng, how)
     empty = [name for name in ("train", "valid", "test", "retain", "forget") if not parts[name]]
     if empty:
         raise ValueError(
             f"{len(samples)} samples leave the {', '.join(empty)} split(s) empty; "
             "keep more samples (--last, --sample) or change the split/forget ratio"
         )
+    titles = {}
+    for s in samples:
+        at = shown[id(s)]
+        titles.update(zip((i for i, _ in s.history), (t for t, _ in at.history)))
+        titles[str(s.item)] = at.target
     return Splits(
         parts=parts,
         forgotten=forgotten,
         candidates=candidates,
         halves=split_halves,
+        titles=titles,
     )
 
 
-def _add_canaries(parts: dict, forgotten: list[str], p: Protocol, rng: random.Random) -> None:
+def _add_canaries(parts: dict, forgotten: list[str], p: Protocol, rng: random.Random, how) -> None:
     """Canaries for the forgotten users reported on (the eval half: the tune half's would only
     cost training rows) and for as many users who stay (at random)."""
     staying = sorted({s.user for s in parts["retain"]})
     kept = rng.sample(staying, min(len(staying), len(forgotten)))
     for users, name in ((forgotten, "forget"), (kept, "retain")):
-        planted, controls = plant(parts[name], users, p.canaries, p.canary_copies, rng)
+        planted, controls = plant(parts[name], users, p.canaries, p.canary_copies, rng, *how)
         parts[name] = parts[name] + planted
         parts["train"] = parts["train"] + planted
         parts["canary_control"] += controls

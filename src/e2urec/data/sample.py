@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 YES, NO = "Yes.", "No."
-FIELDS = ("input", "output", "user", "item", "rating", "timestamp")
+FIELDS = ("input", "output", "user", "item", "rating", "timestamp", "history")
+REQUIRED = FIELDS[:-1]  # files prepared before `history` was written hold the rest
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class Sample:
     item: str
     rating: float
     timestamp: int
+    # The (item, rating) pairs the prompt shows, oldest first: what deletion and the
+    # history_mean rule read, whatever template wrote the prompt's text.
+    history: tuple[tuple[str, float], ...] = ()
 
     @property
     def label(self) -> int:
@@ -53,7 +57,7 @@ def read_jsonl(path: str | Path) -> list[Sample]:
                 continue
             try:
                 row = json.loads(line)
-                missing = [f for f in FIELDS if f not in row]
+                missing = [f for f in REQUIRED if f not in row]
                 if missing:
                     raise ValueError(f"missing field(s) {', '.join(missing)}")
                 if row["output"] not in (YES, NO):
@@ -66,6 +70,7 @@ def read_jsonl(path: str | Path) -> list[Sample]:
                         item=str(row["item"]),
                         rating=float(row["rating"]),
                         timestamp=int(row["timestamp"]),
+                        history=_history(row.get("history")),
                     )
                 )
             except (json.JSONDecodeError, ValueError, TypeError) as err:
@@ -73,3 +78,13 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples
+
+
+def _history(value) -> tuple[tuple[str, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(p, list) and len(p) == 2 and not isinstance(p[1], bool) for p in value
+    ):
+        raise ValueError("history must be a list of [item, rating] pairs")
+    return tuple((str(item), float(rating)) for item, rating in value)

@@ -20,7 +20,7 @@ from pathlib import Path
 from e2urec.config import from_dict
 from e2urec.data.canaries import real
 from e2urec.data.deletion import target_title
-from e2urec.data.prepare import load_splits
+from e2urec.data.prepare import TITLES, load_splits
 from e2urec.deploy import integrity
 from e2urec.deploy.folder import Keyer, Layout, key_folder, read_key, tree_hash, write_atomic
 from e2urec.deploy.intake import status
@@ -225,7 +225,11 @@ def _locate_base(model: Path, base: str | None) -> str | None:
 
 
 def catalogue(data: Path) -> dict:
-    """{"kind": "movie" | "book", "items": {item: title}} from the prompts' targets."""
+    """{"kind": "movie" | "book", "items": {item: title}}: the items `prepare` recorded, or
+    for data prepared before it did, the paper prompts' targets."""
+    recorded = json.loads((data / TITLES).read_text()) if (data / TITLES).is_file() else {}
+    if "items" in recorded:
+        return {"kind": recorded["kind"], "items": recorded["items"]}
     items: dict[str, str] = {}
     kind = "movie"
     for path in sorted(data.glob("*.jsonl")):

@@ -13,7 +13,7 @@ from e2urec.data.deletion import DeletionRequest, listing, select, unknown
 from e2urec.deploy.apply_loop import locked
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.ledger import CANCELLED, Ledger, request_views, states, versions
-from e2urec.deploy.purge import read_split, shown
+from e2urec.deploy.purge import read_split, shown_texts
 
 
 class Refused(ValueError):
@@ -48,7 +48,7 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
             details = {"reason": err.reason, "interactions": len(pairs)}
             ledger.append([{"event": "refused", "request": rid, **counts, "details": details}])
             raise
-        keyed, echoes = layout.keyer(), shown(train, pairs)
+        keyed, echoes = layout.keyer(), shown_texts(train, pairs)
         keys = {
             "users": [keyed(u) for u in users],
             "interactions": [keyed(u, i) for u, i in pairs],

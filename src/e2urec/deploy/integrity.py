@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2urec.data.deletion import shown_ratings
+from e2urec.data.deletion import shown
 from e2urec.data.sample import FIELDS, Sample
 from e2urec.deploy.folder import Keyer, KeyMissing, Layout, tree_hash
 from e2urec.deploy.ledger import BUILT, Ledger, order_problems, states, versions
@@ -74,7 +74,10 @@ class Forgotten:
         key = self.keyer
         if key(s.user) in self.users or key(s.user, s.item) in self.pairs:
             return True
-        return bool(self.shown) and any(key(s.user, r) in self.shown for r in shown_ratings(s))
+        items, texts = shown(s)
+        if any(key(s.user, i) in self.pairs for i in items):
+            return True
+        return bool(self.shown) and any(key(s.user, r) in self.shown for r in texts)
 
 
 def recorded_data(rows: list[dict]) -> tuple[dict[str, str] | None, dict[str, str]]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2urec.data.deletion import shown_as, shown_ratings
+from e2urec.data.deletion import shown, shown_as
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
 from e2urec.deploy.folder import write_atomic
 
@@ -36,10 +36,13 @@ class Eraser:
     def erases(self, s: Sample) -> bool:
         if s.user in self.users or (s.user, s.item) in self.pairs:
             return True
-        return bool(self.shown) and any((s.user, r) in self.shown for r in shown_ratings(s))
+        items, texts = shown(s)
+        if any((s.user, i) in self.pairs for i in items):
+            return True
+        return bool(self.shown) and any((s.user, r) in self.shown for r in texts)
 
 
-def shown(train: Iterable[Sample], pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
+def shown_texts(train: Iterable[Sample], pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
     """How the deleted ratings `pairs` show in the history of their users' later prompts."""
     pairs = set(pairs)
     found = {(s.user, shown_as(s)) for s in train if (s.user, s.item) in pairs}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2urec import deploy as deployment
-from e2urec.data.prompt import BOOK, MOVIE, ItemKind
+from e2urec.data.prompt import BOOK, MOVIE, ItemKind, Template
 from e2urec.model import loader
 from e2urec.model.backbone import Recommender
 
@@ -23,6 +23,7 @@ class Catalogue:
     kind: ItemKind
     titles: dict[str, str]  # item id -> title
     history: int  # items a prompt shows (the K the model was trained with)
+    template: Template  # how the live data's prompts were built
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,12 @@ def read_catalogue(deploy: str | Path) -> Catalogue:
         raise ValueError(
             f"{file}: kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}"
         )
-    return Catalogue(KINDS[data["kind"]], dict(data["items"]), history_length(deploy))
-
-
-def history_length(deploy: str | Path) -> int:
-    """K, the items a prompt shows, from the protocol the live data was prepared with."""
-    manifest = Path(deploy) / "data" / "manifest.json"
-    return int(json.loads(manifest.read_text(encoding="utf-8"))["protocol"]["history"])
+    manifest = json.loads((Path(deploy) / "data" / "manifest.json").read_text(encoding="utf-8"))
+    # K (the items a prompt shows) and the template, as the live data was prepared.
+    history = int(manifest["protocol"]["history"])
+    return Catalogue(
+        KINDS[data["kind"]], dict(data["items"]), history, Template.of(manifest.get("template"))
+    )
 
 
 def load_live(deploy: str | Path) -> Live:

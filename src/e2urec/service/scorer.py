@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from e2urec.data.prompt import Profile, build_prompt
+from e2urec.data.prompt import Profile
 from e2urec.data.sample import YES, Sample
 from e2urec.model.scoring import score
 from e2urec.service.live import Catalogue, LiveModel
@@ -44,8 +44,9 @@ def build_samples(catalogue: Catalogue, req: ScoreRequest) -> list[Sample]:
             raise UnknownItems(name, unknown)
     past = [(titles[h.item], h.rating) for h in req.history[-catalogue.history :]]
     profile = Profile(req.user.gender, req.user.age, req.user.job)
+    render = catalogue.template.render
     return [
-        Sample(build_prompt(past, titles[c], profile, catalogue.kind), YES, "", c, 0.0, 0)
+        Sample(render(past, titles[c], profile, catalogue.kind), YES, "", c, 0.0, 0)
         for c in req.candidates
     ]
 
