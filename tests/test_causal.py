@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from e2urec.bench import Bench, preset
+from e2urec.bench.evaluation import model_scorer
 from e2urec.bench.run import setup as bench_setup
 from e2urec.bench.run import unlearn as bench_unlearn
 from e2urec.data import Protocol, Sample, load_splits, prepare
@@ -584,9 +585,9 @@ def test_training_reuses_stored_bottom_states(deep_llama_dir, data, tmp_path):
 def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
     deep_llama_dir, ml100k_raw, tmp_path, monkeypatch, capsys
 ):
-    """The bench computes the backbone's bottom states once, in the data folder; the original,
-    Retrain and SISA's shards read them (computing none), and the original's fingerprint
-    hashes them."""
+    """The bench computes the backbone's bottom states of every split once, in the data folder;
+    the original, Retrain and SISA's shards read them (computing none), and the original's
+    fingerprint hashes them."""
     config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
     bench = Bench(
         dataset="ml-100k", raw=str(ml100k_raw), model=str(deep_llama_dir),
@@ -600,7 +601,7 @@ def test_a_bench_stores_the_bottom_once_and_its_trainings_read_it(
     run = bench_setup(bench, tmp_path)
     splits = load_splits(tmp_path / "data")
     stored = load_file(tmp_path / "data" / "bottom" / frozen.FILE)
-    wanted = {frozen.key(s.input, s.output) for s in splits["train"] + splits["valid"]}
+    wanted = {frozen.key(s.input, s.output) for part in splits.values() for s in part}
     assert set(stored) == wanted and computed == [len(wanted), 0]  # the stage, the original
     bench_unlearn(run, "retrain", "retrain", None, config)
     bench_unlearn(run, "sisa", "sisa", {"shards": 2}, config)
@@ -789,3 +790,33 @@ def test_real_smollm2_answers_yes_or_no():
         and ((batched["p_yes"] > 0) & (batched["p_yes"] < 1)).all()
     )
     np.testing.assert_allclose(batched["p_yes"], single["p_yes"], atol=1e-4)
+
+
+def test_a_model_that_kept_the_backbone_bottom_is_scored_from_the_stored_states(
+    deep_llama_dir, data, tmp_path, monkeypatch
+):
+    """The bench scores every row whose weights below the top layers equal the backbone's from
+    the stored states (only the top runs): the same scores as at full depth (float32 states);
+    a model whose bottom changed by one weight runs at full depth."""
+    config = dataclasses.replace(TRAIN, top_layers=2, loss_tokens="decision", select_by="auc")
+    train(deep_llama_dir, data["train"], data["valid"], tmp_path / "m", config)
+    cache = tmp_path / "bottom.safetensors"
+    frozen.store(str(deep_llama_dir), data["train"] + data["valid"], 2, "float32", cache)
+    stored = frozen.StoredBottom(str(deep_llama_dir), 2, "float32", str(cache))
+    samples = data["test"] + data["valid"]  # test: not stored, computed from the same bottom
+    full = score(loader.load(tmp_path / "m"), samples)
+    tops = []
+    run = frozen.BottomStates.run
+    monkeypatch.setattr(frozen.BottomStates, "run", lambda *a: tops.append(1) or run(*a))
+    from_states = model_scorer(str(tmp_path / "m"), 16, stored)(samples, False)
+    assert tops  # only the top layers ran
+    np.testing.assert_allclose(from_states["log_odds"], full["log_odds"], atol=1e-4)
+    assert (
+        np.abs(full["log_odds"] - score(loader.load(deep_llama_dir), samples)["log_odds"]).max()
+        > 1e-2
+    )
+    changed = loader.load(tmp_path / "m")
+    with torch.no_grad():
+        frozen.decoder(changed.model).layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    assert stored.states_for(changed) is None
+    assert stored.states_for(loader.load(tmp_path / "m")) is not None

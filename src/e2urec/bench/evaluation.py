@@ -26,6 +26,7 @@ from e2urec.metrics import (
     scored_classification,
 )
 from e2urec.model import loader, score
+from e2urec.model.frozen import StoredBottom
 
 if TYPE_CHECKING:
     pass
@@ -72,14 +73,23 @@ class EvalSets:
         )
 
 
-def model_scorer(model, batch_size: int) -> Scorer:
+def model_scorer(model, batch_size: int, bottom: StoredBottom | None = None) -> Scorer:
+    """Scores of `model`; from `bottom`'s stored states when its bottom is the stored one (every
+    row of a top-layers bench: only the top layers run, as in training)."""
     rec = loader.load(model) if isinstance(model, str) else model
     name = Path(rec.path).name
-    return lambda samples, full: score(rec, samples, batch_size, full=full, desc=f"eval {name}")
+    states = bottom.states_for(rec) if bottom else None
+
+    def scorer(samples: list[Sample], full: bool) -> dict:
+        return score(rec, samples, batch_size, full=full, desc=f"eval {name}", states=states)
+
+    return scorer
 
 
 def shown_mean(sample: Sample) -> float:
     """The mean of the star ratings shown in the prompt's history (mid-scale if none)."""
+    if sample.history:
+        return float(np.mean([r for _, r in sample.history]))
     stars = [float(m.group(1)) for e in shown_ratings(sample) if (m := _STARS.search(e))]
     return float(np.mean(stars)) if stars else 2.75
 

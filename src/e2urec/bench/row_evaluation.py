@@ -24,17 +24,20 @@ FORGET = "forget_scores.npz"
 FORGET_DIST = "forget_dist.npy"
 
 
-def evaluate_all(models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=None) -> None:
+def evaluate_all(
+    models: dict, rows: dict, sets: EvalSets, bench: Bench, cache=None, bottom=None
+) -> None:
     """Every model and the no-training rule on the same sets; then, against Retrain: closeness
     on the forget set with intervals and verdicts, forget quality and PrivLeak. With `cache`
     (a folder), each model's evaluation is a resumable stage there; without, the rows'
-    distributions wait in a temporary folder."""
+    distributions wait in a temporary folder. `bottom`: the stored states a model whose bottom
+    is the backbone's is scored from (`evaluate_row`)."""
     with contextlib.ExitStack() as stack:
         root = Path(cache) if cache else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         dists = {}
         for name, model in models.items():
             folder = root / name
-            metrics, dists[name] = evaluate_row(model, sets, bench, folder, resumable=bool(cache))
+            metrics, dists[name] = evaluate_row(model, sets, bench, folder, bool(cache), bottom)
             rows[name].update(metrics)
         if "original" in models:  # a full run (not a sequential step): the reference rule too
             rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
@@ -62,12 +65,16 @@ def against_retrain(rows: dict, dists: dict, users: list[str], seed: int) -> Non
             rows[name].update(jsd_verdict(jsd, original, floor, users, seed))
 
 
-def evaluate_row(model: str, sets: EvalSets, bench: Bench, folder: Path, resumable=True):
+def evaluate_row(
+    model: str, sets: EvalSets, bench: Bench, folder: Path, resumable=True, bottom=None
+):
     """(metrics, forget scores) of one model, the scores kept in `folder` (the distributions
-    read from there a block at a time); `resumable`: a stage there, reused when its inputs are unchanged."""
+    read from there a block at a time); `resumable`: a stage there, reused when its inputs are
+    unchanged. With `bottom` (a StoredBottom) a model whose weights below the top layers are
+    the backbone's runs only its top layers from the stored states, as it was trained."""
 
     def work(out: Path) -> dict:  # loads the model only when the stage must run
-        scorer = model_scorer(model, bench.eval_batch_size)
+        scorer = model_scorer(model, bench.eval_batch_size, bottom)
         metrics, forget = evaluate(scorer, sets, bench.mia_seed, out / FORGET_DIST)
         np.savez(out / FORGET, **{k: v for k, v in forget.items() if k != "dist"})
         return metrics
@@ -82,9 +89,11 @@ def evaluate_row(model: str, sets: EvalSets, bench: Bench, folder: Path, resumab
         "eval_batch_size": bench.eval_batch_size,
         "ranks": "log_odds",
         "forget_dist": FORGET_DIST,
+        "bottom": bottom is not None,
     }
     data = folder.parent.parent / "data"  # folder is <run>/eval/<row>
-    metrics = stage(folder, settings, [data, *local_inputs(model)], work)
+    stored = [bottom.path] if bottom else []
+    metrics = stage(folder, settings, [data, *local_inputs(model), *stored], work)
     return metrics, read_forget(folder)
 
 

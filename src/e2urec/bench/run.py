@@ -24,6 +24,7 @@ from e2urec.memory import keep_freed_memory
 from e2urec.methods import METHODS, Task, get_method
 from e2urec.model import frozen
 from e2urec.model.frozen import FILE as BOTTOM_FILE
+from e2urec.model.frozen import StoredBottom
 from e2urec.model.tiny import build_tiny_t5
 from e2urec.model.train import TrainConfig, train
 
@@ -121,7 +122,7 @@ def _row_job(bench: Bench, out: Path, seed: int | None, row: str, original: bool
         if name == row:
             unlearn(run, name, method, bench.method_options.get(method), config)
     sets = EvalSets.make(run.splits, run.reported(run.splits["forget"]), bench.mia_seed)
-    evaluate_row(run.models[row], sets, bench, run.out / "eval" / row)
+    evaluate_row(run.models[row], sets, bench, run.out / "eval" / row, bottom=run.stored(bench))
 
 
 @dataclass
@@ -151,6 +152,13 @@ class Run:
         bottom = [self.bottom / BOTTOM_FILE] if self.bottom else []
         return [self.out / "data", *local_inputs(self.base), *bottom]
 
+    def stored(self, bench: Bench) -> StoredBottom | None:
+        """The backbone's stored bottom, which every row that kept that bottom is scored from."""
+        if not self.bottom:
+            return None
+        t = bench.train
+        return StoredBottom(self.base, t.top_layers, t.bottom_dtype, str(self.bottom / BOTTOM_FILE))
+
     def reported(self, forget: list) -> list:
         """The samples of `forget` from the eval half of the forgotten users."""
         users = set(self.manifest["forgotten_halves"]["eval"])
@@ -162,6 +170,8 @@ def setup(bench: Bench, out: Path, original: bool = True) -> Run:
     for what needs only the backbone): each a resumable stage."""
     data = out / "data"
     inputs = [bench.raw] if bench.raw else []
+    if bench.protocol.template not in ("paper", "compact"):  # a user's file: its text counts
+        inputs.append(bench.protocol.template)
     config = {"dataset": bench.dataset, "raw": bench.raw, "protocol": asdict(bench.protocol)}
     manifest = stage(
         data, config, inputs, lambda f: prepare(f, bench.dataset, bench.raw, bench.protocol)
@@ -200,10 +210,11 @@ def setup(bench: Bench, out: Path, original: bool = True) -> Run:
 
 
 def setup_bottom(bench: Bench, data: Path, splits: dict, base: str) -> Path | None:
-    """With train.top_layers, the backbone's frozen-bottom states of every train and valid
-    sample, computed once (a stage inside the data folder, derived from it: the purge deletes
-    forgotten samples' entries) and read by the original, Retrain and the shards, whose
-    fingerprints hash the states file itself."""
+    """With train.top_layers, the backbone's frozen-bottom states of every sample of the data
+    folder, computed once (a stage inside the data folder, derived from it: the purge deletes
+    forgotten samples' entries) and read by every training from the backbone, whose
+    fingerprints hash the states file itself, and by every evaluation of a model that kept
+    the backbone's bottom."""
     if not bench.train.top_layers:
         return None
     folder = data / "bottom"
@@ -214,7 +225,7 @@ def setup_bottom(bench: Bench, data: Path, splits: dict, base: str) -> Path | No
     }
 
     def work(folder: Path) -> dict:
-        samples = splits["train"] + splits["valid"]
+        samples = [s for name in sorted(splits) for s in splits[name]]
         args = (bench.train.top_layers, bench.train.bottom_dtype, folder / BOTTOM_FILE)
         return {"states": frozen.store(base, samples, *args, bench.train.eval_batch_size)}
 
@@ -246,7 +257,7 @@ def run_seed(bench: Bench, out: Path, seed: int | None) -> dict:
     for row, method, config in method_rows(bench):
         unlearn(run, row, method, bench.method_options.get(method), config)
     sets = EvalSets.make(run.splits, run.reported(run.splits["forget"]), bench.mia_seed)
-    evaluate_all(run.models, run.rows, sets, bench, run.out / "eval")
+    evaluate_all(run.models, run.rows, sets, bench, run.out / "eval", run.stored(bench))
     results = {
         "methods": run.rows,
         "data": run.manifest["counts"],
@@ -304,7 +315,7 @@ def run_sequential(bench: Bench, run: Run) -> dict:
             }
         forget = run.reported(so_far) or so_far
         sets = EvalSets.make({**splits, "retain": chosen.retain}, forget, bench.mia_seed)
-        evaluate_all(latest, rows, sets, bench)
+        evaluate_all(latest, rows, sets, bench, bottom=run.stored(bench))
         for name in bench.methods:
             steps[name].append(rows[name])
     return {"steps": len(chunks), "requests": chunks, "methods": steps}

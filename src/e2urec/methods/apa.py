@@ -16,6 +16,11 @@ with them and drops the forgotten users' pool rows; every other part stays. The 
 training on the retained data from scratch with the stored assignment (tests/test_apa.py).
 Result.seconds is that work alone; as in SISA, a shard that holds forgotten users is trained
 once, on its kept data, when the bench simulates the request.
+
+Each shard validates once an epoch on its own users' valid samples, which together are
+Retrain's; it then scores the pool once. Shards trained on their top layers (`top_layers`) do
+both from the backbone's bottom states (the bench's stored ones, else the pool's computed once
+for all shards), running only those layers, as Retrain does.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from e2urec.data.sample import Sample
 from e2urec.methods.base import Method, MethodConfig, Task
 from e2urec.methods.receraser import balanced_homes
 from e2urec.model import apa, backbone, loader
+from e2urec.model.frozen import BottomStates, bottom_source, split, stored
 from e2urec.model.scoring import score
-from e2urec.model.train import TrainConfig, train
+from e2urec.model.train import TrainConfig, answer_pass, train
 
 PARTITIONS = ("balanced", "kmeans")
 
@@ -119,6 +125,7 @@ class Shards:
         self.config, self.gone, self.bottom_cache = replace(config, lora=True), gone, bottom_cache
         self.dirs: dict[int, Path] = {}
         self.columns: dict[int, np.ndarray] = {}  # each adapter's losses on the pool
+        self.states: BottomStates | None = None  # the backbone's bottom, with `top_layers`
 
     def mine(self, samples: list[Sample], shard: int) -> list[Sample]:
         return [s for s in samples if self.homes.get(s.user) == shard and s.user not in self.gone]
@@ -150,16 +157,26 @@ class Shards:
             stored = {"bottom_cache": self.bottom_cache} if self.bottom_cache else {}
             report = train(self.base, rows, mine_valid, folder, config, **stored)
             self.dirs[shard] = folder
-            rec = loader.load(folder)
             pool = self.pool(valid)
-            losses = (
-                score(rec, pool, self.config.eval_batch_size, desc="apa pool")["loss"]
-                if pool
-                else np.zeros(0)
-            )
-            self.columns[shard] = losses
+            self.columns[shard] = self._pool_losses(loader.load(folder), pool)
             params += report["trainable_params"]
         return params
+
+    def _pool_losses(self, rec: backbone.Recommender, pool: list[Sample]) -> np.ndarray:
+        """A shard's loss on each pool sample's answer token (`score`'s "loss"): with
+        `top_layers`, its top layers alone from the backbone's bottom states, as it trained."""
+        size, top = self.config.eval_batch_size, self.config.top_layers
+        if not pool:
+            return np.zeros(0)
+        if not top:
+            return score(rec, pool, size, desc="apa pool")["loss"]
+        if self.states is None:  # filled with the shard: its bottom is the backbone's
+            source = bottom_source(self.base, split(rec.model, top))
+            dtype = self.config.bottom_dtype
+            self.states = stored(rec, top, dtype, self.bottom_cache, source, pool, size)
+        else:
+            self.states.fill(rec.model, pool, size)
+        return answer_pass(rec, rec.model, pool, size, self.states)["decision_loss"]
 
     def save(self, valid: list[Sample]) -> None:
         """The APA model over the trained shards and the pool."""

@@ -20,8 +20,10 @@ from e2urec.config import check_training
 from e2urec.data.sample import Sample
 from e2urec.memory import PeakMemory
 from e2urec.model import backbone, loader
+from e2urec.model.frozen import BottomStates, bottom_source, split, stored, top_indices, tune_top
 from e2urec.model.lora import add_lora
-from e2urec.model.train import TrainConfig, fit
+from e2urec.model.scoring import AnswerLogits, forward
+from e2urec.model.train import TrainConfig, answer_ce, answer_loss, fit
 
 
 @dataclass
@@ -89,6 +91,25 @@ class Task:
         choose its epoch on (a forgotten user's later prompts show the forgotten ratings)."""
         gone = {s.user for s in self.forget}
         return [s for s in self.valid if s.user not in gone]
+
+
+def frozen_bottom(
+    task: Task, rec: backbone.Recommender, samples: list[Sample], batch_size: int, models=None
+) -> BottomStates | None:
+    """The stored states of the bottom of `models` (folders; default: the original, loaded as
+    `rec`), when the bench trained them on their top `train_config.top_layers` layers from
+    those states (`task.bottom_cache`) and every adapter of theirs sits there
+    (`frozen.bottom_source`): `samples`' states not stored are computed once, and every pass
+    can then run the top layers alone. None otherwise: every pass runs at full depth."""
+    top = task.train_config.top_layers
+    if not (top and task.bottom_cache):
+        return None
+    start = split(rec.model, top)
+    sources = {bottom_source(m, start) for m in models or [task.original]}
+    if None in sources or len(sources) != 1:
+        return None
+    dtype = task.train_config.bottom_dtype
+    return stored(rec, top, dtype, task.bottom_cache, sources.pop(), samples, batch_size)
 
 
 @dataclass
@@ -189,13 +210,43 @@ def paired_batches(task: Task, batch_size: int, seed: int) -> list[Pair]:
 
 
 class LossMethod(Method):
-    """Tune a student from the original on forget/retain pairs; subclasses give the loss."""
+    """Tune a student from the original on forget/retain pairs; subclasses give the loss.
+
+    On an original the bench tuned on its top layers from the stored states of its bottom
+    (`frozen_bottom`), the student and every teacher run those layers alone from the states,
+    and full tuning tunes what lies above them (`frozen.tune_top`): the bottom the states
+    stand for never changes. Passes go through `_pass` / `_run`, teachers read `_inputs`."""
 
     lora: ClassVar[bool] = False  # True: frozen original + LoRA (E2URec); False: full tuning
+    states: BottomStates | None = None  # the original's stored bottom states, if it has them
 
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
         """Build teachers etc. before tuning; returns info for the report."""
         return {}
+
+    def frozen_bottom(self, task: Task, rec: backbone.Recommender) -> BottomStates | None:
+        """The original's stored bottom states for the forget and retain samples, if any."""
+        return frozen_bottom(task, rec, task.forget + task.retain, self.config.batch_size)
+
+    def _run(self, model, batch: dict) -> AnswerLogits:
+        """`scoring.forward` of an `_inputs` batch, from the stored bottom if any."""
+        if self.states is None:
+            return forward(self.rec, model, batch)
+        return self.states.run(model, batch)
+
+    def _logits(self, model, batch: dict) -> torch.Tensor:
+        return self._run(model, batch).logits
+
+    def _inputs(self) -> dict:
+        """A `Teacher`'s `inputs` argument: the stored states in place of the ids, if any."""
+        return {} if self.states is None else {"inputs": self.states.inputs}
+
+    def _pass(self, model, samples: list[Sample], tokens: str = "all", answers=None):
+        """(cross-entropy on the answer `tokens`, forward output), from the stored bottom if any."""
+        if self.states is None:
+            return answer_loss(self.rec, model, samples, answers, tokens)
+        out = self.states.forward(model, samples, answers)
+        return answer_ce(out, tokens), out
 
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         raise NotImplementedError
@@ -214,11 +265,20 @@ class LossMethod(Method):
         if self.lora:
             c = self.config
             return add_lora(rec.model, c.lora_rank, c.lora_alpha, c.lora_dropout)
+        if self.states is not None:  # what lies above the stored states; their papers tune all
+            return tune_top(rec.model, self.states.start)
         return rec.model.requires_grad_(True)  # a merged LoRA recommender loads frozen
 
     def run(self, task: Task) -> tuple[str, int, dict]:
         self.rec = loader.load(task.original)
+        self.states = self.frozen_bottom(task, self.rec)
+        # The recommendation loss as the original was trained on it: its loss tokens (a SmolLM2
+        # original learned the Yes/No token alone; its untrained format tokens would dominate
+        # a descent on retain and make an ascent on forget trivially large).
+        self.tokens = task.train_config.loss_tokens
         info = self.prepare(task, self.rec)
+        if self.states is not None and not self.lora:
+            info["tuned_layers"] = top_indices(self.rec.model, task.train_config.top_layers)
         net = self.student(self.rec)
         net = backbone.to_device(net)
         cfg = self.config

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +35,10 @@ from e2urec.maths import forgetting_teacher
 from e2urec.methods.base import LossMethod, Pair, StepsConfig, Task, scaled_steps, step_limited
 from e2urec.methods.teacher import BUDGET_MB, Teacher, check_target, exactness
 from e2urec.model import backbone
-from e2urec.model.frozen import BottomStates, bottom_source, split, top_indices
+from e2urec.model.frozen import BottomStates, top_indices
 from e2urec.model.lora import add_lora, lora_config
-from e2urec.model.scoring import first_rows, forward, lengths
-from e2urec.model.train import answer_ce, answer_loss, fit, shuffled_batches
+from e2urec.model.scoring import first_rows, lengths
+from e2urec.model.train import fit, shuffled_batches
 
 AUGMENTED = "augmented"
 
@@ -86,10 +85,6 @@ class E2URec(LossMethod):
     def prepare(self, task: Task, rec: backbone.Recommender) -> dict:
         c = self.config
         shape = (c.lora_rank, c.lora_alpha, c.lora_dropout)
-        self.states = self._frozen_bottom(task, rec)
-        # The recommendation loss as the original was trained on it: its loss tokens (a SmolLM2
-        # original learned the Yes/No token alone; its untrained format tokens would dominate).
-        self.tokens = task.train_config.loss_tokens
         layers = None  # every layer
         if self.states is not None:
             layers = top_indices(rec.model, task.train_config.top_layers)
@@ -126,9 +121,7 @@ class E2URec(LossMethod):
         _, retain_idx = self.drawn(task, range(c.forget_epochs, self.schedule(task)[0]))
         # The adapters change below, so these outputs are cached (no fallback), in half of
         # BUDGET_MB each.
-        args = {"cache_mb": BUDGET_MB / 2, "target": c.target}
-        if self.states is not None:
-            args["inputs"] = self.states.inputs
+        args = {"cache_mb": BUDGET_MB / 2, "target": c.target, **self._inputs()}
         self.forget = Teacher(rec, target, task.forget, range(len(task.forget)), **args)
         self.remember = Teacher(rec, original, task.retain, retain_idx, **args)
         if c.aug_mode == "lora":  # the student: a fresh adapter; the augmented one can go
@@ -145,34 +138,15 @@ class E2URec(LossMethod):
             **exactness(self.forget, self.remember),
         }
 
-    def _frozen_bottom(self, task: Task, rec: backbone.Recommender) -> BottomStates | None:
-        """The stored states of the original's bottom, when it was tuned on its top layers from
-        them (`top_layers`, the bench's bottom cache) and every adapter it carries sits there:
-        E2URec's adapters then go on those layers too, and every pass runs the top from the
-        states, as the original's training did (benchmarks/RESULTS.md: a full-depth pass made
-        it 2.2x Retrain's CPU on the smollm preset)."""
-        top = task.train_config.top_layers
-        if not (top and task.bottom_cache) or self.config.aug_mode != "lora":
+    def frozen_bottom(self, task: Task, rec: backbone.Recommender) -> BottomStates | None:
+        """On an original tuned on its top layers from the stored bottom states (LossMethod),
+        E2URec's adapters go on those layers too, and every pass runs the top from the states,
+        as the original's training did (benchmarks/RESULTS.md: a full-depth pass made it 2.2x
+        Retrain's CPU on the smollm preset). Not with aug_mode "full", which tunes every weight
+        of the augmented model."""
+        if self.config.aug_mode != "lora":
             return None
-        start = split(rec.model, top)
-        source = bottom_source(task.original, start)
-        if source is None:
-            return None
-        states = BottomStates(rec, start, task.train_config.bottom_dtype)
-        states.load(task.bottom_cache, source)
-        states.fill(rec.model, task.forget + task.retain, self.config.batch_size)
-        return states
-
-    def _logits(self, model, batch: dict) -> torch.Tensor:
-        run = partial(forward, self.rec) if self.states is None else self.states.run
-        return run(model, batch).logits
-
-    def _pass(self, model, samples: list, tokens: str = "all"):
-        """(cross-entropy on the answer `tokens`, forward output), from the stored bottom if any."""
-        if self.states is None:
-            return answer_loss(self.rec, model, samples, tokens=tokens)
-        out = self.states.forward(model, samples)
-        return answer_ce(out, tokens), out
+        return super().frozen_bottom(task, rec)
 
     def _tune(self, task: Task, rec: backbone.Recommender, model) -> None:
         """The original tuned further on the forget set: it shows what that data teaches."""

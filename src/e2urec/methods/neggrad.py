@@ -2,7 +2,9 @@
 
 Full tuning of the original; loss = CE(retain) - weight * CE(forget) on paired batches. Defaults
 from the paper's script: lr 5e-5, batch 16, weight 0.2; its checkpoint is the one after 3,000
-paired steps (`steps`, about 3.7 epochs of ML-1M's forget set: the paper preset).
+paired steps (`steps`, about 3.7 epochs of ML-1M's forget set: the paper preset). On an original
+tuned on its top layers from the stored bottom states (`top_layers`), those layers are tuned in
+full from the states (methods/base.py LossMethod).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from e2urec.methods.base import LossMethod, Pair, StepsConfig
-from e2urec.model.train import answer_loss
 
 
 @dataclass
@@ -31,6 +32,6 @@ class NegGrad(LossMethod):
     Config = NegGradConfig
 
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
-        retain, _ = answer_loss(self.rec, model, batch.retain)
-        forget, _ = answer_loss(self.rec, model, batch.forget)
+        retain, _ = self._pass(model, batch.retain, self.tokens)
+        forget, _ = self._pass(model, batch.forget, self.tokens)
         return retain - self.config.weight * forget

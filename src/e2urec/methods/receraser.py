@@ -6,6 +6,9 @@ an attention over their last hidden states (model/ensemble.py), trained on the r
 the shards frozen. A deletion request retrains the shards that held forgotten users and then
 the attention; Result.seconds is that work alone. (RecEraser groups similar users by k-means on
 pretrained embeddings; here the grouping is a seeded random balanced one.)
+
+Shards trained on their top layers from the stored bottom states (`top_layers`) share the
+backbone's bottom: the attention then trains on the shards' top layers run from those states.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from e2urec.data.sample import Sample
-from e2urec.methods.base import Task
+from e2urec.methods.base import Task, frozen_bottom
 from e2urec.methods.sisa import Sisa, SisaConfig
 from e2urec.model import backbone, loader
 from e2urec.model.ensemble import Ensemble, ShardAttention
-from e2urec.model.train import answer_loss, fit, shuffled_batches
+from e2urec.model.train import answer_ce, answer_loss, fit, shuffled_batches
 
 
 @dataclass
@@ -70,9 +73,20 @@ class RecEraser(Sisa):
         ensemble.shards.requires_grad_(False)
         ensemble = backbone.to_device(ensemble)
         rec = backbone.wrap(ensemble, members[0].tokenizer, str(task.out))
+        # Shards on the backbone's stored bottom: each runs its top layers from the states.
+        states = frozen_bottom(task, members[0], task.retain, c.batch_size, shard_dirs)
+        tokens = task.train_config.loss_tokens  # as the shards were trained
+
+        def loss(model, samples):
+            if states is None:
+                return answer_loss(rec, model, samples, tokens=tokens)[0]
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) for k, v in states.inputs(samples).items()}
+            return answer_ce(states.run(model, batch, ensemble.shards), tokens)
+
         fit(
             ensemble,
-            lambda m, b: answer_loss(rec, m, b)[0],
+            loss,
             lambda e: shuffled_batches(task.retain, c.batch_size, c.seed + e),
             c.epochs,
             c.lr,

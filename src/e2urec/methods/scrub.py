@@ -13,6 +13,10 @@ coarsened KL is below the exact one, and the max step would climb that bound (at
 66% of a row's mass in the leftover bucket), so the forget teacher's coarsened samples are
 computed exactly at each use by a frozen copy of the original; the report's `inexact_rows`
 counts both teachers' coarsened rows, `recomputed_rows` those the max step computes exactly.
+
+On an original tuned on its top layers from the stored bottom states (`top_layers`), the student
+tunes those layers in full from the states (methods/base.py LossMethod), and the teacher (the
+original, cached or a frozen copy) runs from them too.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import torch
 from e2urec.methods.base import LossMethod, MethodConfig, Pair, Task
 from e2urec.methods.teacher import Teacher, check_target, exactness, fits, model_outputs
 from e2urec.model import backbone
-from e2urec.model.train import answer_loss
 
 
 @dataclass
@@ -60,14 +63,14 @@ class Scrub(LossMethod):
         forget_idx, retain_idx = self.drawn(task, range(c.epochs))
         # Cached before the student (the original itself) moves; a copy only if it cannot be.
         shared = fits(len(forget_idx) + len(retain_idx), c.cache_mb)
-        original = model_outputs(rec, rec.model if shared else copy.deepcopy(rec.model))
+        original = model_outputs(rec, rec.model if shared else copy.deepcopy(rec.model), self._run)
         args = {"temperature": c.temperature, "cache_mb": c.cache_mb, "fallback": not shared}
-        args["target"] = c.target
+        args.update(target=c.target, **self._inputs())
         self.on_forget = Teacher(rec, original, task.forget, forget_idx, **args)
         self.on_retain = Teacher(rec, original, task.retain, retain_idx, **args)
         if self.on_forget.cached and self.on_forget.inexact_rows:
             # A copy now, before the student moves: still the original.
-            self.on_forget.recompute(model_outputs(rec, copy.deepcopy(rec.model)))
+            self.on_forget.recompute(model_outputs(rec, copy.deepcopy(rec.model), self._run))
         teachers = (self.on_forget, self.on_retain)
         return {"teachers_cached": all(t.cached for t in teachers), **exactness(*teachers)}
 
@@ -86,9 +89,9 @@ class Scrub(LossMethod):
     def loss(self, model, batch: Pair, epoch: int) -> torch.Tensor:
         c = self.config
         if batch.forget:
-            _, out = answer_loss(self.rec, model, batch.forget)
+            _, out = self._pass(model, batch.forget, self.tokens)
             kl = self.on_forget.kl(batch.forget_idx, out).mean()
             return -(c.temperature**2) * kl
-        ce, out = answer_loss(self.rec, model, batch.retain)
+        ce, out = self._pass(model, batch.retain, self.tokens)
         kl = c.temperature**2 * self.on_retain.kl(batch.retain_idx, out).mean()
         return c.ce_weight * ce + c.kl_weight * kl

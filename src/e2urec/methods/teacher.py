@@ -139,11 +139,15 @@ def exact_kl(teacher_logits, student_logits, temperature: float = 1.0) -> torch.
     return (t.exp() * (t - s)).sum(-1)
 
 
-def model_outputs(rec: Recommender, model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
-    """A frozen model's answer logits for an encoded batch."""
+def model_outputs(
+    rec: Recommender, model: torch.nn.Module, run: Callable | None = None
+) -> Callable[[dict], torch.Tensor]:
+    """A frozen model's answer logits for an encoded batch; `run(model, batch)` in place of
+    `scoring.forward` (e.g. a frozen bottom's, for a batch of its states: model/frozen.py)."""
     model = to_device(model)
     model.eval().requires_grad_(False)
-    return lambda batch: forward(rec, model, batch).logits
+    run = run or (lambda model, batch: forward(rec, model, batch))
+    return lambda batch: run(model, batch).logits
 
 
 def exactness(*teachers: Teacher) -> dict:

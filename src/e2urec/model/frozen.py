@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +60,34 @@ def top_indices(model: torch.nn.Module, top_layers: int) -> list[int]:
 def add_top_lora(model, top_layers: int, rank: int, alpha: int, dropout: float, name="default"):
     """LoRA on the top `top_layers` decoder layers only; everything else frozen."""
     return add_lora(model, rank, alpha, dropout, name=name, layers=top_indices(model, top_layers))
+
+
+def tune_top(model: torch.nn.Module, start: int) -> torch.nn.Module:
+    """Full tuning above the stored states: every parameter of decoder layers >= `start` and of
+    what reads their output (the final norm, an untied LM head) trains; the embeddings and the
+    layers below stay frozen, so the states stay this model's and a saved copy keeps the
+    backbone's bottom (and is scored right at full depth). The full-tuning papers tune the whole
+    model: this tunes as much of it as the states allow. The norm and an untied head sit above
+    them, so they train; a head tied to the embeddings (SmolLM2, Gemma 3) is the embedding
+    matrix, the bottom's input, so it stays frozen with them."""
+    inner = decoder(model)
+    model.requires_grad_(False)
+    for layer in list(inner.layers)[start:]:
+        layer.requires_grad_(True)
+    inner.norm.requires_grad_(True)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        head.requires_grad_(True)
+    return model
+
+
+@contextlib.contextmanager
+def only_tops(models, start: int):
+    """`only_layers(model, start, None)` on each of `models` at once (an ensemble's shards)."""
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(only_layers(model, start, None))
+        yield
 
 
 @contextlib.contextmanager
@@ -154,9 +183,11 @@ class BottomStates:
         device = next(model.parameters()).device
         return self.run(model, {k: v.to(device) for k, v in self.inputs(samples, answers).items()})
 
-    def run(self, model, batch: dict) -> AnswerLogits:
-        """`scoring.forward` of a batch from `inputs` (on the model's device), from `start` up."""
-        with only_layers(model, self.start, None):
+    def run(self, model, batch: dict, parts=None) -> AnswerLogits:
+        """`scoring.forward` of a batch from `inputs` (on the model's device), from `start` up.
+        `parts`: the LMs inside `model` that read the batch, when it is not one (an ensemble's
+        shards, each of them on this bottom)."""
+        with only_tops(parts or [model], self.start):
             return forward(self.rec, model, batch)
 
     def drop(self, samples: list[Sample]) -> int:
@@ -185,6 +216,17 @@ class BottomStates:
         return self
 
 
+def stored(rec: Recommender, top_layers: int, dtype: str, cache, source: str, samples, batch_size):
+    """The bottom states of `source` below the top `top_layers` layers of `rec` (a model on that
+    bottom): those stored in the file `cache` (if any), plus `samples`' computed with `rec`
+    where missing (kept in memory only: the file is a stage's, hashed into fingerprints)."""
+    states = BottomStates(rec, split(rec.model, top_layers), dtype)
+    if cache is not None:
+        states.load(cache, source)
+    states.fill(rec.model, samples, batch_size)
+    return states
+
+
 def bottom_source(path: str | Path, start: int) -> str | None:
     """The full model under every adapter of the model at `path` (LoRA folders on their bases),
     when all of those adapters sit on decoder layers >= `start`: that model's bottom states are
@@ -206,6 +248,41 @@ def bottom_source(path: str | Path, start: int) -> str | None:
     if not layers or min(layers) < start:
         return None
     return bottom_source(resolve(path, meta["base"]), start)
+
+
+@dataclass(frozen=True)
+class StoredBottom:
+    """A file of `base`'s bottom states below its top `top_layers` layers (the bench's store)."""
+
+    base: str
+    top_layers: int
+    dtype: str
+    path: str
+
+    def states_for(self, rec: Recommender) -> BottomStates | None:
+        """The stored states, to score `rec` from, when `rec`'s weights below its top layers
+        (embeddings included) equal `base`'s: compared tensor by tensor, whatever method made
+        `rec`. None when any differs (then `rec` runs at full depth)."""
+        if rec.seq2seq or not Path(self.path).is_file():
+            return None
+        start = split(rec.model, self.top_layers)
+        backbone = loader.load(self.base)
+        theirs = _bottom_weights(backbone.model, start)
+        ours = _bottom_weights(rec.model, start)
+        if theirs.keys() != ours.keys() or any(
+            not torch.equal(ours[k], v) for k, v in theirs.items()
+        ):
+            return None
+        return BottomStates(rec, start, self.dtype).load(self.path, backbone.path)
+
+
+def _bottom_weights(model, start: int) -> dict[str, torch.Tensor]:
+    """The parameters the output of decoder layers below `start` depends on."""
+    inner = decoder(model)
+    out = {f"embed.{k}": v for k, v in inner.embed_tokens.state_dict().items()}
+    for i, layer in enumerate(list(inner.layers)[:start]):
+        out.update({f"{i}.{k}": v for k, v in layer.state_dict().items()})
+    return out
 
 
 def _same(a: str | None, b: str) -> bool:

@@ -163,21 +163,29 @@ def score(
     model: torch.nn.Module | None = None,
     full: bool = False,
     desc: str = "scoring",
+    states=None,
 ) -> dict[str, np.ndarray]:
     """P(Yes), the Yes-No logit difference (float64) and the loss per sample; with `full`, also
-    the vocabulary distribution at the answer position.
+    the vocabulary distribution at the answer position. With `states` (model/frozen.py), only
+    the layers above the stored bottom run.
 
     Batches are formed shortest prompt first; results come back in the order of `samples`."""
     model = model or rec.model
+    if states is not None:
+        states.fill(model, samples, batch_size)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = by_length(rec, samples)
     p_yes, log_odds, dists, loss = [], [], [], []
     for idx in tqdm(list(batches(order, batch_size)), desc=desc, leave=False):
-        batch = {k: v.to(device) for k, v in encode(rec, [samples[i] for i in idx]).items()}
+        chunk = [samples[i] for i in idx]
         with autocast(device):
-            out = forward(rec, model, batch)
+            if states is not None:
+                out = states.forward(model, chunk)
+            else:
+                batch = {k: v.to(device) for k, v in encode(rec, chunk).items()}
+                out = forward(rec, model, batch)
         answer = out.answer().float()
         p_yes.append(yes_probability(rec, answer))
         log_odds.append(yes_log_odds(rec, answer))
