@@ -304,3 +304,26 @@ def test_cross_entropy_terms_read_the_originals_loss_tokens(
     )
     unlearn(name, top_original, deep_llama_dir, data, config, tmp_path / name)
     assert tokens and set(tokens) == {"decision"}
+
+
+def test_ensembles_are_scored_from_the_stored_states_and_apa_at_full_depth(
+    top_original, deep_llama_dir, data, config, tmp_path, watch
+):
+    """The bench's evaluation (StoredBottom): an ensemble whose shards all kept the backbone's
+    bottom runs only their tops, with the scores of full depth; APA, which routes by token ids,
+    runs at full depth instead of failing."""
+    _, cache = top_original
+    stored = frozen.StoredBottom(str(deep_llama_dir), 2, "float32", str(cache))
+    samples = data["test"] + data["valid"]
+    sisa = unlearn("sisa", top_original, deep_llama_dir, data, config, tmp_path / "sisa")
+    rec = loader.load(sisa.model)
+    full = score(rec, samples)
+    runs, seen = watch["runs"], len(watch["layers"])
+    states = stored.states_for(rec)
+    assert states is not None and len(states.parts) == 2
+    from_states = score(rec, samples, states=states)
+    after = {**watch, "layers": watch["layers"][seen:]}
+    assert watch["runs"] > runs and not bottom_runs(after)
+    np.testing.assert_allclose(from_states["log_odds"], full["log_odds"], atol=1e-4)
+    apa_model = unlearn("apa", top_original, deep_llama_dir, data, config, tmp_path / "apa")
+    assert stored.states_for(loader.load(apa_model.model)) is None

@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from e2urec.data.sample import NO, YES, Sample
 from e2urec.model import gguf, loader
+from e2urec.model.apa import Router
 from e2urec.model.backbone import Recommender, read_meta, resolve
+from e2urec.model.ensemble import Ensemble
 from e2urec.model.lora import add_lora
 from e2urec.model.scoring import AnswerLogits, batches, by_length, encode, forward
 
@@ -127,6 +129,7 @@ class BottomStates:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.rec, self.start, self.dtype = rec, start, DTYPES[dtype]
         self.states: dict[str, torch.Tensor] = {}
+        self.parts: list | None = None  # an ensemble's shards on this bottom, when it scores one
 
     def __len__(self) -> int:
         return len(self.states)
@@ -141,6 +144,7 @@ class BottomStates:
         todo = [v for k, v in todo.items() if k not in self.states]
         if not todo:
             return 0
+        model = self.parts[0] if self.parts else model  # the shards share the bottom
         was = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -187,7 +191,7 @@ class BottomStates:
         """`scoring.forward` of a batch from `inputs` (on the model's device), from `start` up.
         `parts`: the LMs inside `model` that read the batch, when it is not one (an ensemble's
         shards, each of them on this bottom)."""
-        with only_tops(parts or [model], self.start):
+        with only_tops(parts or self.parts or [model], self.start):
             return forward(self.rec, model, batch)
 
     def drop(self, samples: list[Sample]) -> int:
@@ -261,19 +265,28 @@ class StoredBottom:
 
     def states_for(self, rec: Recommender) -> BottomStates | None:
         """The stored states, to score `rec` from, when `rec`'s weights below its top layers
-        (embeddings included) equal `base`'s: compared tensor by tensor, whatever method made
-        `rec`. None when any differs (then `rec` runs at full depth)."""
+        (embeddings included) equal `base`'s, or for an ensemble each shard's: compared tensor
+        by tensor, whatever method made `rec`. None when any differs, or for APA (then `rec`
+        runs at full depth)."""
         if rec.seq2seq or not Path(self.path).is_file():
             return None
-        start = split(rec.model, self.top_layers)
+        ensemble = isinstance(rec.model, Ensemble)
+        members = list(rec.model.shards) if ensemble else [rec.model]
+        # APA routes each batch by its prompt's token ids, which a pass from states has not.
+        if any(isinstance(m, Router) for member in members for m in member.modules()):
+            return None
+        start = split(members[0], self.top_layers)
         backbone = loader.load(self.base)
         theirs = _bottom_weights(backbone.model, start)
-        ours = _bottom_weights(rec.model, start)
-        if theirs.keys() != ours.keys() or any(
-            not torch.equal(ours[k], v) for k, v in theirs.items()
-        ):
-            return None
-        return BottomStates(rec, start, self.dtype).load(self.path, backbone.path)
+        for member in members:
+            ours = _bottom_weights(member, start)
+            if theirs.keys() != ours.keys() or any(
+                not torch.equal(ours[k], v) for k, v in theirs.items()
+            ):
+                return None
+        states = BottomStates(rec, start, self.dtype).load(self.path, backbone.path)
+        states.parts = members if ensemble else None
+        return states
 
 
 def _bottom_weights(model, start: int) -> dict[str, torch.Tensor]:
