@@ -89,9 +89,18 @@ def model_scorer(model, batch_size: int, bottom: StoredBottom | None = None) -> 
 def shown_mean(sample: Sample) -> float:
     """The mean of the star ratings shown in the prompt's history (mid-scale if none)."""
     if sample.history:
-        return float(np.mean([r for _, r in sample.history]))
+        known = [r for _, r in sample.history if r is not None]
+        return float(np.mean(known)) if known else 2.75
     stars = [float(m.group(1)) for e in shown_ratings(sample) if (m := _STARS.search(e))]
     return float(np.mean(stars)) if stars else 2.75
+
+
+def shows_ratings(samples: list[Sample]) -> bool:
+    """Whether any prompt shows a known rating: imported prompts name their items only, and
+    the rule would score them all alike."""
+    return any(r is not None for s in samples for _, r in s.history) or any(
+        not s.history and shown_ratings(s) for s in samples
+    )
 
 
 def history_mean_scorer(samples: list[Sample], full: bool = False) -> dict:

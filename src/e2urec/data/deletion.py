@@ -155,7 +155,9 @@ def shown(sample: Sample) -> tuple[list[str], list[str]]:
 def shown_as(sample: Sample) -> str | None:
     """How `sample`'s rating appears in the history of later prompts: 'Title (N stars)'."""
     found = _TARGET.search(sample.input)
-    return f"{found.group(1)} ({stars(sample.rating)})" if found else None
+    if found is None or sample.rating is None:
+        return None
+    return f"{found.group(1)} ({stars(sample.rating)})"
 
 
 def select(

@@ -12,11 +12,15 @@ from pathlib import Path
 from e2urec import __version__
 from e2urec.data import sources
 from e2urec.data.canaries import real, unique
+from e2urec.data.manifest import read_manifest
 from e2urec.data.prompt import KINDS, Template, template_prompts
-from e2urec.data.protocol import Protocol, Splits, make_splits
+from e2urec.data.protocol import Protocol, Splits, make_splits, split_samples
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
 from e2urec.data.sampling import split_stats
+from e2urec.data.sources import PROMPTS
 from e2urec.data.sources.engine import workspace
+from e2urec.data.sources.prompts import checksum as prompts_checksum
+from e2urec.data.sources.prompts import read_prompts
 
 SPLITS = ("train", "valid", "test", "retain", "forget")
 TITLES = "titles.json"
@@ -39,14 +43,30 @@ def prepare(
     which spills to a temporary folder beside `out` beyond it.
     """
     protocol = protocol or Protocol()
+    if dataset == PROMPTS:
+        return _prepare_prompts(out, raw, protocol, loader_options)
     with workspace(out, memory_limit) as db:
         data = sources.load(dataset, raw, db=db, **loader_options)
         splits = make_splits(data, protocol)
         titles = catalogue_titles(data.db)
-    manifest = {
+    manifest = _manifest(dataset, data.files, data.checksum(), protocol, splits)
+    # The text itself, so a deployment builds prompts as these were built, file or not.
+    manifest["template"] = Template.named(protocol.template).describe()
+    catalogue = {
+        "kind": data.kind.noun,
+        "history": protocol.history,
+        "titles": titles,
+        "items": splits.titles,  # what a deployment serves, whatever the prompts look like
+    }
+    write_splits(out, splits, manifest, catalogue)
+    return manifest
+
+
+def _manifest(dataset: str, files, checksum: str, protocol: Protocol, splits: Splits) -> dict:
+    return {
         "dataset": dataset,
-        "raw": [str(p) for p in data.files],
-        "source_checksum": data.checksum(),
+        "raw": [str(p) for p in files],
+        "source_checksum": checksum,
         "protocol": asdict(protocol),
         "counts": {name: len(splits[name]) for name in SPLITS + OPTIONAL},
         "candidates": splits.candidates,
@@ -63,16 +83,36 @@ def prepare(
         },
         "split_stats": {name: split_stats(real(splits[name])) for name in (*SPLITS, "holdout")},
         "canaries": len(unique(splits["train"])),
-        # The text itself, so a deployment builds prompts as these were built, file or not.
-        "template": Template.named(protocol.template).describe(),
         "e2urec_version": __version__,
     }
-    catalogue = {
-        "kind": data.kind.noun,
-        "history": protocol.history,
-        "titles": titles,
-        "items": splits.titles,  # what a deployment serves, whatever the prompts look like
-    }
+
+
+# Protocol options that build prompts: imported prompts are used as they are.
+BUILDING = ("history", "min_history", "canaries", "template")
+
+
+def _prepare_prompts(out, raw, protocol: Protocol, options: dict) -> dict:
+    if raw is None:
+        raise ValueError("prompts: give the file of prompts (--raw FILE)")
+    if options:
+        raise ValueError(f"prompts: unknown option(s) {', '.join(sorted(options))}; it takes: none")
+    default = Protocol()
+    given = [n for n in BUILDING if getattr(protocol, n) != getattr(default, n)]
+    if given:
+        raise ValueError(
+            f"prompts: imported prompts are used as they are, and {', '.join(given)} would "
+            f"build new ones; leave {'them' if len(given) > 1 else 'it'} out"
+        )
+    samples, shows = read_prompts(raw, protocol.answers)
+    kept = samples[-protocol.last :]
+    if len(kept) < 3:
+        raise ValueError(f"{raw}: {len(kept)} record(s); need 3 or more")
+    splits = split_samples(kept, protocol, len(samples))
+    manifest = _manifest(PROMPTS, [raw], prompts_checksum(raw), protocol, splits)
+    # No template: a deployment of these scores prompts as given. Without `history`, no sample
+    # says which ratings its prompt shows, so a deletion of one rating cannot be carried out.
+    manifest.update(template=None, history_items=shows)
+    catalogue = {"kind": None, "history": None, "titles": [], "items": {}}
     write_splits(out, splits, manifest, catalogue)
     return manifest
 
@@ -96,14 +136,24 @@ def template_texts(folder: str | Path) -> list[str]:
         )
     catalogue = json.loads(path.read_text())
     template = read_template(folder)
+    if template is None:
+        raise ValueError(
+            f"{folder} holds imported prompts: no template to train the tiny model's tokenizer "
+            "on; give a model folder instead of tiny"
+        )
     return template_prompts(
         catalogue["titles"], KINDS[catalogue["kind"]], catalogue["history"], template
     )
 
 
-def read_template(folder: str | Path) -> Template:
-    """The template a prepared data folder's prompts were built with."""
-    manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+def read_template(folder: str | Path) -> Template | None:
+    """The template a prepared data folder's prompts were built with; None for imported ones."""
+    return manifest_template(read_manifest(folder))
+
+
+def manifest_template(manifest: dict) -> Template | None:
+    if manifest.get("dataset") == PROMPTS:
+        return None
     return Template.of(manifest.get("template"))
 
 

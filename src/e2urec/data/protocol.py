@@ -31,6 +31,9 @@ class Protocol:
     canary_copies: int = 4  # times each canary is repeated in training
     # How a prompt reads: "paper" (byte for byte), "compact" or a Jinja2 file (data/prompt.py).
     template: str = "paper"
+    # The words the model answers with, Yes first: the first token of each is what is scored.
+    # The prepared files keep "Yes."/"No." as the label whatever these are.
+    answers: tuple[str, ...] = (YES, NO)
 
     def __post_init__(self):
         if self.history < 1:
@@ -58,6 +61,10 @@ class Protocol:
         if self.canaries < 0 or self.canary_copies < 1:
             raise ValueError("canaries must be >= 0 and canary_copies >= 1")
         Template.named(self.template)  # refuses an unknown name or a broken file now
+        if len(self.answers) != 2 or not all(a.strip() for a in self.answers):
+            raise ValueError(f"answers must be two words YES,NO, got {','.join(self.answers)!r}")
+        if self.answers[0].strip() == self.answers[1].strip():
+            raise ValueError(f"answers must differ, got {self.answers[0]!r} twice")
 
 
 @dataclass
@@ -176,6 +183,22 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
             f"only {len(samples)} sample(s) have at least {p.min_history} earlier ratings; "
             "need 3 or more (lower min_history or bring more data)"
         )
+
+    def retarget(sample: Sample, title: str) -> str:
+        at = shown[id(sample)]
+        return template.render(at.history, title, at.profile, data.kind)
+
+    splits = split_samples(samples, p, candidates, (lambda s: shown[id(s)].target, retarget))
+    for s in samples:
+        at = shown[id(s)]
+        splits.titles.update(zip((i for i, _ in s.history), (t for t, _ in at.history)))
+        splits.titles[str(s.item)] = at.target
+    return splits
+
+
+def split_samples(samples: list[Sample], p: Protocol, candidates: int, canaries=None) -> Splits:
+    """Time-ordered samples -> train/valid/test, forgotten users, sample, holdout and (with
+    `canaries`: how to read a prompt's target and render it with another) canaries."""
     n_train = int(len(samples) * p.split[0])
     n_valid = int(len(samples) * p.split[1])
     period = {
@@ -205,31 +228,14 @@ def make_splits(data: Interactions, p: Protocol) -> Splits:
     parts["canary_control"] = []
     split_halves = halves(forgotten, p.seed)
     if p.canaries:
-
-        def retarget(sample: Sample, title: str) -> str:
-            at = shown[id(sample)]
-            return template.render(at.history, title, at.profile, data.kind)
-
-        how = (lambda sample: shown[id(sample)].target, retarget)
-        _add_canaries(parts, split_halves["eval"], p, rng, how)
+        _add_canaries(parts, split_halves["eval"], p, rng, canaries)
     empty = [name for name in ("train", "valid", "test", "retain", "forget") if not parts[name]]
     if empty:
         raise ValueError(
             f"{len(samples)} samples leave the {', '.join(empty)} split(s) empty; "
             "keep more samples (--last, --sample) or change the split/forget ratio"
         )
-    titles = {}
-    for s in samples:
-        at = shown[id(s)]
-        titles.update(zip((i for i, _ in s.history), (t for t, _ in at.history)))
-        titles[str(s.item)] = at.target
-    return Splits(
-        parts=parts,
-        forgotten=forgotten,
-        candidates=candidates,
-        halves=split_halves,
-        titles=titles,
-    )
+    return Splits(parts=parts, forgotten=forgotten, candidates=candidates, halves=split_halves)
 
 
 def _add_canaries(parts: dict, forgotten: list[str], p: Protocol, rng: random.Random, how) -> None:

@@ -20,11 +20,12 @@ class Sample:
     output: str
     user: str
     item: str
-    rating: float
+    rating: float | None  # None: not known (imported prompts may not say)
     timestamp: int
     # The (item, rating) pairs the prompt shows, oldest first: what deletion and the
-    # history_mean rule read, whatever template wrote the prompt's text.
-    history: tuple[tuple[str, float], ...] = ()
+    # history_mean rule read, whatever template wrote the prompt's text. An imported prompt's
+    # pairs have rating None: its file names the items it shows, not how they were rated.
+    history: tuple[tuple[str, float | None], ...] = ()
 
     @property
     def label(self) -> int:
@@ -68,7 +69,7 @@ def read_jsonl(path: str | Path) -> list[Sample]:
                         output=row["output"],
                         user=str(row["user"]),
                         item=str(row["item"]),
-                        rating=float(row["rating"]),
+                        rating=_rating(row["rating"]),
                         timestamp=int(row["timestamp"]),
                         history=_history(row.get("history")),
                     )
@@ -80,11 +81,15 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     return samples
 
 
-def _history(value) -> tuple[tuple[str, float], ...]:
+def _rating(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _history(value) -> tuple[tuple[str, float | None], ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(
         isinstance(p, list) and len(p) == 2 and not isinstance(p[1], bool) for p in value
     ):
         raise ValueError("history must be a list of [item, rating] pairs")
-    return tuple((str(item), float(rating)) for item, rating in value)
+    return tuple((str(item), _rating(rating)) for item, rating in value)

@@ -19,6 +19,8 @@ from e2urec.data.sources.ml100k import load_ml100k
 from e2urec.data.sources.movielens_small import load_movielens_small
 
 Loader = Callable[..., Interactions]
+# Prompts made elsewhere: samples already, read by `prepare` itself (data/sources/prompts.py).
+PROMPTS = "prompts"
 
 LOADERS: dict[str, Loader] = {
     "movielens": load_movielens_small,
@@ -32,7 +34,8 @@ LOADERS: dict[str, Loader] = {
 def load(name: str, raw: str | Path | None = None, db=None, **options) -> Interactions:
     """`db`: the DuckDB connection to load into (default: a new one in memory)."""
     if name not in LOADERS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(LOADERS))}")
+        known = ", ".join(sorted([*LOADERS, PROMPTS]))
+        raise ValueError(f"unknown data set {name!r}; known: {known}")
     # An option meant for another loader (say --titles with ml-1m) is an error, not a TypeError.
     accepted = list(inspect.signature(LOADERS[name]).parameters)[2:]
     unknown = sorted(set(options) - set(accepted))
@@ -45,4 +48,4 @@ def load(name: str, raw: str | Path | None = None, db=None, **options) -> Intera
     return data
 
 
-__all__ = ["LOADERS", "Interactions", "load", "validate"]
+__all__ = ["LOADERS", "PROMPTS", "Interactions", "load", "validate"]
