@@ -53,9 +53,9 @@ def seen(monkeypatch):
     monkeypatch.setattr(e2urec.methods.receraser, "shuffled_batches", batches)
     real_tokenizer = e2urec.model.tiny.train_tokenizer
 
-    def tokenizer(texts, vocab_size):
+    def tokenizer(texts, vocab_size, *answers):
         log["tokenizer"].append(list(texts))
-        return real_tokenizer(texts, vocab_size)
+        return real_tokenizer(texts, vocab_size, *answers)
 
     monkeypatch.setattr(e2urec.model.tiny, "train_tokenizer", tokenizer)
     return log

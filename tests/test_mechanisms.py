@@ -329,9 +329,9 @@ def spy_shard_training(monkeypatch) -> list[tuple[list[Sample], str]]:
     calls = []
     real = e2urec.methods.sisa.train
 
-    def spy(base, samples, valid, out, config):
+    def spy(base, samples, valid, out, config, **options):
         calls.append((list(samples), str(Path(out).resolve())))
-        return real(base, samples, valid, out, config)
+        return real(base, samples, valid, out, config, **options)
 
     monkeypatch.setattr(e2urec.methods.sisa, "train", spy)
     return calls

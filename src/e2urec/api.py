@@ -12,6 +12,7 @@ from e2urec import mia
 from e2urec.config import from_dict
 from e2urec.data import load_splits, template_texts
 from e2urec.data.deletion import DeletionRequest, sample_key, select
+from e2urec.data.manifest import check_interactions, read_answers
 from e2urec.methods import Task, get_method
 from e2urec.metrics import scored_classification
 from e2urec.model import backbone, loader, score
@@ -21,7 +22,7 @@ from e2urec.scorecard import judge, standing
 
 
 def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
-    rec = loader.load(model)
+    rec = loader.load(model)  # a model this package saved: it records its answers
     s = score(rec, samples, batch_size)
     return scored_classification(samples, s)
 
@@ -60,19 +61,24 @@ def _features(rec, samples, batch_size):
     return mia.sample_features(samples, score(rec, samples, batch_size, desc="eval held-out"))
 
 
-def train_recommender(data, out, model: str = "tiny", split: str = "train", options=None) -> dict:
-    """Fine-tune `model` on a prepared split; "tiny" first builds the embedded T5 in out/base."""
+def train_recommender(
+    data, out, model: str = "tiny", split: str = "train", options=None, base=None
+) -> dict:
+    """Fine-tune `model` on a prepared split; "tiny" first builds the embedded T5 in out/base.
+    `base`: the base of `model` when it is a PEFT adapter made elsewhere (`loader.load`)."""
     options = dict(options or {})
     tiny = from_dict(TinyT5, options.pop("tiny", {}), "tiny")
     config = from_dict(TrainConfig, options, "train")
+    loader.check_base(model, base)
     splits = load_splits(data)
+    answers = read_answers(data)
     group = processes()  # under `accelerate launch` only the main process writes
     if model == "tiny":
         model = str(Path(out) / "base")
         if group.is_main_process:
-            build_tiny_t5(template_texts(data), model, tiny)
+            build_tiny_t5(template_texts(data), model, tiny, answers)
         group.wait_for_everyone()
-    report = train(model, splits[split], splits["valid"], out, config)
+    report = train(model, splits[split], splits["valid"], out, config, answers=answers, base=base)
     if group.is_main_process:
         report["test"] = evaluate(out, splits["test"], config.eval_batch_size)
         report["base"] = str(model)
@@ -80,8 +86,10 @@ def train_recommender(data, out, model: str = "tiny", split: str = "train", opti
     return report
 
 
-def unlearn(data, model, out, method: str = "e2urec", options=None) -> dict:
-    """Apply `method` to the trained recommender `model` for the prepared forget set."""
+def unlearn(data, model, out, method: str = "e2urec", options=None, base=None) -> dict:
+    """Apply `method` to the trained recommender `model` for the prepared forget set. `base`:
+    the base of `model` when it is a PEFT adapter made elsewhere (`loader.load`)."""
+    loader.check_base(model, base)
     splits = load_splits(data)
     report = _train_report(model)
     task = Task(
@@ -90,8 +98,9 @@ def unlearn(data, model, out, method: str = "e2urec", options=None) -> dict:
         splits["forget"],
         splits["valid"],
         Path(out),
-        base=report.get("base"),
+        base=report.get("base") or base,
         train_config=from_dict(TrainConfig, report.get("config"), "train"),
+        answers=read_answers(data),
     )
     result = get_method(method, options).unlearn(task)
     summary = {
@@ -113,17 +122,18 @@ def _train_report(model) -> dict:
 FORGET_REPORT = "forget_report.json"
 
 
-def lineage(model) -> dict:
-    """Where `model` comes from: its backbone, training config, and what earlier deletion
-    requests (made with `forget`) already removed from its training data."""
+def lineage(model, base=None) -> dict:
+    """Where `model` comes from: its backbone (for an adapter made elsewhere, `base`), training
+    config, and what earlier deletion requests (made with `forget`) already removed from its
+    training data."""
     earlier = Path(model) / FORGET_REPORT
     if earlier.exists():
         report = json.loads(earlier.read_text())
         return {k: report[k] for k in ("base", "train_config", "removed_keys", "requests")}
     report = _train_report(model)
-    base = report.get("base")
+    recorded = report.get("base")
     return {
-        "base": backbone.resolve(model, base) if base else None,
+        "base": backbone.resolve(model, recorded) if recorded else base,
         "train_config": report.get("config"),
         "removed_keys": [],
         "requests": [],
@@ -140,6 +150,7 @@ def forget(
     options=None,
     history: bool = True,
     evaluate: bool = True,
+    base=None,
 ) -> dict:
     """Apply one deletion request to the trained recommender `model` with `method`.
 
@@ -151,13 +162,17 @@ def forget(
     `latency` in the report: seconds of unlearning and of the whole request (reading the data
     to saving the new model). With `evaluate`, the models before and after are then compared:
     each model's test and attack numbers are computed once and kept beside it (standing.py),
-    so only the forgotten samples are scored for the request.
+    so only the forgotten samples are scored for the request. `base`: the base of `model` when
+    it is a PEFT adapter made elsewhere (`loader.load`).
     """
     start = time.perf_counter()
     out = Path(out)
+    loader.check_base(model, base)
     splits = load_splits(data)
     request = DeletionRequest(tuple(users), tuple(tuple(p) for p in interactions))
-    past = lineage(model)
+    if request.interactions:
+        check_interactions(data)
+    past = lineage(model, base)
     chosen = select(splits["train"], request, map(tuple, past["removed_keys"]), history)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty; give a new folder for the new model")
@@ -170,6 +185,7 @@ def forget(
         out,
         base=past["base"],
         train_config=from_dict(TrainConfig, past["train_config"], "train"),
+        answers=read_answers(data),
     )
     result = unlearner.unlearn(task)
     latency = {
@@ -179,7 +195,9 @@ def forget(
     compared = {}
     if evaluate:
         began = time.perf_counter()
-        after, was = (_judge(m, splits["test"], chosen) for m in (result.model, str(model)))
+        after = _judge(result.model, splits["test"], chosen)
+        original = loader.load(model, base=past["base"], answers=task.answers)
+        was = _judge(original, splits["test"], chosen)
         compared = {**after, "before": was}
         latency["evaluation_seconds"] = round(time.perf_counter() - began, 3)
     report = {
@@ -211,6 +229,7 @@ def forget(
     return report
 
 
-def _judge(model: str, test, chosen) -> dict:
-    rec = loader.load(model)
-    return judge(rec, chosen.forget, standing(model, rec, test, chosen.retain))
+def _judge(model, test, chosen) -> dict:
+    """`model`: a folder this package saved, or the original, already loaded."""
+    rec = loader.load(model) if isinstance(model, str) else model
+    return judge(rec, chosen.forget, standing(rec.path, rec, test, chosen.retain))

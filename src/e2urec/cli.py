@@ -17,7 +17,7 @@ def _protocol(args):
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     values = values.get("protocol", values)
     names = ("history", "min_history", "last", "forget_ratio", "seed", "threshold", "sample")
-    for key in (*names, "holdout", "canaries", "canary_copies", "template"):
+    for key in (*names, "holdout", "canaries", "canary_copies", "template", "answers"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return from_dict(Protocol, values, "protocol")
@@ -25,7 +25,11 @@ def _protocol(args):
 
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="raw data -> prompts -> train/valid/test/retain/forget")
-    p.add_argument("--dataset", default="movielens", help="data set name (default: movielens)")
+    p.add_argument(
+        "--dataset",
+        default="movielens",
+        help="data set name (default: movielens); prompts: your own prompts (README)",
+    )
     p.add_argument("--raw", help="raw file or folder (the default data set needs none)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML file with protocol options")
@@ -46,6 +50,11 @@ def add_prepare(sub) -> None:
     p.add_argument(
         "--template",
         help="prompt template: paper (default), compact, or a Jinja2 file (README: templates)",
+    )
+    p.add_argument(
+        "--answers",
+        metavar="YES,NO",
+        help='the words the model answers with (default "Yes.,No."): their first tokens are scored',
     )
     p.add_argument(
         "--memory-limit",
@@ -78,6 +87,15 @@ def run_prepare(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _base_option(p) -> None:
+    p.add_argument(
+        "--base",
+        metavar="FOLDER",
+        help="for a PEFT adapter folder made elsewhere: the model it sits on, in place of the "
+        "base_model_name_or_path its adapter_config.json records",
+    )
+
+
 def _overrides(pairs: list[str] | None) -> dict:
     """`section.key=value` pairs -> nested dict (values are checked by the dataclasses)."""
     nested: dict = {}
@@ -104,6 +122,7 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a backbone into the recommender (or Retrain)")
     p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
     p.add_argument("--model", default="tiny", help="backbone folder or hub name; 'tiny' builds one")
+    _base_option(p)
     p.add_argument("--split", default="train", choices=["train", "retain"], help="retain = Retrain")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--config", help="YAML file with training options")
@@ -116,7 +135,7 @@ def run_train(args) -> None:
     from e2urec.model.train import processes
 
     options = _options(args)
-    report = train_recommender(args.data, args.out, args.model, args.split, options)
+    report = train_recommender(args.data, args.out, args.model, args.split, options, args.base)
     if processes().is_main_process:
         print(json.dumps({k: report[k] for k in ("test", "seconds", "trainable_params")}, indent=2))
 
@@ -125,6 +144,7 @@ def add_unlearn(sub) -> None:
     p = sub.add_parser("unlearn", help="make a trained recommender forget the prepared forget set")
     p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
     p.add_argument("--model", required=True, help="the trained recommender's folder")
+    _base_option(p)
     p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
     p.add_argument("--out", required=True, help="output folder (adapter or model + report)")
     p.add_argument("--config", help="YAML file with the method's options")
@@ -136,7 +156,7 @@ def run_unlearn(args) -> None:
     from e2urec.api import unlearn
 
     options = _options(args)
-    result = unlearn(args.data, args.model, args.out, args.method, options)
+    result = unlearn(args.data, args.model, args.out, args.method, options, args.base)
     print(json.dumps({k: result[k] for k in ("method", "model", "seconds", "forget")}, indent=2))
 
 
@@ -144,6 +164,7 @@ def add_forget(sub) -> None:
     p = sub.add_parser("forget", help="apply one deletion request (users or interactions)")
     p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
     p.add_argument("--model", required=True, help="the trained (or already unlearned) model")
+    _base_option(p)
     p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
     p.add_argument("--users", help="comma-separated user ids: all their train samples go")
     p.add_argument("--interactions", help="CSV with columns user,item: those samples go")
@@ -184,6 +205,7 @@ def run_forget(args) -> None:
         options,
         args.history,
         args.evaluate,
+        args.base,
     )
     keys = (
         "method",
@@ -276,6 +298,7 @@ def add_init(sub) -> None:
     p = sub.add_parser("init", help="create a deployment: live data, model versions, ledger")
     p.add_argument("--data", required=True, help="folder written by `e2urec prepare`")
     p.add_argument("--model", required=True, help="the trained recommender's folder")
+    _base_option(p)
     p.add_argument("--out", required=True, help="new deployment folder")
     p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
     p.add_argument("--config", help="YAML file with the method's options (and a verify: section)")
@@ -299,7 +322,9 @@ def run_init(args) -> None:
     from e2urec.deploy import init
 
     options = _options(args)
-    made = init(args.data, args.model, args.out, args.method, options, args.key_file, args.exact)
+    made = init(
+        args.data, args.model, args.out, args.method, options, args.key_file, args.exact, args.base
+    )
     print(json.dumps(made, indent=2))
 
 

@@ -24,6 +24,7 @@ class Bench:
     dataset: str = "movielens"
     raw: str | None = None
     model: str = "tiny"  # "tiny" builds the embedded T5; otherwise a folder or hub name
+    base: str | None = None  # the base `model` sits on, when it is a PEFT adapter from elsewhere
     methods: tuple[str, ...] = ("retrain", "e2urec")
     eval_batch_size: int = 64
     protocol: Protocol = field(default_factory=Protocol)

@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from e2urec.bench.evaluation import EvalSets, Rows, evaluate, history_mean_scorer, model_scorer
+from e2urec.bench.evaluation import (
+    EvalSets,
+    Rows,
+    evaluate,
+    history_mean_scorer,
+    model_scorer,
+    shows_ratings,
+)
 from e2urec.bench.resumable import local_inputs, stage
 from e2urec.metrics import closeness, distances, forget_quality, jsd_verdict
 from e2urec.mia import privleak
+from e2urec.model import loader
 
 if TYPE_CHECKING:
     from e2urec.bench.config import Bench
@@ -39,7 +47,8 @@ def evaluate_all(
             folder = root / name
             metrics, dists[name] = evaluate_row(model, sets, bench, folder, bool(cache), bottom)
             rows[name].update(metrics)
-        if "original" in models:  # a full run (not a sequential step): the reference rule too
+        # A full run (not a sequential step): the reference rule too, where it has ratings to read.
+        if "original" in models and shows_ratings(sets.test):
             rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
             rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
         against_retrain(rows, dists, [s.user for s in sets.forget], bench.mia_seed)
@@ -74,7 +83,8 @@ def evaluate_row(
     the backbone's runs only its top layers from the stored states, as it was trained."""
 
     def work(out: Path) -> dict:  # loads the model only when the stage must run
-        scorer = model_scorer(model, bench.eval_batch_size, bottom)
+        rec = loader.load(model, answers=bench.protocol.answers)
+        scorer = model_scorer(rec, bench.eval_batch_size, bottom)
         metrics, forget = evaluate(scorer, sets, bench.mia_seed, out / FORGET_DIST)
         np.savez(out / FORGET, **{k: v for k, v in forget.items() if k != "dist"})
         return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from e2urec.data.canaries import real
 from e2urec.data.deletion import DeletionRequest, sample_key, select, split_users
 from e2urec.memory import keep_freed_memory
 from e2urec.methods import METHODS, Task, get_method
-from e2urec.model import frozen
+from e2urec.model import frozen, loader
 from e2urec.model.frozen import FILE as BOTTOM_FILE
 from e2urec.model.frozen import StoredBottom
 from e2urec.model.tiny import build_tiny_t5
@@ -144,6 +145,7 @@ class Run:
         return Task(
             self.original, s["retain"], s["forget"], s["valid"], self.out / "methods" / row,
             base=self.base, train_config=config, bottom_cache=cache,
+            answers=tuple(self.manifest["protocol"]["answers"]),
         )  # fmt: skip
 
     def backbone_inputs(self) -> list:
@@ -184,15 +186,28 @@ def setup(bench: Bench, out: Path, original: bool = True) -> Run:
         base = str(out / "base")
 
         def build(folder: Path) -> None:
-            build_tiny_t5(template_texts(data), folder, bench.tiny)
+            build_tiny_t5(template_texts(data), folder, bench.tiny, bench.protocol.answers)
 
         stage(base, asdict(bench.tiny), [data], build)
+    elif bench.base is not None:  # an adapter made elsewhere, described once as `init` does
+        loader.check_base(bench.model, bench.base)
+        base = str(out / "backbone")
+
+        def describe(folder: Path) -> None:
+            shutil.copytree(bench.model, folder, dirs_exist_ok=True)
+            loader.describe(folder, bench.base, bench.protocol.answers)
+
+        inputs = [bench.model, *local_inputs(bench.base)]
+        stage(base, {"base": bench.base, "answers": bench.protocol.answers}, inputs, describe)
 
     bottom = setup_bottom(bench, data, splits, base)
     cache = str(bottom / BOTTOM_FILE) if bottom else None
 
     def train_original(folder: Path) -> dict:
-        report = train(base, splits["train"], splits["valid"], folder, bench.train, cache)
+        report = train(
+            base, splits["train"], splits["valid"], folder, bench.train, cache,
+            bench.protocol.answers,
+        )  # fmt: skip
         _record_base(folder, base)
         row = _row(report["seconds"], report["trainable_params"], report["peak_rss_mb"])
         return {**row, "epochs_run": _epochs_run(folder)}
@@ -227,7 +242,8 @@ def setup_bottom(bench: Bench, data: Path, splits: dict, base: str) -> Path | No
     def work(folder: Path) -> dict:
         samples = [s for name in sorted(splits) for s in splits[name]]
         args = (bench.train.top_layers, bench.train.bottom_dtype, folder / BOTTOM_FILE)
-        return {"states": frozen.store(base, samples, *args, bench.train.eval_batch_size)}
+        size = bench.train.eval_batch_size
+        return {"states": frozen.store(base, samples, *args, size, bench.protocol.answers)}
 
     stage(folder, config, [data, *local_inputs(base)], work)
     return folder
@@ -304,6 +320,7 @@ def run_sequential(bench: Bench, run: Run) -> dict:
             task = Task(
                 latest[name], chosen.retain, chosen.forget, splits["valid"],
                 out / "sequential" / name / f"step-{step}", base=run.base, train_config=bench.train,
+                answers=bench.protocol.answers,
             )  # fmt: skip
             result = get_method(name, bench.method_options.get(name)).unlearn(task)
             latest[name] = result.model

@@ -221,6 +221,7 @@ def _purged_digests(layout: Layout, eraser: Eraser) -> dict[str, str]:
 def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list]:
     """The unlearning task on the live version and data, and the held-out samples (their
     file's name too) for verification, without any the requests erase."""
+    from e2urec.data.manifest import read_answers
     from e2urec.methods import Task
     from e2urec.model.train import TrainConfig
 
@@ -239,6 +240,7 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
         layout.models / f".staging-{uuid.uuid4().hex[:8]}",
         base=base_path(layout, config),
         train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
+        answers=read_answers(data),
     )
     return task, held_name, holdout
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from e2urec.config import from_dict
 from e2urec.data.canaries import real
 from e2urec.data.deletion import target_title
+from e2urec.data.manifest import read_answers
 from e2urec.data.prepare import TITLES, load_splits
 from e2urec.deploy import integrity
 from e2urec.deploy.folder import Keyer, Layout, key_folder, read_key, tree_hash, write_atomic
@@ -31,7 +32,9 @@ from e2urec.deploy.purge import read_split
 LEAKY = ("forget_report.json",)
 
 
-def init(data, model, out, method: str = "e2urec", options=None, key_file=None, exact=None) -> dict:
+def init(
+    data, model, out, method: str = "e2urec", options=None, key_file=None, exact=None, base=None
+) -> dict:
     """Create the deployment folder `out` from a prepared data folder and a trained model;
     returns `status`. `options` holds the method's options and, under "verify", the
     verification bounds (`e2urec.deploy.verification.Bounds`); `apply` uses them unless told
@@ -39,7 +42,10 @@ def init(data, model, out, method: str = "e2urec", options=None, key_file=None, 
     one a new key is made in `folder.key_folder()` (mode 0600), outside the deployment.
     `exact` ("apa"): two-phase deletions; the exact method's model is trained now from the
     backbone the model was trained from (its options under `options[exact]`) and served as v1,
-    and each request is carried out approximately (`method`), then exactly (`exact_phase`)."""
+    and each request is carried out approximately (`method`), then exactly (`exact_phase`).
+    `base`: the model a PEFT adapter made elsewhere sits on (`model.loader.load`)."""
+    from e2urec.model import loader
+
     data, model, out = Path(data), Path(model), Path(out)
     if key_file is not None:
         key_file = Path(key_file).resolve()
@@ -49,6 +55,7 @@ def init(data, model, out, method: str = "e2urec", options=None, key_file=None, 
     splits = load_splits(data)
     if not model.is_dir():
         raise FileNotFoundError(f"{model}: no such model folder")
+    loader.check_base(model, base)
     check_weights(model)
     leaky = [name for name in LEAKY if (model / name).exists()]
     if leaky:
@@ -67,7 +74,8 @@ def init(data, model, out, method: str = "e2urec", options=None, key_file=None, 
     try:
         if key_file is None:
             key_file = made = _new_key()
-        _build(Layout(tmp), data, model, {**settings, "key_file": str(key_file)}, splits["train"])
+        settings = {**settings, "key_file": str(key_file)}
+        _build(Layout(tmp), data, model, settings, splits["train"], base)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -130,14 +138,14 @@ def _settings(method: str, options: dict, exact: str | None = None) -> dict:
     return {"method": method, "options": options, "verify": asdict(bounds), **more}
 
 
-def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list) -> None:
+def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list, base) -> None:
     shutil.copytree(data, layout.data)
     v0 = layout.version("v0")
-    _copy_model(model, v0)
+    adapter_base = _copy_model(model, v0, base, read_answers(data))
     report = _train_report(model)
     config = {
         **settings,
-        "base": _locate_base(model, report.get("base")),
+        "base": _locate_base(model, report.get("base")) or adapter_base,
         "train_config": report.get("config"),
     }
     write_atomic(layout.config_file, json.dumps(config, indent=2) + "\n")
@@ -187,12 +195,17 @@ def _train_report(model: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _copy_model(src: Path, dst: Path) -> None:
+def _copy_model(src: Path, dst: Path, base: str | None, answers) -> str | None:
     """Copy a model folder; what it builds on (an adapter's base, an ensemble's shards) outside
-    the folder is then named by absolute path, as the relative one no longer leads there."""
-    from e2urec.model import backbone
+    the folder is then named by absolute path, as the relative one no longer leads there. A
+    model made elsewhere gets the `e2urec.json` this package's own carry (its answer words, an
+    adapter's base), so every later load and the ledger's check read it alike; returns that
+    adapter's base."""
+    from e2urec.model import backbone, loader
 
     shutil.copytree(src, dst)
+    if not backbone.read_meta(src):
+        return loader.describe(dst, base, answers)
     meta, was = backbone.read_meta(dst), backbone.read_meta(dst)
 
     def outside(name: str) -> str:
@@ -202,10 +215,13 @@ def _copy_model(src: Path, dst: Path) -> None:
 
     if meta.get("kind") == "lora":
         meta["base"] = outside(meta["base"])
+        if meta.get("peft_base"):
+            meta["peft_base"] = outside(meta["peft_base"])
     if meta.get("kind") == "ensemble":
         meta["shards"] = [outside(s) for s in meta["shards"]]
     if meta != was:
         (dst / backbone.META).write_text(json.dumps(meta, indent=2) + "\n")
+    return None
 
 
 def _locate_base(model: Path, base: str | None) -> str | None:

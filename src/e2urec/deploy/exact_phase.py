@@ -59,13 +59,15 @@ def keyed(keyer: Keyer, samples: list[Sample]) -> list[Sample]:
 
 def train_first(layout: Layout, base: str, train_config: dict | None, options: dict) -> dict:
     """The APA model `init` serves (models/v1), trained from the backbone on the live data."""
+    from e2urec.data.manifest import read_answers
     from e2urec.methods.apa import train_apa
     from e2urec.model.train import TrainConfig
 
     keyer = layout.keyer()
     train, valid = (keyed(keyer, read_split(layout.data / f"{n}.jsonl")) for n in ("train", "valid"))  # fmt: skip
     config = from_dict(TrainConfig, train_config, "train")
-    return train_apa(base, train, valid, layout.version("v1"), config, options)
+    answers = read_answers(layout.data)
+    return train_apa(base, train, valid, layout.version("v1"), config, options, answers=answers)
 
 
 def last_exact(rows: list[dict]) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from e2urec.data.deletion import DeletionRequest, listing, select, unknown
+from e2urec.data.manifest import check_interactions
 from e2urec.deploy.apply_loop import locked
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.ledger import CANCELLED, Ledger, request_views, states, versions
@@ -39,6 +40,8 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
         try:
             if not users and not pairs:
                 raise Refused("empty", "a deletion request needs users or (user, item) pairs")
+            if pairs:
+                _needs_history(layout.data)
             req = DeletionRequest(users, pairs)
             train = read_split(layout.data / "train.jsonl")
             _refuse(layout, ledger, req, train)
@@ -66,6 +69,13 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
         }
         ledger.append([event], add_pending=(rid, body))
     return rid
+
+
+def _needs_history(data: Path) -> None:
+    try:
+        check_interactions(data)
+    except ValueError as err:
+        raise Refused("no history", str(err)) from None
 
 
 def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -> None:

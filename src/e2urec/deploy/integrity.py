@@ -130,6 +130,7 @@ def chain(layout: Layout, folder: Path) -> list[dict]:
 
     meta = backbone.read_meta(folder)
     names = [meta["base"]] if meta.get("kind") in ("lora", "apa") else []
+    names += [meta["peft_base"]] if meta.get("peft_base") else []  # its base's own base
     names += meta.get("shards", []) if meta.get("kind") in ("ensemble", "apa") else []
     found = []
     for name in names:

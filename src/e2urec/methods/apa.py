@@ -37,7 +37,7 @@ import numpy as np
 
 from e2urec.config import from_dict
 from e2urec.data.deletion import sample_key
-from e2urec.data.sample import Sample
+from e2urec.data.sample import NO, YES, Sample
 from e2urec.methods.base import Method, MethodConfig, Task
 from e2urec.methods.receraser import balanced_homes
 from e2urec.model import apa, backbone, loader
@@ -78,13 +78,14 @@ class Apa(Method):
     def run(self, task: Task) -> tuple[str, int, dict]:
         if task.base is None:
             raise ValueError("apa trains adapters on the backbone: it needs task.base")
-        homes = self.assign(task.base, task.retain + task.forget, task.valid)
+        homes = self.assign(task.base, task.retain + task.forget, task.valid, task.answers)
         affected = sorted({homes[s.user] for s in task.forget})
         start = time.perf_counter()
         gone = {s.user for s in task.forget}
         shards = Shards(
-            self, task.base, task.train_config, homes, task.out, gone, task.bottom_cache
-        )
+            self, task.base, task.train_config, homes, task.out, gone, task.bottom_cache,
+            task.answers,
+        )  # fmt: skip
         shards.fit(task.retain, task.valid, skip=affected)
         before = time.perf_counter() - start
         start = time.perf_counter()  # the deletion request arrives
@@ -98,13 +99,15 @@ class Apa(Method):
         }
         return str(task.out), params, info
 
-    def assign(self, base: str, samples: list[Sample], valid: list[Sample]) -> dict[str, int]:
+    def assign(
+        self, base: str, samples: list[Sample], valid: list[Sample], answers=None
+    ) -> dict[str, int]:
         """Each user's shard, from their train and valid samples."""
         counts = Counter(s.user for s in samples + valid)
         c = self.config
         if c.partition == "balanced":
             return balanced_homes(counts, c.shards, c.seed)
-        return kmeans_homes(base, samples + valid, counts, c.shards, c.seed)
+        return kmeans_homes(base, samples + valid, counts, c.shards, c.seed, answers)
 
 
 class Shards:
@@ -120,8 +123,10 @@ class Shards:
         out: Path,
         gone: set,
         bottom_cache: str | None = None,
+        answers: tuple[str, str] | None = None,  # the data's answer words
     ):
         self.method, self.base, self.homes, self.out = method, base, homes, Path(out)
+        self.answers = tuple(answers or (YES, NO))
         self.config, self.gone, self.bottom_cache = replace(config, lora=True), gone, bottom_cache
         self.dirs: dict[int, Path] = {}
         self.columns: dict[int, np.ndarray] = {}  # each adapter's losses on the pool
@@ -155,7 +160,9 @@ class Shards:
             folder = self.out / f"shard_{shard}"
             config = replace(self.config, seed=self.config.seed + shard)
             stored = {"bottom_cache": self.bottom_cache} if self.bottom_cache else {}
-            report = train(self.base, rows, mine_valid, folder, config, **stored)
+            report = train(
+                self.base, rows, mine_valid, folder, config, answers=self.answers, **stored
+            )
             self.dirs[shard] = folder
             pool = self.pool(valid)
             self.columns[shard] = self._pool_losses(loader.load(folder), pool)
@@ -184,7 +191,7 @@ class Shards:
             raise ValueError("every shard held only forgotten users: nothing is left to train")
         pool = self.pool(valid)
         order = sorted(self.dirs)
-        keys = apa.sample_keys(loader.load(self.base), pool)
+        keys = apa.sample_keys(loader.load(self.base, answers=self.answers), pool)
         arrays = apa.pool_arrays(
             keys, [self.columns[s] for s in order], [sample_key(s) for s in pool]
         )
@@ -192,31 +199,34 @@ class Shards:
         apa.save_apa(
             self.out, self.base, [self.dirs[s] for s in order], pool=arrays,
             neighbours=c.neighbours, temperature=c.temperature, method="apa",
+            answers=list(self.answers),
             config=asdict(c), train=asdict(self.config),
             homes={u: h for u, h in self.homes.items() if u not in self.gone},
         )  # fmt: skip
 
 
 def train_apa(
-    base: str, samples, valid, out, config: TrainConfig, options=None, homes=None
+    base: str, samples, valid, out, config: TrainConfig, options=None, homes=None, answers=None
 ) -> dict:
     """An APA model trained from the backbone `base` on `samples` into `out` (`options`: an
     ApaConfig mapping); `homes` fixes the users' shards (a stored assignment), else they are
     dealt here. Returns the shards' sizes and trainable parameters."""
     method = Apa(from_dict(ApaConfig, options, where="apa"))
-    homes = homes or method.assign(base, samples, valid)
-    shards = Shards(method, base, config, homes, Path(out), gone=set())
+    homes = homes or method.assign(base, samples, valid, answers)
+    shards = Shards(method, base, config, homes, Path(out), gone=set(), answers=answers)
     params = shards.fit(samples, valid)
     shards.save(valid)
     return {"trainable_params": params, "shard_sizes": shards.sizes(samples)}
 
 
-def kmeans_homes(base: str, samples: list[Sample], counts: Counter, shards: int, seed: int) -> dict:
+def kmeans_homes(
+    base: str, samples: list[Sample], counts: Counter, shards: int, seed: int, answers=None
+) -> dict:
     """Users grouped by k-means on the mean key of their prompts (from the backbone), each
     placed in its nearest group with room (at most 1.1x an equal share of samples)."""
     from sklearn.cluster import KMeans
 
-    rec = loader.load(base)
+    rec = loader.load(base, answers=answers)
     keys = apa.sample_keys(rec, samples).numpy()
     users = sorted(counts)
     index = {u: i for i, u in enumerate(users)}
@@ -264,7 +274,7 @@ def forget(model: str | Path, users, train_samples, valid, out: str | Path, shar
     config = from_dict(TrainConfig, meta["train"], where=f"{model}/e2urec.json")
     # Valid samples of users an earlier request forgot (not in `homes`) stay out too.
     gone = users | {s.user for s in valid if s.user not in homes}
-    shards = Shards(method, base, config, homes, Path(out), gone)
+    shards = Shards(method, base, config, homes, Path(out), gone, answers=meta.get("answers"))
     start = time.perf_counter()
     shards.fit(train_samples, valid, only=affected)
     old = apa.read_pool(model)

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from e2urec.config import check_training
-from e2urec.data.sample import Sample
+from e2urec.data.sample import NO, YES, Sample
 from e2urec.memory import PeakMemory
 from e2urec.model import backbone, loader
 from e2urec.model.frozen import BottomStates, bottom_source, split, stored, top_indices, tune_top
@@ -85,6 +85,7 @@ class Task:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     # The frozen bottom's stored states of the backbone (train_config.top_layers), if any.
     bottom_cache: str | None = None
+    answers: tuple[str, str] = (YES, NO)  # the data's answer words (its manifest's)
 
     def retained_valid(self) -> list[Sample]:
         """Valid samples of users with nothing in the forget set: what an exact method may
@@ -270,7 +271,8 @@ class LossMethod(Method):
         return rec.model.requires_grad_(True)  # a merged LoRA recommender loads frozen
 
     def run(self, task: Task) -> tuple[str, int, dict]:
-        self.rec = loader.load(task.original)
+        # An original that is an adapter made elsewhere sits on the backbone (its `--base`).
+        self.rec = loader.load(task.original, base=task.base, answers=task.answers)
         self.states = self.frozen_bottom(task, self.rec)
         # The recommendation loss as the original was trained on it: its loss tokens (a SmolLM2
         # original learned the Yes/No token alone; its untrained format tokens would dominate

@@ -15,7 +15,8 @@ class Retrain(Method):
             raise ValueError("retrain needs the backbone the original was trained from (task.base)")
         config = task.train_config
         report = train(
-            task.base, task.retain, task.retained_valid(), task.out, config, task.bottom_cache
-        )
+            task.base, task.retain, task.retained_valid(), task.out, config, task.bottom_cache,
+            task.answers,
+        )  # fmt: skip
         info = {k: report[k] for k in ("epochs_run", "best_epoch")}
         return str(task.out), report["trainable_params"], info

@@ -92,5 +92,6 @@ class Sisa(Method):
         config = replace(base, epochs=epochs, seed=base.seed + shard)
         out = task.out / f"shard_{shard}"
         stored = {"bottom_cache": task.bottom_cache} if task.bottom_cache else {}
-        report = train(task.base, samples, task.retained_valid(), out, config, **stored)
+        valid = task.retained_valid()
+        report = train(task.base, samples, valid, out, config, answers=task.answers, **stored)
         return str(out), report["trainable_params"], report["epochs_run"]

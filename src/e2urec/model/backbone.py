@@ -33,6 +33,11 @@ class Recommender:
     yes_id: int
     no_id: int
     path: str
+    # The words it answers with, Yes first; samples keep "Yes."/"No." as their label.
+    answers: tuple[str, str] = (YES, NO)
+    # Where a PEFT adapter made elsewhere was loaded from its own record or `--base`: an
+    # adapter saved on top of this model records it, so that it loads again without `--base`.
+    adapter_base: str | None = None
     # Token ids per text, filled by `scoring.token_ids`: each prompt is tokenised once per run.
     tokens: dict = field(default_factory=dict, repr=False)
 
@@ -69,7 +74,12 @@ def is_seq2seq(config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-def wrap(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str) -> Recommender:
+def wrap(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str,
+    answers: tuple[str, str] = (YES, NO),
+) -> Recommender:
     seq2seq = is_seq2seq(model.config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -77,13 +87,19 @@ def wrap(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str) 
     tokenizer.truncation_side = "left"
     if not seq2seq:
         tokenizer.padding_side = "left"
-    yes, no = answer_token(tokenizer, YES, seq2seq), answer_token(tokenizer, NO, seq2seq)
+    yes, no = (answer_token(tokenizer, a, seq2seq) for a in answers)
     if yes == no:
-        raise ValueError(f"{path}: 'Yes.' and 'No.' start with the same token; cannot score them")
-    return Recommender(model, tokenizer, seq2seq, yes, no, path)
+        token = tokenizer.convert_ids_to_tokens(yes)
+        raise ValueError(
+            f"{path}: the answers {answers[0]!r} and {answers[1]!r} both start with the token "
+            f"{token!r}, and the first token is what is scored; choose answers that differ there"
+        )
+    return Recommender(model, tokenizer, seq2seq, yes, no, path, tuple(answers))
 
 
-def load_checkpoint(path: str, dtype: torch.dtype = torch.float32) -> Recommender:
+def load_checkpoint(
+    path: str, dtype: torch.dtype = torch.float32, answers: tuple[str, str] = (YES, NO)
+) -> Recommender:
     """A full checkpoint folder (or a hub name in the local cache); `model.loader.load` reads
     every kind of model folder."""
     try:
@@ -95,7 +111,7 @@ def load_checkpoint(path: str, dtype: torch.dtype = torch.float32) -> Recommende
     # assessments) otherwise stays on the CPU of a GPU machine.
     model = to_device(cls.from_pretrained(path, dtype=dtype, attn_implementation=attention(config)))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return wrap(model, tokenizer, path)
+    return wrap(model, tokenizer, path, answers)
 
 
 def read_meta(path: str | Path) -> dict:
@@ -118,10 +134,13 @@ def save(
     model.save_pretrained(out)
     rec.tokenizer.save_pretrained(out)
     meta = {"kind": "lora" if hasattr(model, "peft_config") else "full", **info}
+    meta["answers"] = list(rec.answers)
     if meta["kind"] == "lora":
         if base is None:
             raise ValueError("an adapter needs the folder of the model it sits on")
         meta["base"] = _relative(base, out)
+        if rec.adapter_base is not None:  # `base` is an adapter made elsewhere
+            meta["peft_base"] = _relative(rec.adapter_base, out)
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -276,7 +276,7 @@ class StoredBottom:
         if any(isinstance(m, Router) for member in members for m in member.modules()):
             return None
         start = split(members[0], self.top_layers)
-        backbone = loader.load(self.base)
+        backbone = loader.load(self.base, answers=rec.answers)
         theirs = _bottom_weights(backbone.model, start)
         for member in members:
             ours = _bottom_weights(member, start)
@@ -311,11 +311,20 @@ def _save(states: dict, path: str | Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def store(model: str, samples: list[Sample], top_layers: int, dtype: str, path, batch_size=16):
+def store(
+    model: str,
+    samples: list[Sample],
+    top_layers: int,
+    dtype: str,
+    path,
+    batch_size=16,
+    answers=None,
+):
     """Compute the bottom's states of `samples` below the top `top_layers` layers of `model` (a
-    backbone folder or name) and save them to `path`; returns how many were stored."""
+    backbone folder or name; `answers`: the data's answer words, which a causal LM's inputs end
+    with) and save them to `path`; returns how many were stored."""
 
-    rec = loader.load(model)
+    rec = loader.load(model, answers=answers)
     states = BottomStates(rec, split(rec.model, top_layers), dtype)
     states.fill(rec.model, samples, batch_size)
     states.save(path)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from e2urec.data.sample import Sample
+from e2urec.data.sample import NO, YES, Sample
 from e2urec.model.backbone import Recommender
 
 MAX_LENGTH = 512
@@ -33,7 +33,8 @@ class AnswerLogits:
 
 
 def token_ids(rec: Recommender, texts: list[str], kind: str = "prompt") -> list[np.ndarray]:
-    """Token ids of prompts (or answers, `kind="answer"`), each text tokenised once per run.
+    """Token ids of prompts (or answers, `kind="answer"`: the labels "Yes."/"No.", in
+    `rec.answers`' words), each text tokenised once per run.
 
     Ids are kept as int32 arrays: 60,000 prompts of ~150 tokens take ~36 MB.
     """
@@ -41,12 +42,15 @@ def token_ids(rec: Recommender, texts: list[str], kind: str = "prompt") -> list[
     missing = [t for t in dict.fromkeys(texts) if t not in cache]
     if missing:
         tok = rec.tokenizer
+        # Answers come as the labels "Yes."/"No." and are written in the model's own words.
+        words = dict(zip((YES, NO), rec.answers))
         if kind == "prompt":
             rows = tok(missing, truncation=True, max_length=MAX_LENGTH)["input_ids"]
         elif rec.seq2seq:
-            rows = tok(missing)["input_ids"]
+            rows = tok([words.get(a, a) for a in missing])["input_ids"]
         else:  # a causal LM continues the prompt: " Yes." and then end of sequence
-            rows = tok([" " + a for a in missing], add_special_tokens=False)["input_ids"]
+            said = [" " + words.get(a, a) for a in missing]
+            rows = tok(said, add_special_tokens=False)["input_ids"]
             rows = [r + [tok.eos_token_id] for r in rows]
         cache.update((t, np.asarray(r, dtype=np.int32)) for t, r in zip(missing, rows))
     return [cache[t] for t in texts]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from e2urec.data.sample import NO, YES
 from e2urec.model.backbone import Recommender, save, wrap
 from e2urec.model.tokenizer import train_tokenizer
 
@@ -33,10 +34,16 @@ class TinyT5:
             raise ValueError(f"tiny T5 dropout must be in [0, 1), got {self.dropout}")
 
 
-def build_tiny_t5(texts: list[str], out: str | Path, size: TinyT5 | None = None) -> Recommender:
-    """Train a tokenizer on `texts`, build a randomly initialised T5, save both to `out`."""
+def build_tiny_t5(
+    texts: list[str],
+    out: str | Path,
+    size: TinyT5 | None = None,
+    answers: tuple[str, str] = (YES, NO),
+) -> Recommender:
+    """Train a tokenizer on `texts` and the `answers`, build a randomly initialised T5, save
+    both to `out`."""
     size = size or TinyT5()
-    tokenizer = train_tokenizer(texts, size.vocab_size)
+    tokenizer = train_tokenizer(texts, size.vocab_size, answers)
     config = T5Config(
         vocab_size=len(tokenizer),
         d_model=size.d_model,
@@ -53,6 +60,6 @@ def build_tiny_t5(texts: list[str], out: str | Path, size: TinyT5 | None = None)
     )
     torch.manual_seed(size.seed)
     model = T5ForConditionalGeneration(config)
-    rec = wrap(model, tokenizer, str(out))
+    rec = wrap(model, tokenizer, str(out), answers)
     save(rec, model, out, base=None, built_from="TinyT5", size=size.__dict__)
     return rec

@@ -8,6 +8,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
+from e2urec.data.sample import NO, YES
+
 SPECIALS = ["<pad>", "</s>", "<unk>"]
 # Words keep their leading space as "▁" (T5's own Metaspace scheme), so BPE merges across
 # punctuation ("▁(1995)", "▁stars)',"): demo prompts take ~132 tokens instead of ~214 when
@@ -21,15 +23,17 @@ PRE_TOKENIZER = pre_tokenizers.Sequence(
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
-    """BPE over Metaspace words; "Yes" and "No" are kept as whole tokens."""
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4000, answers: tuple[str, str] = (YES, NO)
+) -> PreTrainedTokenizerFast:
+    """BPE over Metaspace words and the `answers`; "Yes" and "No" are kept as whole tokens."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = PRE_TOKENIZER
     tok.decoder = decoders.Metaspace(prepend_scheme="never")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False
     )
-    tok.train_from_iterator(list(texts) + ["Yes.", "No."] * 100, trainer=trainer)
+    tok.train_from_iterator(list(texts) + list(answers) * 100, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )

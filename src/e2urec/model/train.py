@@ -246,14 +246,17 @@ def train(
     out: str | Path,
     config: TrainConfig | None = None,
     bottom_cache: str | Path | None = None,
+    answers: tuple[str, str] | None = None,
+    base: str | None = None,
 ) -> dict:
     """Fine-tune `model` on `train_samples` until the valid loss (or AUC, `select_by`) has not
     improved for `patience` epochs (at most `epochs`); the best epoch is kept in `out`.
     With `config.top_layers`, the frozen bottom's states are read from `bottom_cache` (a file)
-    when it exists, and the ones computed here are added to it."""
+    when it exists, and the ones computed here are added to it. `answers` and `base` are
+    `loader.load`'s: the data's answer words, and the base of an adapter made elsewhere."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
-    rec = loader.load(model)
+    rec = loader.load(model, base=base, answers=answers)
     state = processes()
     lora = (config.lora_rank, config.lora_alpha, config.lora_dropout)
     if config.top_layers:
