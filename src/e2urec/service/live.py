@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2urec import deploy as deployment
+from e2urec.data.prepare import manifest_template
 from e2urec.data.prompt import BOOK, MOVIE, ItemKind, Template
 from e2urec.model import loader
 from e2urec.model.backbone import Recommender
@@ -20,10 +21,11 @@ KINDS = {"movie": MOVIE, "book": BOOK}
 
 @dataclass(frozen=True)
 class Catalogue:
-    kind: ItemKind
+    kind: ItemKind | None
     titles: dict[str, str]  # item id -> title
     history: int  # items a prompt shows (the K the model was trained with)
-    template: Template  # how the live data's prompts were built
+    # How the live data's prompts were built; None: imported as they were, scored as given.
+    template: Template | None
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,15 @@ class Live:
 def read_catalogue(deploy: str | Path) -> Catalogue:
     file = Path(deploy) / "catalogue.json"
     data = json.loads(file.read_text(encoding="utf-8"))
-    if data.get("kind") not in KINDS:
+    manifest = json.loads((Path(deploy) / "data" / "manifest.json").read_text(encoding="utf-8"))
+    template = manifest_template(manifest)
+    if template is not None and data.get("kind") not in KINDS:
         raise ValueError(
             f"{file}: kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}"
         )
-    manifest = json.loads((Path(deploy) / "data" / "manifest.json").read_text(encoding="utf-8"))
     # K (the items a prompt shows) and the template, as the live data was prepared.
     history = int(manifest["protocol"]["history"])
-    return Catalogue(
-        KINDS[data["kind"]], dict(data["items"]), history, Template.of(manifest.get("template"))
-    )
+    return Catalogue(KINDS.get(data["kind"]), dict(data["items"]), history, template)
 
 
 def load_live(deploy: str | Path) -> Live:

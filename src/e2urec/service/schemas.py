@@ -27,9 +27,22 @@ class Rated(Strict):
 
 
 class ScoreRequest(Strict):
+    """A history and candidates, built into prompts by the deployment's template; or prompts
+    as they are (a deployment of imported prompts has no template)."""
+
     user: UserProfile = Field(default_factory=UserProfile)
-    history: list[Rated] = Field(min_length=1, description="oldest first")
-    candidates: list[IdStr] = Field(min_length=1)
+    history: list[Rated] | None = Field(default=None, min_length=1, description="oldest first")
+    candidates: list[IdStr] | None = Field(default=None, min_length=1)
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def one_form(self):
+        if self.prompts is not None:
+            if self.history is not None or self.candidates is not None:
+                raise ValueError("give prompts alone, or history and candidates")
+        elif self.history is None or self.candidates is None:
+            raise ValueError("give history and candidates, or prompts")
+        return self
 
 
 class Scored(BaseModel):
@@ -40,6 +53,11 @@ class Scored(BaseModel):
 class ScoreResponse(BaseModel):
     model: str  # the version that scored, so a client sees when forgetting took effect
     scores: list[Scored]  # highest p_yes first
+
+
+class PromptScores(BaseModel):
+    model: str
+    p_yes: list[float]  # one per prompt, in the order given
 
 
 class Interaction(Strict):

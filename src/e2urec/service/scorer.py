@@ -1,4 +1,5 @@
-"""Scoring for the service: prompts from the one builder, P(Yes) from the one scoring function.
+"""Scoring for the service: prompts from the one builder (or as the client sends them), P(Yes)
+from the one scoring function.
 
 One thread runs every forward pass: a tokenizer is not safe to call from two threads at once,
 and prompts from requests that wait together share a batch.
@@ -19,7 +20,7 @@ from e2urec.data.prompt import Profile
 from e2urec.data.sample import YES, Sample
 from e2urec.model.scoring import score
 from e2urec.service.live import Catalogue, LiveModel
-from e2urec.service.schemas import Scored, ScoreRequest, ScoreResponse
+from e2urec.service.schemas import PromptScores, Scored, ScoreRequest, ScoreResponse
 
 log = logging.getLogger("e2urec.service")
 
@@ -32,8 +33,20 @@ class UnknownItems(ValueError):
         self.field = field
 
 
+class NoTemplate(ValueError):
+    """History and candidates sent to a deployment whose prompts were imported as they were."""
+
+
 def build_samples(catalogue: Catalogue, req: ScoreRequest) -> list[Sample]:
-    """One prompt per candidate, as `prepare` writes them (last K of the history)."""
+    """One prompt per candidate, as `prepare` writes them (last K of the history); or the
+    prompts as given."""
+    if req.prompts is not None:
+        return [Sample(p, YES, "", "", None, 0) for p in req.prompts]
+    if catalogue.template is None:
+        raise NoTemplate(
+            "history: this deployment's prompts were imported as they were, so it has no "
+            'template to build prompts from a history; send {"prompts": [...]}'
+        )
     titles = catalogue.titles
     for name, ids in (
         ("history", [h.item for h in req.history]),
@@ -112,16 +125,22 @@ class TooMany(ValueError):
     """A list over the service's size limit (answered with 413)."""
 
 
-async def rank(live: LiveModel, batcher: Batcher, limits, req: ScoreRequest) -> ScoreResponse:
-    """Scores of the candidates, highest first, with the model version that produced them."""
+async def rank(
+    live: LiveModel, batcher: Batcher, limits, req: ScoreRequest
+) -> ScoreResponse | PromptScores:
+    """Scores of the candidates, highest first, with the model version that produced them; or
+    of the prompts, in their order."""
     for name, size, limit in (
-        ("candidates", len(req.candidates), limits.max_candidates),
-        ("history", len(req.history), limits.max_history),
+        ("candidates", len(req.candidates or ()), limits.max_candidates),
+        ("prompts", len(req.prompts or ()), limits.max_candidates),
+        ("history", len(req.history or ()), limits.max_history),
     ):
         if size > limit:
             raise TooMany(f"{name}: {size} entries, the limit is {limit}")
     samples = build_samples(live.get().catalogue, req)
     version, p_yes = await asyncio.wrap_future(batcher.submit(samples))
+    if req.prompts is not None:
+        return PromptScores(model=version, p_yes=[float(p) for p in p_yes])
     order = np.argsort(-p_yes, kind="stable")
     scores = [Scored(item=req.candidates[i], p_yes=float(p_yes[i])) for i in order]
     return ScoreResponse(model=version, scores=scores)
