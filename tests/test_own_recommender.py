@@ -25,7 +25,9 @@ from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.sample import NO, YES
 from e2urec.data.sources.prompts import alpaca_prompt
 from e2urec.deploy.intake import Refused
+from e2urec.methods import Task, get_method
 from e2urec.model import encode, loader, score
+from e2urec.model.train import TrainConfig
 from e2urec.service.app import create_app
 from e2urec.service.config import ServiceConfig
 
@@ -257,6 +259,22 @@ def test_answers_are_what_is_trained_and_scored(own, tmp_path):
     for label, words in ((YES, say[0]), (NO, say[1])):
         labels = encode(rec, [replace(sample, output=label)])["labels"][0]
         assert labels[labels != -100].tolist() == [*words, rec.tokenizer.eos_token_id]
+
+
+def test_a_shard_ensemble_answers_in_the_words_too(own, tmp_path):
+    answers = ("Sure.", "Nope.")
+    raw = write(tmp_path / "p.json", records(answers=answers))
+    prepare(tmp_path / "data", "prompts", raw, Protocol(answers=answers))
+    s = load_splits(tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=8, lora=True, lora_rank=2)
+    task = Task(
+        "", s["retain"], s["forget"], s["valid"], tmp_path / "sisa", base=str(own / "my-llama"),
+        train_config=config, answers=answers,
+    )  # fmt: skip
+    made = get_method("sisa", {"shards": 2}).unlearn(task).model
+    rec = loader.load(made)
+    assert rec.answers == answers
+    assert rec.yes_id == rec.tokenizer(" Sure.", add_special_tokens=False)["input_ids"][0]
 
 
 def test_answers_alike_at_the_first_token_are_refused(own):

@@ -72,7 +72,7 @@ class RecEraser(Sisa):
         )
         ensemble.shards.requires_grad_(False)
         ensemble = backbone.to_device(ensemble)
-        rec = backbone.wrap(ensemble, members[0].tokenizer, str(task.out))
+        rec = backbone.wrap(ensemble, members[0].tokenizer, str(task.out), members[0].answers)
         # Shards on the backbone's stored bottom: each runs its top layers from the states.
         states = frozen_bottom(task, members[0], task.retain, c.batch_size, shard_dirs)
         tokens = task.train_config.loss_tokens  # as the shards were trained

@@ -221,7 +221,7 @@ def assemble_apa(path: str, meta: dict, base: backbone.Recommender) -> backbone.
         config = json.loads((folder / "adapter_config.json").read_text())
         scalings.append(config["lora_alpha"] / config["r"])
     attach(base, adapters, scalings, read_pool(path), meta["neighbours"], meta["temperature"])
-    return backbone.wrap(backbone.to_device(base.model), base.tokenizer, path)
+    return backbone.wrap(backbone.to_device(base.model), base.tokenizer, path, base.answers)
 
 
 def pool_arrays(keys: torch.Tensor, columns: list[np.ndarray], samples: list) -> dict:

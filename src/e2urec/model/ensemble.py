@@ -101,4 +101,4 @@ def assemble(path: str, meta: dict, members: list[backbone.Recommender]) -> back
         attention.load_state_dict(state)
     # The members are placed by `load`; the aggregator built here must join them.
     model = backbone.to_device(Ensemble([m.model for m in members], attention))
-    return backbone.wrap(model, members[0].tokenizer, path)
+    return backbone.wrap(model, members[0].tokenizer, path, members[0].answers)

@@ -32,12 +32,13 @@ def load(
     `base`: the folder a PEFT adapter made elsewhere sits on, in place of the
     `base_model_name_or_path` it records (often a path on the machine it was trained on).
     `answers`: the words the model answers with, Yes first; by default the ones its
-    `e2urec.json` records, else "Yes."/"No."."""
+    `e2urec.json` records (or its parts' own), else "Yes."/"No."."""
     path = str(path)
     if path in gguf.FAMILIES and not Path(path).exists():
         path = gguf.folder(path)
     meta = read_meta(path)
-    answers = tuple(answers or meta.get("answers") or (YES, NO))
+    # None: a part's own (an ensemble's shards, an adapter's base), else "Yes."/"No.".
+    answers = answers or meta.get("answers")
     if meta.get("kind") == "ensemble":
         members = [load(resolve(path, s), dtype, answers=answers) for s in meta["shards"]]
         return assemble(path, meta, members)
@@ -54,7 +55,7 @@ def load(
         rec = _merged(path, where, None, dtype, answers, told)
         rec.adapter_base = where
         return rec
-    return load_checkpoint(path, dtype, answers)
+    return load_checkpoint(path, dtype, tuple(answers or (YES, NO)))
 
 
 def check_base(model, base: str | None) -> None:
@@ -113,4 +114,4 @@ def _merged(path: str, where: str, under, dtype, answers, told: str) -> Recommen
         raise ValueError(
             f"{path}: the adapter does not fit its base {where!r} (from {told}): {first}"
         ) from None
-    return wrap(model, base.tokenizer, path, answers)
+    return wrap(model, base.tokenizer, path, base.answers)
