@@ -8,7 +8,7 @@ from pathlib import Path
 
 import e2urec
 
-SHARED = {"e2urec", "config", "maths", "memory"}
+SHARED = {"e2urec", "config", "maths", "memory", "weights"}
 BELOW_API = SHARED | {"data", "model", "methods", "metrics", "mia", "scorecard"}
 # Each top-level part of the package and the parts it may import (besides itself).
 MAY_IMPORT = {
@@ -16,6 +16,7 @@ MAY_IMPORT = {
     "config": {"e2urec"},
     "maths": {"e2urec"},
     "memory": {"e2urec"},
+    "weights": {"e2urec"},
     "data": SHARED,
     "metrics": SHARED,
     "mia": SHARED,

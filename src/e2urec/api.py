@@ -19,6 +19,7 @@ from e2urec.model import backbone, loader, score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, processes, train
 from e2urec.scorecard import judge, standing
+from e2urec.weights import check_weights
 
 
 def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
@@ -72,6 +73,7 @@ def train_recommender(
     loader.check_base(model, base)
     splits = load_splits(data)
     answers = read_answers(data)
+    readable(model)
     group = processes()  # under `accelerate launch` only the main process writes
     if model == "tiny":
         model = str(Path(out) / "base")
@@ -91,6 +93,7 @@ def unlearn(data, model, out, method: str = "e2urec", options=None, base=None) -
     the base of `model` when it is a PEFT adapter made elsewhere (`loader.load`)."""
     loader.check_base(model, base)
     splits = load_splits(data)
+    readable(model)
     report = _train_report(model)
     task = Task(
         str(model),
@@ -112,6 +115,19 @@ def unlearn(data, model, out, method: str = "e2urec", options=None, base=None) -
     }
     (Path(out) / "unlearn_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def readable(model) -> None:
+    """Refuse, naming the file, a model folder (or its adapter's base) whose weights are cut
+    short: the loader would stop with a traceback that names no file."""
+    folder, seen = Path(model), set()
+    while folder.is_dir() and folder.resolve() not in seen:
+        seen.add(folder.resolve())
+        check_weights(folder)
+        meta = backbone.read_meta(folder)
+        if meta.get("kind") != "lora":
+            return
+        folder = Path(backbone.resolve(folder, meta["base"]))
 
 
 def _train_report(model) -> dict:
@@ -169,6 +185,7 @@ def forget(
     out = Path(out)
     loader.check_base(model, base)
     splits = load_splits(data)
+    readable(model)
     request = DeletionRequest(tuple(users), tuple(tuple(p) for p in interactions))
     if request.interactions:
         check_interactions(data)

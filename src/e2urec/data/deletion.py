@@ -3,6 +3,8 @@
 User-level deletion (the paper's setting) removes every train sample of the given users.
 Interaction-level deletion removes the samples whose target is a given (user, item) pair and,
 because a rating is also shown in the history of the user's next prompts, those prompts too.
+`Eraser` is that rule, and every part of the package that decides what a deletion removes
+(selection here, a deployment's purge, its ledger check and its requests) applies it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import ast
 import csv
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from e2urec.data.prompt import stars
@@ -174,29 +176,68 @@ def select(
     removed = set(removed)
     check(request, train, removed)
     live = [s for s in train if sample_key(s) not in removed]
-    users, pairs = set(request.users), set(request.interactions)
-    targets = [s for s in live if s.user in users or (s.user, s.item) in pairs]
-    chosen = {sample_key(s) for s in targets}
-    extra: set[tuple] = set()
-    if history and pairs:
-        texts = {(s.user, shown_as(s)) for s in targets if (s.user, s.item) in pairs}
-        touched = {user for user, _ in pairs}
-        for s in live:
-            if s.user not in touched or sample_key(s) in chosen:
-                continue
-            items, entries = shown(s)
-            if any((s.user, i) in pairs for i in items) or any(
-                (s.user, r) in texts for r in entries
-            ):
-                extra.add(sample_key(s))
-    chosen |= extra
+    pairs = request.interactions
+    rule = Eraser(frozenset(request.users), frozenset(pairs), frozenset(), history)
+    if history:
+        rule = replace(rule, shown=frozenset(map(tuple, shown_texts(live, pairs))))
+    targets = [s for s in live if rule.names(s)]
+    chosen = {sample_key(s) for s in live if rule.erases(s)}
     return Selection(
         forget=[s for s in live if sample_key(s) in chosen],
         retain=[s for s in live if sample_key(s) not in chosen],
         targets=len(targets),
-        history=len(extra),
+        history=len(chosen) - len(targets),
         users=sorted({s.user for s in targets}),
     )
+
+
+def _plain(*parts: str):
+    return parts[0] if len(parts) == 1 else parts
+
+
+@dataclass(frozen=True)
+class Eraser:
+    """Which samples a deletion erases: the one rule that selection, the purge, the ledger's
+    check and a request's counts all apply.
+
+    A sample goes when its user is erased, when its own rating (user, item) is, or, with
+    `echoes`, when its prompt shows an erased rating of its user: by the (item, rating) pairs
+    the sample records (`Sample.history`), or, for a sample prepared before those were recorded,
+    by the 'Title (N stars)' text the rating shows as in the paper's prompts (`shown`: (user,
+    text) pairs, worked out from the samples whose target the rating is). `key` says how ids are
+    held: as themselves, or as the HMACs a deployment's ledger keeps instead.
+    """
+
+    users: frozenset
+    pairs: frozenset  # (user, item), or their keys
+    shown: frozenset = frozenset()  # (user, 'Title (N stars)'), or their keys
+    echoes: bool = True
+    key: Callable[..., Hashable] = _plain
+
+    def names(self, s: Sample) -> bool:
+        """The sample's user or its own rating is erased."""
+        key = self.key
+        return key(s.user) in self.users or key(s.user, s.item) in self.pairs
+
+    def erases(self, s: Sample) -> bool:
+        if not (self.users or self.pairs):
+            return False  # nothing forgotten: no key to compute for each sample
+        if self.names(s):
+            return True
+        if not self.echoes:
+            return False
+        key, (items, texts) = self.key, shown(s)
+        if any(key(s.user, i) in self.pairs for i in items):
+            return True
+        return bool(self.shown) and any(key(s.user, t) in self.shown for t in texts)
+
+
+def shown_texts(samples: Iterable[Sample], pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """How the deleted ratings `pairs` show in the paper prompts of their users' later samples:
+    [user, 'Title (N stars)'], read off the samples whose target each rating is."""
+    pairs = set(map(tuple, pairs))
+    found = {(s.user, shown_as(s)) for s in samples if (s.user, s.item) in pairs}
+    return sorted([u, text] for u, text in found if text)
 
 
 def split_users(users: Sequence[str], n: int) -> list[list[str]]:

@@ -32,15 +32,22 @@ class Sample:
         return 1 if self.output == YES else 0
 
 
-def write_jsonl(samples: Iterable[Sample], path: str | Path) -> None:
-    """Write atomically: a crash leaves the old file (or none), never half a file."""
+def write_jsonl(samples: Iterable[Sample], path: str | Path, tmp: Path | None = None) -> None:
+    """Write atomically: a crash leaves the old file (or none), never half a file. The rows go
+    to a temporary file beside `path` (`tmp`, when the caller has recorded its name), synced to
+    disk before it replaces `path`: a power cut leaves the old file, not an empty one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if tmp is None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for s in samples:
                 row = {f: getattr(s, f) for f in FIELDS}  # asdict() deep-copies: slow at 1M
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
