@@ -23,7 +23,7 @@ from e2urec.data.deletion import shown_as, shown_ratings, target_title
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, intake, live_model, request, status
 from e2urec.deploy import apply_loop as rollout
-from e2urec.deploy.folder import tree_hash
+from e2urec.deploy.folder import Layout, tree_hash
 from e2urec.deploy.integrity import verify
 from e2urec.deploy.ledger import GENESIS, Ledger, row_hash
 from e2urec.methods.base import Method
@@ -78,6 +78,9 @@ def applied(tmp_path_factory, source, model):
     data = tmp_path_factory.mktemp("deploy") / "data"
     shutil.copytree(source, data)
     shutil.copy(data / "test.jsonl", data / "holdout.jsonl")  # as `prepare` may write one
+    # The bench's stage marker: its result is the manifest, forgotten users named in clear.
+    marker = {"digest": "0" * 64, "result": {"forgotten_users": [HIDDEN]}}
+    (data / ".stage.json").write_text(json.dumps(marker))
     root = data.parent / "d"
     init(data, model, root, options=OPTIONS)
     rated = _pair_with_history(read_jsonl(root / "data" / "train.jsonl"))
@@ -166,7 +169,7 @@ def test_refusals_leave_one_refused_row_and_change_nothing(applied, source, tmp_
     pending = request(root, users=[other])
     cases = [
         ({}, "needs users"),
-        ({"users": ["nobody", "ghost"]}, "not in the live training data: nobody, ghost"),
+        ({"users": ["nobody", "ghost"]}, "not in the live data: nobody, ghost"),
         ({"users": [HIDDEN]}, f"already forgotten by an earlier request: {HIDDEN}"),
         ({"interactions": [(rated.user, rated.item)]}, "already forgotten"),
         ({"users": [other]}, f"already in a request waiting for `apply`: {other}"),
@@ -308,8 +311,8 @@ def test_kill_9_in_the_middle_of_the_purge(tmp_path, source, model, monkeypatch)
     assert killed.returncode == 137, killed.stderr.decode()[-2000:]
     assert _files_with(root / "data", HIDDEN)  # it died with the purge half done
     assert verify(root)["ok"] and rid in Ledger(root / "ledger.sqlite").pending()
-    # A write the kill cut short leaves its temporary file (write_jsonl's naming).
-    (root / "data" / ".train.jsonl.k9x0abcd").write_text(f'{{"user": "{HIDDEN}"')
+    # A write the kill cut short leaves its temporary file, by the name recorded before it.
+    Layout(root).temporary(root / "data" / "train.jsonl").write_text(f'{{"user": "{HIDDEN}"')
     [outcome] = apply(root)
     assert outcome["id"] == rid and outcome["state"] == "purged"
     assert _files_with(root, HIDDEN) == [] and verify(root)["ok"]
@@ -370,11 +373,14 @@ def test_the_four_commands(tmp_path, source, model, capsys):
     assert main(["request", "--deploy", root, "--users", HIDDEN]) == 0
     rid = capsys.readouterr().out.strip()
     assert main(["apply", "--deploy", root]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["state"] == "purged"
+    applied = json.loads(capsys.readouterr().out)
+    assert applied["requests"][0]["state"] == "purged"
     assert main(["status", "--deploy", root, rid]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["live"] == "v1" and shown["requests"][0]["id"] == rid
-    assert main(["ledger", "verify", "--deploy", root]) == 0
+    assert applied["ledger"] == shown["ledger"]  # the head to keep elsewhere
+    head = ["--expect-head", applied["ledger"]["hash"]]
+    assert main(["ledger", "verify", "--deploy", root, *head]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
     assert main(["request", "--deploy", root, "--users", HIDDEN]) == 2
     assert "already forgotten" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import test_deploy
 from e2urec.cli import main
 from e2urec.data.sample import read_jsonl
 from e2urec.deploy import Refused, Tampered, apply, init, request, status
-from e2urec.deploy.folder import KeyMissing, key_folder
+from e2urec.deploy.folder import KeyMissing, Layout, key_folder
 from e2urec.deploy.integrity import verify
 from e2urec.deploy.ledger import Ledger
 
@@ -115,7 +115,9 @@ def test_the_key_lives_outside_the_folder_and_a_changed_or_lost_key_is_caught(
         request(root, users=[HIDDEN])
     assert main(["request", "--deploy", str(root), "--users", HIDDEN]) == 2
     assert "cannot be read" in capsys.readouterr().err
-    key_file.write_bytes(saved)
+    key_file.write_bytes(saved)  # restored, but as the umask leaves a new file: readable by all
+    assert any("open to other users" in p for p in verify(root)["problems"])
+    key_file.chmod(0o600)
     assert verify(root)["ok"]
 
 
@@ -127,6 +129,7 @@ def test_init_refuses_empty_or_short_keys_and_uses_a_given_one(source, model, tm
             init(source, model, tmp_path / "d", key_file=key)
         assert not (tmp_path / "d").exists()
     key.write_bytes(os.urandom(48))
+    key.chmod(0o600)
     init(source, model, tmp_path / "d", options=OPTIONS, key_file=key)
     assert json.loads((tmp_path / "d" / "config.json").read_text())["key_file"] == str(key)
 
@@ -165,7 +168,7 @@ def test_apply_removes_only_its_own_temporary_files(applied, tmp_path):
     for path in mine:
         path.parent.mkdir(exist_ok=True)
         path.write_text("the operator's")
-    ours = root / "data" / ".train.jsonl.a1b2c3d4"  # as write_jsonl's mkstemp names them
+    ours = Layout(root).temporary(root / "data" / "train.jsonl")  # named, then left by a crash
     ours.write_text("half a file")
     rid = request(root, users=[_other_user(root)])
     [outcome] = apply(root)

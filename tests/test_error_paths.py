@@ -68,6 +68,10 @@ def test_truncated_weights(tmp_path, root, model, capsys):
     args = ["init", "--data", str(root / "data"), "--model", str(broken), "--out"]
     assert main([*args, str(tmp_path / "e")]) == 2
     _one_line_error(capsys, weights.name, "truncated")
+    data, out = ["--data", str(root / "data"), "--model", str(broken)], str(tmp_path / "x")
+    for command in (["train"], ["unlearn"], ["forget", "--users", test_deploy.HIDDEN]):
+        assert main([*command, *data, "--out", out]) == 2, command
+        _one_line_error(capsys, str(weights), "truncated")
     live = next((root / "models" / "v0").glob("*.safetensors"))
     live.write_bytes(live.read_bytes()[:-100])  # in a deployment: the ledger's hash catches it
     deploy.request(root, users=[test_deploy.HIDDEN])
@@ -75,6 +79,20 @@ def test_truncated_weights(tmp_path, root, model, capsys):
     _one_line_error(capsys, "models/v0: its files do not match")
     assert main(["serve", "--deploy", str(root), "--port", "1"]) == 2
     _one_line_error(capsys, "will not serve", "models/v0")
+
+
+def test_an_apply_on_a_full_disk_is_one_line(root, capsys, monkeypatch):
+    from e2urec.methods.base import Method
+
+    def full(self, task):  # what safetensors raises when the disk (or ulimit -f) is full
+        raise Exception("Error while serializing: I/O error: File too large (os error 27)")
+
+    rid = deploy.request(root, users=[test_deploy.HIDDEN])
+    monkeypatch.setattr(Method, "unlearn", full)
+    assert main(["apply", "--deploy", str(root)]) == 2
+    _one_line_error(capsys, "the apply failed (Exception:", "File too large", "stay pending")
+    [view] = deploy.pending_requests(root)
+    assert view["id"] == rid and view["attempts"] == 1 and view["error"] == "Exception"
 
 
 def test_http_errors_say_whose_fault_without_server_paths(root, caplog):

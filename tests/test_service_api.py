@@ -251,7 +251,10 @@ def test_deletion_is_applied_while_scoring_goes_on(fresh, splits):
 def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, splits):
     user = splits["train"][0].user
     req = body(fresh)
-    with client(fresh, window=0, method="no-such-method", max_attempts=2) as c:
+    config = json.loads((fresh / "config.json").read_text())
+    config["options"]["lr"] = 0  # the deployment's own settings broken: every run fails
+    (fresh / "config.json").write_text(json.dumps(config))
+    with client(fresh, window=0, max_attempts=2) as c:
         before = c.post("/v1/score", json=req, headers=AUTH).json()
         rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
 
@@ -262,7 +265,7 @@ def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, spli
         state = wait_for(stalled)
         assert state["state"] == "retrying" and state["error"] == "ValueError"
         after = c.post("/v1/score", json=req, headers=AUTH)
-        assert "no-such-method" in c.get("/", headers=AUTH).text
+        assert "lr must be positive" in c.get("/", headers=AUTH).text
         time.sleep(1)  # bounded: no third attempt
         assert c.get(f"/v1/deletions/{rid}", headers=AUTH).json()["attempts"] == 2
     assert after.status_code == 200 and after.json() == before

@@ -374,14 +374,22 @@ def add_apply(sub) -> None:
 
 
 def run_apply(args) -> None:
-    from e2urec.deploy import Busy, apply
+    from e2urec.deploy import Busy, apply, status
 
     options = _options(args) if args.config or args.set else None
     try:
         outcomes = apply(args.deploy, args.method, options, phase=args.phase)
     except Busy as err:
         raise ValueError(str(err)) from None
-    print(json.dumps(outcomes, indent=2) if outcomes else "no pending requests")
+    except ValueError:
+        raise  # refused before anything was done: its message says why
+    except Exception as err:  # a full disk, a killed writer: the attempt is in the ledger
+        raise ValueError(
+            f"the apply failed ({type(err).__name__}: {err}); its requests stay pending, the "
+            "attempt recorded, and the next apply tries again"
+        ) from None
+    # The head, to keep elsewhere: `ledger verify --expect-head` checks a restored ledger by it.
+    print(json.dumps({"requests": outcomes, "ledger": status(args.deploy)["ledger"]}, indent=2))
 
 
 def add_status(sub) -> None:
@@ -402,13 +410,20 @@ def add_ledger(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     v = actions.add_parser("verify", help="check the hash chain and re-hash the model versions")
     v.add_argument("--deploy", required=True, help="folder made by `e2urec init`")
+    v.add_argument(
+        "--expect-head",
+        dest="expect_head",
+        metavar="HASH",
+        help="a ledger head kept elsewhere (`apply` and `status` print it): it must be a row of "
+        "this ledger, so an older copy restored with LIVE and the data is caught",
+    )
     v.set_defaults(run=run_ledger_verify)
 
 
 def run_ledger_verify(args) -> None:
     from e2urec.deploy.integrity import verify
 
-    result = verify(args.deploy)
+    result = verify(args.deploy, args.expect_head)
     print(json.dumps(result, indent=2))
     if not result["ok"]:
         raise ValueError(f"the ledger check found {len(result['problems'])} problem(s)")

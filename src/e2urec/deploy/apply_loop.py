@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from e2urec.config import from_dict
 from e2urec.deploy import exact_phase, integrity
 from e2urec.deploy.folder import Layout, tree_hash
-from e2urec.deploy.ledger import Ledger, request_views, states, versions
-from e2urec.deploy.purge import Eraser, purge_folder, read_split
+from e2urec.deploy.ledger import Ledger, request_views, rolling, states, versions
+from e2urec.deploy.purge import Eraser, eraser_of, purge_folder, read_split
 from e2urec.deploy.upkeep import (
     complete_already_purged,
     enforce,
@@ -39,7 +39,6 @@ from e2urec.deploy.upkeep import (
 # Modules that load torch are imported inside the unlearning run only, so that rolling a crashed
 # run forward (and `request` and `status`, which import this module) start quickly.
 if TYPE_CHECKING:
-    from e2urec.deploy.verification import Bounds
     from e2urec.methods import Task
 
 CRASH_ENV = "E2UREC_CRASH_AT"  # fault injection for the crash tests: the step to die after
@@ -68,8 +67,17 @@ def _checkpoint(step: str) -> None:
 
 @contextmanager
 def locked(path: Path, wait: bool = False):
-    """An exclusive lock on `path`; it goes with the descriptor, so also when the process dies."""
-    with open(path, "w") as fh:
+    """An exclusive lock on `path`; it goes with the descriptor, so also when the process dies.
+    Opened without truncating and without following a link: a lock file pointed at another
+    file (config.json) must not empty it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise ValueError(
+            f"{path}: cannot be opened as a lock ({err.strerror}); a link or a folder there is "
+            "not ours: remove it"
+        ) from None
+    with os.fdopen(fd, "r+b") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -95,6 +103,9 @@ def apply(
     if phase is not None and not exact_phase.enabled(layout):
         raise ValueError(f"{deploy}: a deployment made without --exact has one phase only")
     with locked(layout.lock_file), Ledger(layout.ledger) as ledger:
+        if method is not None or options is not None:
+            # A bad option is the caller's mistake, refused before any request is touched.
+            _run_settings(layout.config(), method, options, check=True)
         try:
             return _apply(layout, ledger, method, options, requests, max_attempts, phase)
         except (integrity.Tampered, exact_phase.Failed):
@@ -105,14 +116,15 @@ def apply(
 
 
 def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attempts, phase):
+    restorable = integrity.preflight(layout)  # a refusal changes nothing, leftovers included
     tidy(layout, ledger)
-    enforce(layout, ledger, integrity.preflight(layout))
+    enforce(layout, ledger, restorable)
     state = states(ledger.records())
     pending = list(ledger.pending())
     handled = []
     started: dict[str, list[str]] = {}  # version -> requests already verified into it
     for rid in pending:
-        if state[rid]["event"] in ("verified", "applied"):
+        if rolling(state[rid]):
             started.setdefault(state[rid]["version"], []).append(rid)
     for version, ids in started.items():
         handled += _finish(layout, ledger, ids, version)
@@ -120,7 +132,7 @@ def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attemp
     if two_phase:  # before any new version, so that versions follow one another
         handled += exact_phase.roll_forward(layout, ledger, _checkpoint)
     views = request_views(ledger.records())
-    fresh = [r for r in pending if state[r]["event"] in ("received", "failed")]
+    fresh = [r for r in pending if not rolling(state[r])]
     fresh = [r for r in fresh if requests is None or r in requests]
     fresh = [r for r in fresh if max_attempts is None or views[r]["attempts"] < max_attempts]
     if phase != "exact":
@@ -140,14 +152,21 @@ def _shards(layout: Layout, ledger: Ledger):
     return lambda bodies: exact_phase.shard_details(layout, ledger.records(), bodies)
 
 
-def _run_settings(config: dict, method: str | None, options) -> tuple[str, dict, Bounds]:
+def _run_settings(config: dict, method: str | None, options, check: bool = False):
+    """(method, its options, verification Bounds) of a run; with `check`, the method's options
+    are also checked (ValueError)."""
     from e2urec.deploy.verification import Bounds
 
     opts = dict(options) if options is not None else None
     if opts is None:
         opts = dict(config["options"]) if method in (None, config["method"]) else {}
     verify_opts = {**config["verify"], **(opts.pop("verify", None) or {})}
-    return method or config["method"], opts, from_dict(Bounds, verify_opts, "verify")
+    bounds = from_dict(Bounds, verify_opts, "verify")
+    if check:
+        from e2urec.methods import get_method
+
+        get_method(method or config["method"], opts)
+    return method or config["method"], opts, bounds
 
 
 def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> list[str]:
@@ -159,12 +178,12 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     method, opts, bounds = _run_settings(config, method, options)
     unlearner = get_method(method, opts)
     before = layout.live()
-    eraser = Eraser.of(ledger.pending()[r] for r in ids)
+    eraser = eraser_of(ledger.pending()[r] for r in ids)
     task, held_name, holdout = _task(layout, config, eraser)
     _checkpoint("selected")
     result = unlearner.unlearn(task)
     _checkpoint("unlearned")
-    reference = _reference(task) if bounds.retrain else None
+    reference = _reference(layout, task) if bounds.retrain else None
     args = (task.forget, task.retain, holdout, held_name, bounds, reference)
     exact = None if unlearner.needs_original else method
     numbers = verify(task.original, result.model, *args, exact=exact)
@@ -237,7 +256,7 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
         retain,
         forget,
         valid,
-        layout.models / f".staging-{uuid.uuid4().hex[:8]}",
+        layout.reserve(layout.models / f".staging-{uuid.uuid4().hex[:8]}"),
         base=base_path(layout, config),
         train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
         answers=read_answers(data),
@@ -254,11 +273,11 @@ def base_path(layout: Layout, config: dict) -> str | None:
     return str(inside) if inside.exists() else base
 
 
-def _reference(task: Task) -> str:
+def _reference(layout: Layout, task: Task) -> str:
     """Retrain on the retain set, beside the staging folder (tidied away with it)."""
     from e2urec.methods import get_method
 
-    out = task.out.with_name(task.out.name + "-retrain")
+    out = layout.reserve(task.out.with_name(task.out.name + "-retrain"))
     return get_method("retrain").unlearn(replace(task, out=out)).model
 
 
@@ -272,7 +291,7 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     _checkpoint("promoted")
     layout.set_live(version)
     _checkpoint("switched")
-    todo = [r for r in ids if state[r]["event"] == "verified"]
+    todo = [r for r in ids if "applied" not in state[r]]
     applied = []
     for rid in todo:
         row = state[rid]["verified"]
@@ -282,8 +301,9 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
         ledger.append(applied)
     _checkpoint("applied")
     bodies = ledger.pending()
-    eraser = Eraser.of(bodies[r] for r in ids)
-    removed = purge_folder(layout.data, eraser, after_file=lambda: _checkpoint("purging"))
+    eraser = eraser_of(bodies[r] for r in ids)
+    after = lambda: _checkpoint("purging")  # noqa: E731
+    removed = purge_folder(layout.data, eraser, after, layout.temporary)
     _checkpoint("purged-data")
     details = {"removed": removed, "data": integrity.digests(integrity.read_splits(layout.data))}
     exact = _shards(layout, ledger)({r: bodies[r] for r in ids}) if exact_phase.enabled(layout) else {}  # fmt: skip

@@ -27,9 +27,13 @@ from e2urec.deploy.folder import Keyer, Layout, key_folder, read_key, tree_hash,
 from e2urec.deploy.intake import status
 from e2urec.deploy.ledger import Ledger
 from e2urec.deploy.purge import read_split
+from e2urec.weights import check_weights
 
 # Files a model folder made by `e2urec forget` carries: they list forgotten ids in clear.
 LEAKY = ("forget_report.json",)
+# The bench's stage markers: a data folder's holds its manifest, forgotten users and all, and
+# no purge rewrites it. A deployment has no use for them.
+MARKER = ".stage.json"
 
 
 def init(
@@ -49,7 +53,13 @@ def init(
     data, model, out = Path(data), Path(model), Path(out)
     if key_file is not None:
         key_file = Path(key_file).resolve()
-        read_key(key_file)  # an empty, short or unreadable key is refused before anything
+        read_key(key_file)  # an empty, short, weak, shared or unreadable key is refused
+        for folder in (data, model, out):
+            if key_file.is_relative_to(folder.resolve()):
+                raise ValueError(
+                    f"--key-file {key_file}: inside {folder}, which the deployment copies or "
+                    "is; keep the key outside it"
+                )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not empty; give a new folder for the deployment")
     splits = load_splits(data)
@@ -100,25 +110,6 @@ def _new_key() -> Path:
     return path
 
 
-def check_weights(folder: Path) -> None:
-    """Each safetensors file whole: its header parses and its tensors end within the file.
-    Checked once here; after that the ledger's hashes vouch for the bytes."""
-    for path in sorted(folder.rglob("*.safetensors")):
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            try:
-                if not 0 < length <= size - 8:
-                    raise ValueError("no header")
-                header = json.loads(fh.read(length))
-                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-            except (ValueError, KeyError, TypeError, IndexError) as err:
-                raise ValueError(f"{path}: not a safetensors file ({err})") from None
-        if 8 + length + max(ends, default=0) > size:
-            raise ValueError(f"{path}: truncated ({size} bytes, its header needs more)")
-
-
 def _settings(method: str, options: dict, exact: str | None = None) -> dict:
     """Method, its options and the verification bounds, each checked now rather than at apply;
     with `exact`, the exact method and its options (`options[exact]`)."""
@@ -139,7 +130,7 @@ def _settings(method: str, options: dict, exact: str | None = None) -> dict:
 
 
 def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list, base) -> None:
-    shutil.copytree(data, layout.data)
+    shutil.copytree(data, layout.data, ignore=shutil.ignore_patterns(MARKER))
     v0 = layout.version("v0")
     adapter_base = _copy_model(model, v0, base, read_answers(data))
     report = _train_report(model)
@@ -148,6 +139,8 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list,
         "base": _locate_base(model, report.get("base")) or adapter_base,
         "train_config": report.get("config"),
     }
+    # What Retrain and the exact phase train from: hashed now, checked as the versions are.
+    base_record = integrity.backbone_record(layout, config["base"])
     write_atomic(layout.config_file, json.dumps(config, indent=2) + "\n")
     write_atomic(layout.catalogue, json.dumps(catalogue(layout.data), indent=1) + "\n")
     event = {
@@ -161,6 +154,7 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list,
             "verify": settings["verify"],
             "key": Keyer(read_key(Path(settings["key_file"]))).fingerprint(),
             "chain": integrity.chain(layout, v0),
+            "backbone": base_record,
             "data": integrity.digests(integrity.read_splits(layout.data)),
         },
     }
@@ -203,7 +197,7 @@ def _copy_model(src: Path, dst: Path, base: str | None, answers) -> str | None:
     adapter's base."""
     from e2urec.model import backbone, loader
 
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(MARKER))
     if not backbone.read_meta(src):
         return loader.describe(dst, base, answers)
     meta, was = backbone.read_meta(dst), backbone.read_meta(dst)

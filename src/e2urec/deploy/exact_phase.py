@@ -139,7 +139,7 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
     keyer, data = layout.keyer(), layout.data
     train, valid = (keyed(keyer, read_split(data / f"{n}.jsonl")) for n in ("train", "valid"))
     held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
-    staging = layout.models / f".staging-{uuid.uuid4().hex[:8]}"
+    staging = layout.reserve(layout.models / f".staging-{uuid.uuid4().hex[:8]}")
     checkpoint("exact-selected")
     info = forget(layout.version(source), gone, train, valid, staging, shards=shards)
     checkpoint("exact-trained")

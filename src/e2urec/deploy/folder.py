@@ -6,6 +6,7 @@
 - DEPLOY/ledger.sqlite  the hash-chained ledger and the ids of requests not yet purged
 - DEPLOY/config.json    method, options and verification bounds chosen at `init`, the key's path
 - DEPLOY/catalogue.json item titles, for the scoring service
+- DEPLOY/scratch.log    names of the temporary files and staging folders `apply` made
 
 The key of the HMAC hashes that stand for forgotten ids lives outside the folder (by default in
 the user's config folder, `key_folder()`), so that a copy of the folder alone reveals no id.
@@ -16,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
+import secrets
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +49,12 @@ class Layout:
     catalogue = property(lambda self: self.root / "catalogue.json")
     lock_file = property(lambda self: self.root / "apply.lock")
     request_lock = property(lambda self: self.root / "request.lock")
+    scratch_file = property(lambda self: self.root / "scratch.log")
 
     def version(self, version_id: str) -> Path:
+        # Only a version's name: LIVE or a forged row naming "../elsewhere" leads nowhere.
+        if not VERSION.fullmatch(version_id):
+            raise ValueError(f"{version_id!r} is not a model version's name (v0, v1, ...)")
         return self.models / version_id
 
     def next_version(self, recorded: dict) -> str:
@@ -61,7 +69,28 @@ class Layout:
         return self.live_file.read_text().strip()
 
     def set_live(self, version_id: str) -> None:
-        write_atomic(self.live_file, version_id + "\n")
+        write_atomic(self.live_file, version_id + "\n", self.temporary(self.live_file))
+
+    def reserve(self, path: Path) -> Path:
+        """Record `path` (inside the folder) as ours in `scratch_file`, synced, before it is
+        created: what a crash leaves there is removed by that exact name, and nothing else is."""
+        with open(self.scratch_file, "a", encoding="utf-8") as fh:
+            fh.write(Path(path).relative_to(self.root).as_posix() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return Path(path)
+
+    def temporary(self, target: Path) -> Path:
+        """A recorded name for the temporary file that replaces `target`."""
+        return self.reserve(target.with_name(f".{target.name}.{secrets.token_hex(4)}"))
+
+    def reserved(self) -> list[Path]:
+        """The recorded names; only those `reserve` can have written (a line added by hand that
+        names another file, or leads out of the folder, is ignored)."""
+        if not self.scratch_file.is_file():
+            return []
+        lines = self.scratch_file.read_text(encoding="utf-8").splitlines()
+        return [self.root / line for line in lines if OURS.fullmatch(line)]
 
     def config(self) -> dict:
         return json.loads(self.config_file.read_text())
@@ -80,6 +109,7 @@ class Layout:
 
 
 MIN_KEY = 32  # bytes: an HMAC key shorter than its hash's output weakens it
+MIN_BITS = 128  # the key's entropy, as its byte frequencies estimate it
 
 
 class KeyMissing(FileNotFoundError):
@@ -96,7 +126,25 @@ def read_key(path: Path) -> bytes:
         ) from None
     if len(key) < MIN_KEY:
         raise ValueError(f"{path}: an HMAC key needs at least {MIN_KEY} bytes, got {len(key)}")
+    mode = Path(path).stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(
+            f"{path}: the HMAC key is open to other users (mode {mode:o}); chmod 600 {path}"
+        )
+    if entropy_bits(key) < MIN_BITS:
+        raise ValueError(
+            f"{path}: not a random key (about {entropy_bits(key):.0f} bits by its byte "
+            f"frequencies, {MIN_BITS} needed); make one with `head -c 32 /dev/urandom`"
+        )
     return key
+
+
+def entropy_bits(data: bytes) -> float:
+    """Shannon entropy of the bytes' frequencies times their number: 0 for 40 zeros, about 88 for
+    a word repeated; 32 random bytes give 140-160. It cannot see other patterns (a counting
+    sequence passes): it catches the placeholder, not a chosen weak key."""
+    n = len(data)
+    return -sum(c * math.log2(c / n) for c in Counter(data).values())
 
 
 @dataclass(frozen=True)
@@ -121,13 +169,18 @@ def key_folder() -> Path:
     return Path(config) / "e2urec" / "keys"
 
 
-# Temporary files this package writes: `write_atomic`'s and `write_jsonl`'s (mkstemp's suffix).
-TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+# What `Layout.reserve` records: temporary files beside the live pointer and the data files, and
+# staging folders of new versions (and of their Retrain reference).
+OURS = re.compile(r"(data/)?\.[\w.-]+\.[0-9a-f]{8}|models/\.staging-[0-9a-f]{8}(-retrain)?")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def write_atomic(path: Path, text: str, tmp: Path | None = None) -> None:
+    """Temporary file in the same folder (`tmp`, when the caller has recorded its name), fsync,
+    then rename: readers see old or new, never half."""
+    if tmp is None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

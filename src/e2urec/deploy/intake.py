@@ -9,12 +9,13 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from e2urec.data.deletion import DeletionRequest, listing, select, unknown
+from e2urec.data.deletion import DeletionRequest, listing, shown_texts, unknown
 from e2urec.data.manifest import check_interactions
+from e2urec.deploy import integrity
 from e2urec.deploy.apply_loop import locked
-from e2urec.deploy.folder import Layout
+from e2urec.deploy.folder import Keyer, Layout
 from e2urec.deploy.ledger import CANCELLED, Ledger, request_views, states, versions
-from e2urec.deploy.purge import read_split, shown_texts
+from e2urec.deploy.purge import eraser_of
 
 
 class Refused(ValueError):
@@ -29,43 +30,48 @@ class Refused(ValueError):
 def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
     """Record a deletion request for `users` and/or (user, item) `interactions`; its id.
 
-    Refusals (an empty request, ids not in the live training data, already forgotten or already
-    pending) raise `Refused` (a ValueError) naming the ids and leave only a "refused" row."""
+    The deployment is checked first as `apply` checks it (ledger, LIVE, key, data; not the
+    model files): a failure there raises (`Tampered`, `KeyMissing`) and records nothing, since it
+    is the operator's to mend, not a refusal of the data subject. Refusals (an empty request,
+    ids in none of the live data's splits, already forgotten or already pending) raise `Refused`
+    (a ValueError) naming the ids and leave only a "refused" row."""
     layout = Layout.of(deploy)
     users = tuple(dict.fromkeys(str(u).strip() for u in users if str(u).strip()))
     pairs = tuple(dict.fromkeys((str(u).strip(), str(i).strip()) for u, i in interactions))
     rid = f"r-{uuid.uuid4().hex[:12]}"
     # Requests queue for a moment (not behind `apply`): two at once cannot both pass the checks.
     with locked(layout.request_lock, wait=True), Ledger(layout.ledger) as ledger:
+        keyed = layout.keyer()
+        splits = integrity.intake_check(layout)
+        samples = [s for split in splits.values() for s in split]
         try:
             if not users and not pairs:
                 raise Refused("empty", "a deletion request needs users or (user, item) pairs")
             if pairs:
                 _needs_history(layout.data)
-            req = DeletionRequest(users, pairs)
-            train = read_split(layout.data / "train.jsonl")
-            _refuse(layout, ledger, req, train)
-            chosen = select(train, req)
+            _refuse(keyed, ledger, DeletionRequest(users, pairs), samples)
         except Refused as err:
             counts = {"users": len(users), "samples": 0}
             details = {"reason": err.reason, "interactions": len(pairs)}
             ledger.append([{"event": "refused", "request": rid, **counts, "details": details}])
             raise
-        keyed, echoes = layout.keyer(), shown_texts(train, pairs)
+        # How each deleted rating shows in the paper prompts of samples that record no history:
+        # what lets every later apply find those prompts again should a backup bring them back.
+        echoes = shown_texts(samples, pairs)
+        body = {"users": list(users), "interactions": [list(p) for p in pairs], "shown": echoes}
         keys = {
             "users": [keyed(u) for u in users],
             "interactions": [keyed(u, i) for u, i in pairs],
-            # How each deleted rating shows in later prompts: what lets every later apply
-            # find those prompts again should a backup bring them back.
             "shown": [keyed(u, text) for u, text in echoes],
         }
-        body = {"users": list(users), "interactions": [list(p) for p in pairs], "shown": echoes}
+        rule, train = eraser_of([body]), splits.get("train.jsonl", [])
+        named, erased = (sum(map(test, train)) for test in (rule.names, rule.erases))
         event = {
             "event": "received",
             "request": rid,
-            "users": len(chosen.users),
-            "samples": len(chosen.forget),
-            "details": {"keys": keys, "interactions": len(pairs), "history": chosen.history},
+            "users": len(set(users) | {u for u, _ in pairs}),
+            "samples": erased,  # what the model unlearns; the other splits are purged too
+            "details": {"keys": keys, "interactions": len(pairs), "history": erased - named},
         }
         ledger.append([event], add_pending=(rid, body))
     return rid
@@ -78,29 +84,28 @@ def _needs_history(data: Path) -> None:
         raise Refused("no history", str(err)) from None
 
 
-def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -> None:
-    done_users, done_pairs = _forgotten_keys(ledger)
-    keyed = layout.keyer()
+def _refuse(keyed: Keyer, ledger: Ledger, req: DeletionRequest, samples: list) -> None:
+    done = integrity.forgotten(keyed, ledger.records())
     pending = ledger.pending().values()
     wait_users = {u for b in pending for u in b["users"]}
     wait_pairs = {tuple(p) for b in pending for p in b["interactions"]}
     found: dict[str, list[str]] = {"already forgotten": [], "pending": [], "unknown": []}
     for u in req.users:
-        if keyed(u) in done_users:
+        if keyed(u) in done.users:
             found["already forgotten"].append(u)
         elif u in wait_users:
             found["pending"].append(u)
     for u, i in req.interactions:
-        if keyed(u) in done_users or keyed(u, i) in done_pairs:
+        if keyed(u) in done.users or keyed(u, i) in done.pairs:
             found["already forgotten"].append(f"{u}/{i}")
         elif u in wait_users or (u, i) in wait_pairs:
             found["pending"].append(f"{u}/{i}")
     named = set(found["already forgotten"] + found["pending"])
-    bad_users, bad_pairs = unknown(req, train)
+    bad_users, bad_pairs = unknown(req, samples)  # a user known to any split is known
     found["unknown"] = [u for u in bad_users if u not in named]
     found["unknown"] += [f"{u}/{i}" for u, i in bad_pairs if f"{u}/{i}" not in named]
     what = {
-        "unknown": "not in the live training data",
+        "unknown": "not in the live data",
         "already forgotten": "already forgotten by an earlier request",
         "pending": "already in a request waiting for `apply`",
     }
@@ -108,18 +113,6 @@ def _refuse(layout: Layout, ledger: Ledger, req: DeletionRequest, train: list) -
     if problems:
         reason = ", ".join(k for k, v in found.items() if v)
         raise Refused(reason, "; ".join(problems) + ". Nothing was changed.")
-
-
-def _forgotten_keys(ledger: Ledger) -> tuple[set[str], set[str]]:
-    """HMACs of the users and pairs of purged requests."""
-    rows = ledger.records()
-    purged = {r["request"] for r in rows if r["event"] == "purged"}
-    users, pairs = set(), set()
-    for r in rows:
-        if r["event"] == "received" and r["request"] in purged:
-            users.update(r["details"]["keys"]["users"])
-            pairs.update(r["details"]["keys"]["interactions"])
-    return users, pairs
 
 
 # ---- pending requests: list, cancel ----------------------------------------------------------
@@ -146,7 +139,8 @@ def cancel(deploy, request_id: str) -> dict:
         state = states(ledger.records()).get(request_id)
         if state is None:
             raise NotCancellable(f"no request {request_id!r} in the ledger")
-        if request_id not in ledger.pending() or state["event"] not in ("received", "failed"):
+        waiting = state["event"] in ("received", "failed") and "verified" not in state
+        if request_id not in ledger.pending() or not waiting:
             raise NotCancellable(
                 f"request {request_id} is {state['event']}: only a request waiting to be applied "
                 "can be cancelled"

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from e2urec.data.deletion import shown
+from e2urec.data.deletion import Eraser
 from e2urec.data.sample import FIELDS, Sample
 from e2urec.deploy.folder import Keyer, KeyMissing, Layout, tree_hash
-from e2urec.deploy.ledger import BUILT, Ledger, order_problems, states, versions
+from e2urec.deploy.ledger import BUILT, Ledger, order_problems, rolling, states, versions
 from e2urec.deploy.purge import read_split
 
 CAP = 50  # problems of one kind listed before "and N more"
@@ -48,36 +47,19 @@ def digests(splits: dict[str, list[Sample]]) -> dict[str, str]:
     return {name: digest(samples) for name, samples in splits.items()}
 
 
-@dataclass(frozen=True)
-class Forgotten:
-    """The HMACs of everything purged requests removed: users, (user, item) pairs, and how a
-    deleted rating shows in later prompts ((user, 'Title (N stars)'))."""
-
-    keyer: Keyer
-    users: frozenset[str]
-    pairs: frozenset[str]
-    shown: frozenset[str]
-
-    @classmethod
-    def of(cls, keyer: Keyer, rows: list[dict]) -> Forgotten:
-        done = {rid for rid, st in states(rows).items() if "purged" in st}
-        users, pairs, shown = set(), set(), set()
-        for r in rows:
-            if r["event"] == "received" and r["request"] in done:
-                keys = r["details"]["keys"]
-                users.update(keys["users"])
-                pairs.update(keys["interactions"])
-                shown.update(keys.get("shown", []))
-        return cls(keyer, frozenset(users), frozenset(pairs), frozenset(shown))
-
-    def erases(self, s: Sample) -> bool:
-        key = self.keyer
-        if key(s.user) in self.users or key(s.user, s.item) in self.pairs:
-            return True
-        items, texts = shown(s)
-        if any(key(s.user, i) in self.pairs for i in items):
-            return True
-        return bool(self.shown) and any(key(s.user, r) in self.shown for r in texts)
+def forgotten(keyer: Keyer, rows: list[dict]) -> Eraser:
+    """The deletion rule over everything purged requests removed, held as the HMACs their
+    "received" rows keep (users, (user, item) pairs, and how a deleted rating shows in the paper
+    prompts of samples that record no history: (user, 'Title (N stars)'))."""
+    done = {rid for rid, st in states(rows).items() if "purged" in st}
+    users, pairs, shown = set(), set(), set()
+    for r in rows:
+        if r["event"] == "received" and r["request"] in done:
+            keys = r["details"]["keys"]
+            users.update(keys["users"])
+            pairs.update(keys["interactions"])
+            shown.update(keys.get("shown", []))
+    return Eraser(frozenset(users), frozenset(pairs), frozenset(shown), key=keyer)
 
 
 def recorded_data(rows: list[dict]) -> tuple[dict[str, str] | None, dict[str, str]]:
@@ -89,16 +71,16 @@ def recorded_data(rows: list[dict]) -> tuple[dict[str, str] | None, dict[str, st
             recorded = r["details"]["data"]
     after: dict[str, str] = {}
     for st in states(rows).values():
-        if st["event"] in ("verified", "applied"):
+        if rolling(st):
             after.update(st["verified"]["details"].get("data_after") or {})
     return recorded, after
 
 
-def data_state(layout: Layout, rows: list[dict], forgotten: Forgotten | None):
-    """(problems, restorable): files changed in another way than forgotten rows coming back,
-    and {file: its samples without them} for those where only forgotten rows came back."""
+def data_state(layout: Layout, rows: list[dict], erased: Eraser | None, splits: dict):
+    """(problems, restorable): files of `splits` (as read) changed in another way than
+    forgotten rows coming back, and {file: its samples without them} for those where only
+    forgotten rows came back."""
     recorded, after = recorded_data(rows)
-    splits = read_splits(layout.data)
     problems, restorable = [], {}
     if recorded is not None:
         for name in sorted(set(recorded) - set(splits)):
@@ -109,7 +91,7 @@ def data_state(layout: Layout, rows: list[dict], forgotten: Forgotten | None):
         known = {recorded.get(name), after.get(name)} if recorded is not None else None
         if known is not None and (name not in recorded or digest(samples) in known):
             continue
-        kept = samples if forgotten is None else [s for s in samples if not forgotten.erases(s)]
+        kept = samples if erased is None else [s for s in samples if not erased.erases(s)]
         if len(kept) < len(samples) and (known is None or digest(kept) in known):
             restorable[name] = kept
         elif known is not None:
@@ -156,14 +138,17 @@ def live_problems(layout: Layout, rows: list[dict]) -> list[str]:
     """LIVE must name the last applied version (or, while a verified run rolls forward, the one
     before it); each run must have started from the version live before it."""
     order, recorded, problems = version_order(rows), versions(rows), []
+    befores: dict[str, set] = {}
+    for r in rows:
+        if r["event"] in BUILT:
+            befores.setdefault(r["version"], set()).add(r["model_before"])
     for prev, version in zip(order, order[1:]):
-        befores = {r["model_before"] for r in rows if r["event"] in BUILT and r["version"] == version}  # fmt: skip
-        if befores != {recorded[prev]["hash"]}:
+        if befores[version] != {recorded[prev]["hash"]}:
             problems.append(
                 f"models/{version} was made from a model that is not {prev}, the version before it"
             )
-    rolling = any(st["event"] in ("verified", "retrained") and st.get("version") == order[-1] for st in states(rows).values())  # fmt: skip
-    allowed = set(order[-2:]) if rolling else {order[-1]}
+    switching = any(_switching(st) and st.get("version") == order[-1] for st in states(rows).values())  # fmt: skip
+    allowed = set(order[-2:]) if switching else {order[-1]}
     live = layout.live()
     if live not in allowed:
         problems.append(
@@ -171,6 +156,12 @@ def live_problems(layout: Layout, rows: list[dict]) -> list[str]:
             "serving or building on an earlier version would undo the deletions since"
         )
     return problems
+
+
+def _switching(st: dict) -> bool:
+    """Verified (or retrained) into the newest version, which LIVE may not name yet."""
+    approximate = "verified" in st and "applied" not in st and "purged" not in st
+    return approximate or ("retrained" in st and "exact" not in st)
 
 
 def model_problems(layout: Layout, rows: list[dict], only: set[str] | None = None) -> list[str]:
@@ -265,6 +256,9 @@ def _inside(base: str | None) -> str | None:
 
 def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | None]:
     recorded = next((r["details"].get("key") for r in rows if r["event"] == "created"), None)
+    if layout.key_file.resolve().is_relative_to(layout.root.resolve()):
+        inside = f"the HMAC key {layout.key_file} is inside the deployment folder"
+        return [inside + ": a copy of the folder would carry it; keep it elsewhere"], None
     try:
         keyer = layout.keyer()
     except (KeyMissing, ValueError) as err:
@@ -275,6 +269,72 @@ def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | N
     return [], keyer
 
 
+def pending_problems(keyer: Keyer, rows: list[dict], pending: dict[str, dict]) -> list[str]:
+    """The ids a pending request will delete must be those whose HMACs its chained "received"
+    row keeps: the pending table itself is outside the chain, so an edit there is caught here."""
+    keys = {r["request"]: r["details"].get("keys") for r in rows if r["event"] == "received"}
+    problems = []
+    for rid, body in pending.items():
+        if rid in keys and not _matches(keyer, body, keys[rid] or {}):
+            problems.append(
+                f"request {rid}: its pending ids do not match the HMACs of its received row "
+                "(the pending table was edited); restore the ledger from a backup"
+            )
+    return problems
+
+
+def _matches(keyer: Keyer, body, keys: dict) -> bool:
+    try:
+        found = {
+            "users": [keyer(u) for u in body["users"]],
+            "interactions": [keyer(u, i) for u, i in body["interactions"]],
+            "shown": [keyer(u, text) for u, text in body.get("shown", [])],
+        }
+    except (TypeError, KeyError, ValueError, AttributeError):  # not a body `request` writes
+        return False
+    return all(found[k] == keys.get(k, []) for k in found)
+
+
+def backbone_record(layout: Layout, base: str | None) -> dict | None:
+    """What `init` records of the backbone Retrain and the exact phase train from: its name, and
+    the content hash of its folder when it lies outside the deployment (inside, v0's covers it)."""
+    if base is None:
+        return None
+    path = Path(base) if Path(base).is_absolute() else layout.root / base
+    if not path.is_dir() or path.resolve().is_relative_to(layout.root.resolve()):
+        return {"name": base}
+    return {"name": base, "hash": tree_hash(path)}
+
+
+def backbone_problems(layout: Layout, rows: list[dict]) -> list[str]:
+    recorded = next((r["details"].get("backbone") for r in rows if r["event"] == "created"), None)
+    if recorded is None:
+        return []  # a deployment made before the backbone was recorded
+    base = layout.config().get("base")
+    if base != recorded["name"]:
+        return [f"config.json names the backbone {base!r}, not {recorded['name']!r} as at init"]
+    if "hash" in recorded and backbone_record(layout, base) != recorded:
+        return [
+            f"the backbone {base} is not the one hashed at init: a version trained from it "
+            "(Retrain, the exact phase) would build on other weights"
+        ]
+    return []
+
+
+def head_problems(rows: list[dict], kept: str) -> list[str]:
+    """The head an operator kept elsewhere must be a row of this ledger (later rows may follow):
+    an older copy of the ledger restored, with LIVE and the data, passes every other check."""
+    kept = kept.strip().lower()
+    if len(kept) < 16 or any(c not in "0123456789abcdef" for c in kept):
+        raise ValueError(f"--expect-head {kept!r}: give the head's hash (16 or more hex digits)")
+    if not any(r["hash"].startswith(kept) for r in rows):
+        return [
+            f"the ledger has no row with the head {kept[:16]} that was kept: it is not the "
+            "ledger that recorded it (an older copy restored, or the chain rewritten)"
+        ]
+    return []
+
+
 # ---- the checks ---------------------------------------------------------------------------
 
 
@@ -282,26 +342,51 @@ def _cap(problems: list[str]) -> list[str]:
     return problems[:CAP] + ([f"and {len(problems) - CAP} more"] if len(problems) > CAP else [])
 
 
-def check(layout: Layout, all_models: bool = True) -> tuple[list[str], dict]:
-    """(problems, restorable). `all_models` False: only the live version and what it builds on
-    are re-hashed (what `apply` builds on)."""
+def check(layout: Layout, models: str = "all") -> tuple[list[str], dict]:
+    """(problems, found: rows, restorable). `models`: "all" re-hashes every recorded version and
+    the backbone; "live" only the live version, what it builds on and the backbone (what `apply`
+    builds on); "none" no model file (what `request` relies on: ledger, LIVE, key, data)."""
     with Ledger(layout.ledger) as ledger:
-        rows, problems = ledger.chain_problems()
-        problems += order_problems(rows, set(ledger.pending()))
+        rows, chained = ledger.checked()
+        pending = ledger.pending()
+    problems = [*chained, *order_problems(rows, set(pending))]
     recorded = versions(rows)
     live = layout.live()
     if live not in recorded:
         problems.append(f"the live model {live!r} is not a version the ledger records")
     else:
         problems += live_problems(layout, rows)
-    only = None if all_models else live_chain(layout, live, recorded)
-    problems += model_problems(layout, rows, only)
+    if models != "none":
+        only = None if models == "all" else live_chain(layout, live, recorded)
+        problems += model_problems(layout, rows, only) + backbone_problems(layout, rows)
     problems += exact_problems(layout, rows)
     found, keyer = key_problems(layout, rows)
     problems += found
-    forgotten = Forgotten.of(keyer, rows) if keyer is not None else None
-    found, restorable = data_state(layout, rows, forgotten)
-    return problems + found, {"rows": len(rows), "restorable": restorable}
+    if keyer is not None:
+        problems += pending_problems(keyer, rows, pending)
+    erased = forgotten(keyer, rows) if keyer is not None else None
+    splits = read_splits(layout.data)
+    found, restorable = data_state(layout, rows, erased, splits)
+    return problems + found, {"rows": rows, "restorable": restorable, "splits": splits}
+
+
+def servable(layout: Layout, rehash: bool = False) -> str:
+    """The version to serve: the one LIVE names, if the ledger's chain holds and it is the last
+    applied version (the rule `ledger verify` applies); with `rehash` (before loading it), its
+    files and what it builds on must also hash to their records. Tampered otherwise."""
+    with Ledger(layout.ledger) as ledger:
+        rows, chained = ledger.checked()
+    live, recorded = layout.live(), versions(rows)
+    problems = list(chained)
+    if live not in recorded:
+        problems.append(f"LIVE names {live!r}, not a version the ledger records")
+    else:
+        problems += live_problems(layout, rows)
+        if rehash and not problems:
+            problems += model_problems(layout, rows, live_chain(layout, live, recorded))
+    if problems:
+        raise Tampered(f"{layout.root}: will not serve: {'; '.join(_cap(problems))}")
+    return live
 
 
 def live_chain(layout: Layout, live: str, recorded: dict) -> set[str]:
@@ -315,24 +400,41 @@ def live_chain(layout: Layout, live: str, recorded: dict) -> set[str]:
     return names
 
 
-def verify(deploy: str | Path) -> dict:
+def verify(deploy: str | Path, expect_head: str | None = None) -> dict:
     """Check the chain and each request's events, re-hash every recorded model version and its
-    base chain, LIVE, the key and the data against the ledger."""
+    base chain and the backbone, LIVE, the key and the data against the ledger; with
+    `expect_head`, that the ledger holds the head kept elsewhere."""
     layout = Layout.of(deploy)
     problems, found = check(layout)
+    if expect_head is not None:
+        problems += head_problems(found["rows"], expect_head)
     for name in found["restorable"]:
         problems.append(
             f"data/{name}: holds forgotten rows again (restored from a backup?); "
             "the next `apply` removes them"
         )
-    return {"ok": not problems, "rows": found["rows"], "problems": _cap(problems)}
+    return {"ok": not problems, "rows": len(found["rows"]), "problems": _cap(problems)}
 
 
 def preflight(layout: Layout) -> dict[str, list[Sample]]:
     """Refuse (Tampered) to build on a deployment that fails the checks; return the files in
     which only forgotten rows came back, with their samples without them."""
-    problems, found = check(layout, all_models=False)
+    problems, found = check(layout, models="live")
     if problems:
         listed = "; ".join(_cap(problems))
         raise Tampered(f"{layout.root}: refusing to apply, nothing was changed: {listed}")
     return found["restorable"]
+
+
+def intake_check(layout: Layout) -> dict[str, list[Sample]]:
+    """What a request relies on (ledger, LIVE, key, data; no model file re-hashed): a failure is
+    the deployment's, not the data subject's, and no refusal is recorded (Tampered). Returns
+    the data's splits as read."""
+    problems, found = check(layout, models="none")
+    if problems:
+        listed = "; ".join(_cap(problems))
+        raise Tampered(
+            f"{layout.root}: the deployment needs its operator, the request was not recorded: "
+            f"{listed}"
+        )
+    return found["splits"]

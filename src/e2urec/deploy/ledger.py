@@ -79,6 +79,7 @@ VIEW = (
 )
 CANCELLED = "cancelled by the operator"
 ALREADY = "already purged by an earlier request"
+UNTRAINED = "nothing of it in the training data: purged from the other splits, nothing to unlearn"
 SCHEMA = f"""
 CREATE TABLE ledger (seq INTEGER PRIMARY KEY, {", ".join(FIELDS)}, prev_hash TEXT, hash TEXT);
 CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), rows INTEGER, hash TEXT);
@@ -187,8 +188,27 @@ class Ledger:
         return {"rows": count, "hash": digest}
 
     def pending(self) -> dict[str, dict]:
-        cur = self.db.execute("SELECT request, body FROM pending ORDER BY rowid")
-        return {r: json.loads(b) for r, b in cur}
+        found = {}
+        for rid, body in self.db.execute("SELECT request, body FROM pending ORDER BY rowid"):
+            try:
+                found[rid] = json.loads(body)
+            except (TypeError, json.JSONDecodeError) as err:
+                raise Corrupt(
+                    f"{self.path}: the pending ids of request {rid} are not JSON ({err}); "
+                    "restore the ledger from a backup"
+                ) from None
+        return found
+
+    def checked(self) -> tuple[list[dict], list[str]]:
+        """`chain_problems()`, read again only when the file changed: a service that checks
+        the ledger every few seconds re-reads it only after a write. The rows are shared
+        between callers: read them, never change them."""
+        key = (_signature(self.path), tuple(self.head().values()))
+        where = self.path.resolve()
+        found = _CHECKED.get(where)
+        if found is None or found[0] != key:
+            found = _CHECKED[where] = (key, *self.chain_problems())
+        return found[1], found[2]
 
     def chain_problems(self) -> tuple[list[dict], list[str]]:
         """Rows (details parsed) and what is wrong with the chain."""
@@ -215,6 +235,20 @@ class Ledger:
         return rows, problems
 
 
+# The last check of each ledger file, with the signature it was made at.
+_CHECKED: dict[Path, tuple[tuple, list[dict], list[str]]] = {}
+
+
+def _signature(path: Path) -> tuple:
+    """What changes when the file is written: SQLite's file change counter (header bytes 24-27,
+    bumped by every commit), and the file's inode, size and modification time (an edit by
+    another tool)."""
+    info = path.stat()
+    with path.open("rb") as fh:
+        counter = fh.read(28)[24:]
+    return (info.st_ino, info.st_size, info.st_mtime_ns, counter)
+
+
 def versions(rows: list[dict]) -> dict[str, dict]:
     """Model versions the ledger vouches for: the initial one and each verified unlearned one."""
     found: dict[str, dict] = {}
@@ -222,6 +256,12 @@ def versions(rows: list[dict]) -> dict[str, dict]:
         if row["event"] in BUILT and row["version"] not in found:
             found[row["version"]] = {"hash": row["model_after"], "created": row["time"]}
     return found
+
+
+def rolling(state: dict) -> bool:
+    """A request verified into a new version and not yet purged: it rolls forward, whatever
+    failed attempts (of the switch or the purge) follow its "verified" row."""
+    return "verified" in state and "purged" not in state
 
 
 def states(rows: list[dict]) -> dict[str, dict]:
@@ -250,7 +290,10 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
             _phase(view, row)
         if view["purged"] is not None:  # the exact phase's rows leave the request's state
             continue
-        view["state"] = "retrying" if kind == "failed" else kind
+        # A failure once the request is in a verified version leaves it rolling forward.
+        rolled = view["state"] in ("verified", "applied")
+        if kind != "failed" or not rolled:
+            view["state"] = "retrying" if kind == "failed" else kind
         if kind == "received" or (kind == "refused" and view["received"] is None):
             view.update(received=row["time"], users=row["users"], samples=row["samples"])
             view["interactions"] = row["details"].get("interactions")
@@ -259,7 +302,7 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
         if kind == "failed":
             view["attempts"] += 1
             view["error"] = row["details"].get("error")
-        if kind in ("verified", "failed"):
+        if kind == "verified" or (kind == "failed" and not rolled):
             view["method"] = row["method"]
             view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
             view["verification"] = row["details"].get("verification")
@@ -290,25 +333,29 @@ def _phase(view: dict, row: dict) -> None:
 
 # The event sequences a request may have: refused at once; or received, failed attempts, then
 # refused (cancelled), purged (already purged by an earlier one) or a prefix of verified,
-# applied, purged; after purged, in a two-phase deployment, failed exact attempts and a prefix
-# of retrained, exact.
+# applied, purged, with failed attempts after verified and applied too (the switch or the purge
+# failed; the request rolls forward); after purged, in a two-phase deployment, failed exact
+# attempts and a prefix of retrained, exact.
 EXACT_TAIL = r"( failed)*( retrained( exact)?)?"
 SEQUENCE = re.compile(
-    rf"refused|received( failed)*( verified( applied( purged{EXACT_TAIL})?)?| refused"
-    rf"| purged{EXACT_TAIL})?"
+    rf"refused|received( failed)*( verified( failed)*( applied( failed)*( purged{EXACT_TAIL})?)?"
+    rf"| refused| purged{EXACT_TAIL})?"
 )
 
 
 def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
     """Requests whose events skip or repeat a step, or whose ids are kept when the request is
-    finished (or gone when it is not)."""
+    finished (or gone when it is not). One pass over the rows: a ledger of many requests."""
+    events: dict[str, list[str]] = {}
+    for row in rows:
+        if row["request"]:
+            events.setdefault(row["request"], []).append(row["event"])
     problems = []
-    for rid, state in states(rows).items():
-        events = tuple(r["event"] for r in rows if r["request"] == rid)
-        finished = events[-1] == "refused" or "purged" in events
-        if not SEQUENCE.fullmatch(" ".join(events)):
-            problems.append(f"request {rid}: events out of order: {', '.join(events)}")
+    for rid, seq in events.items():
+        finished = seq[-1] == "refused" or "purged" in seq
+        if not SEQUENCE.fullmatch(" ".join(seq)):
+            problems.append(f"request {rid}: events out of order: {', '.join(seq)}")
         elif finished == (rid in pending):
             kept = "still keeps" if finished else "no longer has"
-            problems.append(f"request {rid}: {state['event']}, but the ledger {kept} its ids")
+            problems.append(f"request {rid}: {seq[-1]}, but the ledger {kept} its ids")
     return problems

@@ -1,52 +1,32 @@
 """Purge: rewrite a prepared data folder without the samples deletion requests removed.
 
-Which samples go is decided per sample from the requests alone (users, (user, item) pairs, and
-the 'Title (N stars)' strings by which each deleted rating shows in later prompts, worked out
-when the request arrived), so a purge cut short by a crash is simply run again.
+Which samples go is decided per sample by the one deletion rule (`data.deletion.Eraser`) from
+the requests alone (users, (user, item) pairs, and the 'Title (N stars)' strings by which each
+deleted rating shows in the paper prompts of samples that record no history, worked out when the
+request arrived), so a purge cut short by a crash is simply run again.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-from e2urec.data.deletion import shown, shown_as
+from e2urec.data.deletion import Eraser
 from e2urec.data.sample import Sample, read_jsonl, write_jsonl
 from e2urec.deploy.folder import write_atomic
 
-
-@dataclass(frozen=True)
-class Eraser:
-    users: frozenset[str]
-    pairs: frozenset[tuple[str, str]]
-    shown: frozenset[tuple[str, str]]  # (user, how a deleted rating shows in a prompt's history)
-
-    @classmethod
-    def of(cls, requests: Iterable[dict]) -> Eraser:
-        """From request bodies {"users": [...], "interactions": [[u, i]], "shown": [[u, s]]}."""
-        requests = list(requests)
-        return cls(
-            frozenset(u for r in requests for u in r["users"]),
-            frozenset(tuple(p) for r in requests for p in r["interactions"]),
-            frozenset(tuple(p) for r in requests for p in r.get("shown", [])),
-        )
-
-    def erases(self, s: Sample) -> bool:
-        if s.user in self.users or (s.user, s.item) in self.pairs:
-            return True
-        items, texts = shown(s)
-        if any((s.user, i) in self.pairs for i in items):
-            return True
-        return bool(self.shown) and any((s.user, r) in self.shown for r in texts)
+Temporary = Callable[[Path], "Path | None"]
 
 
-def shown_texts(train: Iterable[Sample], pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """How the deleted ratings `pairs` show in the history of their users' later prompts."""
-    pairs = set(pairs)
-    found = {(s.user, shown_as(s)) for s in train if (s.user, s.item) in pairs}
-    return sorted([u, text] for u, text in found if text)
+def eraser_of(requests: Iterable[dict]) -> Eraser:
+    """The rule of request bodies {"users": [...], "interactions": [[u, i]], "shown": [[u, s]]}."""
+    requests = list(requests)
+    return Eraser(
+        frozenset(u for r in requests for u in r["users"]),
+        frozenset(tuple(p) for r in requests for p in r["interactions"]),
+        frozenset(tuple(p) for r in requests for p in r.get("shown", [])),
+    )
 
 
 def read_split(path: Path) -> list[Sample]:
@@ -54,9 +34,16 @@ def read_split(path: Path) -> list[Sample]:
     return read_jsonl(path) if path.stat().st_size else []
 
 
-def purge_folder(folder: str | Path, eraser: Eraser, after_file: Callable[[], None] = lambda: None):
+def purge_folder(
+    folder: str | Path,
+    eraser: Eraser,
+    after_file: Callable[[], None] = lambda: None,
+    temporary: Temporary = lambda path: None,
+):
     """Rewrite every *.jsonl in `folder` without erased samples, then the manifest's counts and
-    user lists. Returns the samples removed per file."""
+    user lists. Returns the samples removed per file. `temporary(file)`: the recorded name each
+    file's replacement is written through (`Layout.temporary`), so that a crash leaves nothing
+    the next apply cannot tell from the operator's files."""
     folder = Path(folder)
     removed = {}
     # The frozen bottom's stored states (derived data) first: they are found by the samples,
@@ -73,20 +60,22 @@ def purge_folder(folder: str | Path, eraser: Eraser, after_file: Callable[[], No
         kept = [s for s in samples if not eraser.erases(s)]
         removed[path.name] = len(samples) - len(kept)
         if removed[path.name]:
-            write_jsonl(kept, path)
+            write_jsonl(kept, path, temporary(path))
             after_file()
-    _rewrite_manifest(folder, eraser)
+    _rewrite_manifest(folder, eraser, temporary)
     return removed
 
 
-def write_kept(folder: Path, kept: dict[str, list[Sample]], eraser: Eraser | None = None) -> None:
+def write_kept(
+    folder: Path, kept: dict[str, list[Sample]], eraser: Eraser | None, temporary: Temporary
+) -> None:
     """Rewrite the given split files with the samples kept, then the manifest."""
     for name, samples in kept.items():
-        write_jsonl(samples, folder / name)
-    _rewrite_manifest(folder, eraser or Eraser(frozenset(), frozenset(), frozenset()))
+        write_jsonl(samples, folder / name, temporary(folder / name))
+    _rewrite_manifest(folder, eraser or Eraser(frozenset(), frozenset()), temporary)
 
 
-def _rewrite_manifest(folder: Path, eraser: Eraser) -> None:
+def _rewrite_manifest(folder: Path, eraser: Eraser, temporary: Temporary) -> None:
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())
     for name in list(manifest.get("counts", {})):
@@ -107,4 +96,4 @@ def _rewrite_manifest(folder: Path, eraser: Eraser) -> None:
             manifest["users"]["forgotten"] = len(manifest["forgotten_users"])
     for half, users in manifest.get("forgotten_halves", {}).items():
         manifest["forgotten_halves"][half] = [u for u in users if str(u) not in eraser.users]
-    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n", temporary(path))

@@ -6,12 +6,13 @@ complete the requests an earlier request already purged.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 
 from e2urec.deploy import integrity
-from e2urec.deploy.folder import TEMPORARY, Layout
-from e2urec.deploy.ledger import ALREADY, Ledger, states, versions
-from e2urec.deploy.purge import Eraser, read_split, write_kept
+from e2urec.deploy.folder import Layout
+from e2urec.deploy.ledger import ALREADY, UNTRAINED, Ledger, rolling, states, versions
+from e2urec.deploy.purge import eraser_of, read_split, write_kept
 
 
 def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numbers=None):
@@ -19,10 +20,11 @@ def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numb
     error's kind (a message may quote ids; the ledger never holds them in clear). Best effort:
     with the disk full it cannot be written, and the requests stay pending all the same."""
     with contextlib.suppress(Exception):
-        ids = [r for r in ledger.pending() if ids is None or r in ids]
+        # Every request still pending, one already verified included: a switch or a purge that
+        # fails is an attempt too (counted, shown, and the worker backs off).
+        waiting = [r for r in ledger.pending() if ids is None or r in ids]
         rows = ledger.records()
         last, recorded = states(rows), versions(rows)
-        waiting = [r for r in ids if last[r]["event"] in ("received", "failed")]
         before = recorded.get(layout.live(), {}).get("hash")
         method = method or layout.config()["method"]
         events = [
@@ -42,22 +44,26 @@ def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numb
 
 
 def tidy(layout: Layout, ledger: Ledger) -> None:
-    """Remove what a crashed run of ours left: staging folders no verified run names, and our
-    temporary files (named after the file they were to replace). Nothing else: the folder may
-    hold the operator's files."""
-    rolling = {
-        st[st["event"]]["details"].get("staging")
-        for st in states(ledger.records()).values()
-        if st["event"] in ("verified", "retrained")
-    }
-    for folder in layout.models.iterdir():
-        if folder.name.startswith(".staging-") and folder.name not in rolling:
-            shutil.rmtree(folder)
-    for folder in (layout.data, layout.root):
-        for tmp in folder.glob(".*"):
-            ours = TEMPORARY.match(tmp.name)
-            if ours and tmp.is_file() and (folder / ours["name"]).is_file():
-                tmp.unlink()
+    """Remove what a crashed run of ours left, by the exact names it recorded before creating
+    them (`Layout.reserve`): its staging folders (but those a verified run still rolls forward
+    from) and temporary files. Nothing else: the folder may hold the operator's files."""
+    found = states(ledger.records()).values()
+    keep = {st["verified"]["details"].get("staging") for st in found if rolling(st)}
+    keep |= {st["retrained"]["details"].get("staging") for st in found if "retrained" in st and "exact" not in st}  # fmt: skip
+    kept = []
+    for path in layout.reserved():
+        if path.name in keep:
+            kept.append(path)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    # Rewritten in place: a crash part-way loses names of what is already gone (or of staging
+    # folders the ledger names anyway), never an operator's file.
+    with open(layout.scratch_file, "w", encoding="utf-8") as fh:
+        fh.writelines(f"{p.relative_to(layout.root).as_posix()}\n" for p in kept)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def enforce(layout: Layout, ledger: Ledger, restorable: dict) -> None:
@@ -66,36 +72,39 @@ def enforce(layout: Layout, ledger: Ledger, restorable: dict) -> None:
         return
     sizes = {name: len(read_split(layout.data / name)) for name in restorable}
     removed = {name: sizes[name] - len(kept) for name, kept in restorable.items()}
-    write_kept(layout.data, restorable)
+    write_kept(layout.data, restorable, None, layout.temporary)
     data = integrity.digests(integrity.read_splits(layout.data))
     ledger.append([{"event": "enforced", "details": {"removed": removed, "data": data}}])
 
 
 def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str], shards=None):
     """Complete the requests none of whose train samples are left (an earlier request purged
-    them with its own), so that they never block a run; return the others. `shards` (a
-    two-phase deployment): request bodies -> {request: the shards its exact phase retrains}."""
+    them with its own, or they never had any: a user or rating only in the held-out splits),
+    so that they never block a run: no model learned from what is left of them, and the purge
+    removes it from every split. Returns the others. `shards` (a two-phase deployment):
+    request bodies -> {request: the shards its exact phase retrains}."""
     bodies, train = ledger.pending(), read_split(layout.data / "train.jsonl")
-    union = Eraser.of(bodies[r] for r in ids)
+    union = eraser_of(bodies[r] for r in ids)
     touched = [s for s in train if union.erases(s)]  # one pass over the data, not one per request
-    done = [r for r in ids if not any(Eraser.of([bodies[r]]).erases(s) for s in touched)]
+    done = [r for r in ids if not any(eraser_of([bodies[r]]).erases(s) for s in touched)]
     if not done:
         return ids
-    eraser, splits = Eraser.of(bodies[r] for r in done), integrity.read_splits(layout.data)
+    eraser, splits = eraser_of(bodies[r] for r in done), integrity.read_splits(layout.data)
     kept = {name: [s for s in samples if not eraser.erases(s)] for name, samples in splits.items()}
     removed = {name: len(splits[name]) - len(kept[name]) for name in splits}
-    details = {"reason": ALREADY, "removed": removed, "data": integrity.digests(kept)}
-    live = layout.live()
+    details = {"removed": removed, "data": integrity.digests(kept)}
+    live, received = layout.live(), states(ledger.records())
     # The rows first: a crash before the files are rewritten leaves rows of purged requests in
     # the data, which the next apply's enforcement removes (their HMACs are in the ledger).
     exact = shards({r: bodies[r] for r in done}) if shards else {}
-    ledger.append(
-        purged_rows(done, live, details, exact),
-        drop_pending=done,
-    )
+    rows = purged_rows(done, live, details, exact)
+    for row in rows:
+        trained = received[row["request"]]["received"]["samples"]
+        row["details"]["reason"] = ALREADY if trained else UNTRAINED
+    ledger.append(rows, drop_pending=done)
     changed = {name: kept[name] for name in kept if removed[name]}
     if changed:
-        write_kept(layout.data, changed, eraser)
+        write_kept(layout.data, changed, eraser, layout.temporary)
     return [r for r in ids if r not in done]
 
 

@@ -113,25 +113,21 @@ def verify(
 ) -> dict:
     """Verification numbers of `after` (the unlearned model) against `before`, the verdict on
     harm (`passed`) and the evidence of forgetting. `exact`: the name of an exact method, whose
-    evidence is structural."""
-    if len(holdout) < 4 or len(retain) < 2:
-        raise ValueError(
-            f"verification needs at least 4 held-out and 2 retained samples, "
-            f"got {len(holdout)} in {holdout_name} and {len(retain)} retained"
-        )
+    evidence is structural. With fewer than MIN_HELD held-out or MIN_MEMBERS retained samples
+    (a deletion took nearly all of them) the attack and the held-out AUC are left out and
+    `limited` says so: a data subject's erasure must not wait on the evaluation's sample size."""
     rng = np.random.default_rng(bounds.seed)
-    held = _subset(holdout, 2 * bounds.samples, rng)
-    members = _subset(retain, bounds.samples, rng)
+    limited = _limited(holdout, holdout_name, retain)
+    held = [] if limited else _subset(holdout, 2 * bounds.samples, rng)
+    members = [] if limited else _subset(retain, bounds.samples, rng)
     control = control_samples(forget, retain, rng)
     rec = loader.load(before)
-    was, f_was = assess(rec, held, forget, members, seed=bounds.seed)
+    was, f_was = _assess(rec, held, forget, members, bounds.seed)
     c_was = score(rec, control)["p_yes"] if exact is None else None
     rec = loader.load(after)
-    now, f_now = assess(rec, held, forget, members, seed=bounds.seed, full=reference is not None)
+    now, f_now = _assess(rec, held, forget, members, bounds.seed, full=reference is not None)
     c_now = score(rec, control)["p_yes"] if exact is None else None
     del rec
-    unseen = len(held) - len(held) // 2  # the attack's held-out half (mia.Plan)
-    se = hanley_mcneil_se(now["mia_auc"], len(forget), unseen)
     numbers = {
         "holdout": holdout_name,
         "samples": {"forget": len(forget), "members": len(members), "held_out": len(held)},
@@ -140,10 +136,16 @@ def verify(
             "after": _p_true(forget, f_now["p_yes"]),
         },
         "forget_shift": float(np.abs(f_now["p_yes"] - f_was["p_yes"]).mean()),
-        "mia_auc": {"before": was["mia_auc"], "after": now["mia_auc"], "se": se},
-        "holdout_auc": {"before": was["test"]["auc"], "after": now["test"]["auc"]},
+        "mia_auc": None,
+        "holdout_auc": None,
         "jsd_retrain": None,
+        "limited": limited,
     }
+    if not limited:
+        unseen = len(held) - len(held) // 2  # the attack's held-out half (mia.Plan)
+        se = hanley_mcneil_se(now["mia_auc"], len(forget), unseen)
+        numbers["mia_auc"] = {"before": was["mia_auc"], "after": now["mia_auc"], "se": se}
+        numbers["holdout_auc"] = {"before": was["test"]["auc"], "after": now["test"]["auc"]}
     if reference is not None:
         ref = score(loader.load(reference), forget, full=True)
         numbers["jsd_retrain"] = closeness(f_now["dist"], ref["dist"], f_now["p_yes"], ref["p_yes"])["jsd"]  # fmt: skip
@@ -154,6 +156,12 @@ def verify(
             "note": f"{exact} trains from the backbone without the forgotten rows: "
             "no trained part of the new model saw them",
         }
+    elif not control:
+        numbers["forgetting"] = {
+            "verdict": NOT_SHOWN,
+            "shown": False,
+            "note": "no retained samples left to compare the forgotten ones with",
+        }
     else:
         d_forget = _logodds_change(forget, f_was["p_yes"], f_now["p_yes"])
         d_control = _logodds_change(control, c_was, c_now)
@@ -161,6 +169,28 @@ def verify(
     numbers = _clean(numbers)
     failures = _failures(numbers, bounds)
     return {**numbers, "bounds": asdict(bounds), "passed": not failures, "failures": failures}
+
+
+MIN_HELD, MIN_MEMBERS = 4, 2  # what the attack's halves and an AUC need at the least
+
+
+def _limited(holdout: list[Sample], name: str, retain: list[Sample] | None = None) -> str | None:
+    """Why the held-out checks are left out, or None when there are samples enough for them."""
+    few_members = retain is not None and len(retain) < MIN_MEMBERS
+    if len(holdout) >= MIN_HELD and not few_members:
+        return None
+    kept = f" and {len(retain)} retained" if retain is not None else ""
+    return (
+        f"only {len(holdout)} held-out samples in {name}{kept}: the membership attack and the "
+        "held-out AUC were left out"
+    )
+
+
+def _assess(rec, held, forget, members, seed, full=False) -> tuple[dict | None, dict]:
+    """`assess`, or only the forgotten samples' scores when there is nothing held out."""
+    if held:
+        return assess(rec, held, forget, members, seed=seed, full=full)
+    return None, score(rec, forget, full=full)
 
 
 def verify_exact(
@@ -176,13 +206,12 @@ def verify_exact(
     from e2urec.metrics import scored_classification
     from e2urec.model import apa, backbone
 
-    if len(holdout) < 4:
-        raise ValueError(f"verification needs at least 4 held-out samples, got {len(holdout)}")
-    held = _subset(holdout, 2 * bounds.samples, np.random.default_rng(bounds.seed))
-    aucs = {
-        name: scored_classification(held, score(loader.load(folder), held))["auc"]
-        for name, folder in (("before", before), ("after", after))
-    }
+    limited = _limited(holdout, holdout_name)
+    held = [] if limited else _subset(holdout, 2 * bounds.samples, np.random.default_rng(bounds.seed))  # fmt: skip
+    aucs = {"before": float("nan"), "after": float("nan")}
+    if held:
+        for name, folder in (("before", before), ("after", after)):
+            aucs[name] = scored_classification(held, score(loader.load(folder), held))["auc"]
     meta = backbone.read_meta(after)
     pooled = {row[0] for row in apa.read_pool(after)["samples"]}
     left = sorted(gone & (set(meta.get("homes", {})) | pooled))
@@ -190,6 +219,7 @@ def verify_exact(
         "holdout": holdout_name,
         "samples": {"forget": 0, "members": 0, "held_out": len(held)},
         "holdout_auc": _clean(aucs),
+        "limited": limited,
         "forgetting": {
             "verdict": STRUCTURAL,
             "shown": not left,
@@ -266,8 +296,8 @@ def evidence(d_forget: np.ndarray, d_control: np.ndarray, bounds: Bounds) -> dic
 
 def _failures(n: dict, b: Bounds) -> list[str]:
     failures = []
-    auc, se = n["mia_auc"]["after"], n["mia_auc"]["se"]
-    judged = n["samples"]["forget"] >= b.mia_min_forget
+    auc, se = (n["mia_auc"] or {}).get("after"), (n["mia_auc"] or {}).get("se")
+    judged = auc is not None and n["samples"]["forget"] >= b.mia_min_forget
     if judged and auc - 1.96 * se > b.max_mia_auc:
         failures.append(
             f"membership attack AUC {auc:.3f} (95% lower bound {auc - 1.96 * se:.3f}) is above "
@@ -278,7 +308,7 @@ def _failures(n: dict, b: Bounds) -> list[str]:
         failures.append(
             f"the forgotten answers became more likely (+{rise:.3f} > {b.max_p_true_rise})"
         )
-    was, now = n["holdout_auc"]["before"], n["holdout_auc"]["after"]
+    was, now = (n["holdout_auc"] or {}).get("before"), (n["holdout_auc"] or {}).get("after")
     if was is not None and now is not None and was - now > b.max_utility_drop:
         failures.append(
             f"held-out AUC fell from {was:.3f} to {now:.3f} (more than {b.max_utility_drop})"
