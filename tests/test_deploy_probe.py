@@ -21,6 +21,7 @@ from e2urec.deploy import apply_loop as rollout
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.integrity import servable, verify
 from e2urec.deploy.ledger import UNTRAINED, Ledger
+from e2urec.service.worker import pending as worker_pending
 
 HIDDEN, OPTIONS = test_deploy.HIDDEN, test_deploy.OPTIONS
 source, model, applied = test_deploy.source, test_deploy.model, test_deploy.applied
@@ -247,6 +248,7 @@ def test_a_purge_that_fails_after_the_switch_is_counted_and_left(
     assert view["attempts"] == 1 and view["error"] == "OSError"
     assert view["verification"]["passed"]  # the numbers of the version it is live in stay
     assert status(root)["live"] == "v1" and verify(root)["ok"], verify(root)
+    assert worker_pending(root, max_attempts=1) == []  # the worker leaves it to the operator
     monkeypatch.undo()
     [done] = apply(root)
     assert done["state"] == "purged" and done["attempts"] == 1 and verify(root)["ok"]

@@ -17,7 +17,7 @@ from e2urec.data.sample import YES, Sample
 from e2urec.model import loader
 from e2urec.model.scoring import score
 from e2urec.service.app import create_app
-from e2urec.service.config import TOKEN_FILE, ServiceConfig, read_token
+from e2urec.service.config import ServiceConfig, read_token, token_path
 
 # A quick unlearning run and a small verification: these tests are about the service.
 FAST = {"epochs": 1, "aug_epochs": 1, "lora_rank": 2, "lora_alpha": 4, "verify": {"samples": 20}}
@@ -188,6 +188,8 @@ def test_malformed_and_oversized_bodies(read_only):
         ({"token": "short"}, "at least 16 characters"),
         ({"max_history": 0}, "max_history must be at least 1"),
         ({"window": -1}, "window must be >= 0"),
+        ({"apply_timeout": 0}, "apply_timeout must be > 0"),
+        ({"method": "no-such-method"}, "unknown method 'no-such-method'"),
     ],
 )
 def test_bad_service_settings_are_refused(read_only, change, message):
@@ -248,12 +250,15 @@ def test_deletion_is_applied_while_scoring_goes_on(fresh, splits):
             assert s["p_yes"] == pytest.approx(by_version[a["model"]][s["item"]], abs=1e-5)
 
 
-def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, splits):
+def test_a_failed_apply_is_recorded_and_the_last_model_keeps_serving(fresh, splits, monkeypatch):
+    from e2urec.service import worker
+
     user = splits["train"][0].user
     req = body(fresh)
     config = json.loads((fresh / "config.json").read_text())
     config["options"]["lr"] = 0  # the deployment's own settings broken: every run fails
     (fresh / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(worker, "RETRY", 0.1)  # the worker's back-off, short for the test
     with client(fresh, window=0, max_attempts=2) as c:
         before = c.post("/v1/score", json=req, headers=AUTH).json()
         rid = c.post("/v1/deletions", json={"users": [user]}, headers=AUTH).json()["id"]
@@ -312,19 +317,28 @@ def test_a_pending_request_is_cancelled_with_the_token(fresh, splits):
     assert deploy.pending_requests(fresh) == []
 
 
-def test_token_file_or_the_deployments_own(tmp_path):
+def test_token_file_or_the_deployments_own_beside_its_key(tmp_path, fresh):
     given = tmp_path / "token"
     given.write_text("  secret-from-the-file-0123  \n")
-    assert read_token(given, tmp_path) == "secret-from-the-file-0123"
+    assert read_token(given, fresh) == "secret-from-the-file-0123"
     given.write_text("\n")
     with pytest.raises(ValueError, match="empty"):
-        read_token(given, tmp_path)
+        read_token(given, fresh)
     with pytest.raises(ValueError, match="no such file"):
-        read_token(tmp_path / "missing", tmp_path)
-    made = read_token(None, tmp_path)  # first start: made once, owner-only, then reused
-    assert len(made) >= 32 and read_token(None, tmp_path) == made
-    assert (tmp_path / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        read_token(tmp_path / "missing", fresh)
+    before = sorted(p.name for p in fresh.rglob("*"))
+    made = read_token(None, fresh)  # first start: made once, owner-only, then reused
+    assert len(made) >= 32 and read_token(None, fresh) == made
+    # Beside the key, outside the folder: a backup of the folder carries no credential.
+    key_file = Path(json.loads((fresh / "config.json").read_text())["key_file"])
+    own = token_path(fresh)
+    assert own.read_text().strip() == made and own.parent == key_file.parent
+    assert (
+        own.stat().st_mode & 0o777 == 0o600 and sorted(p.name for p in fresh.rglob("*")) == before
+    )
+    (fresh / "service-token").write_text(made)  # where services before kept it
+    with pytest.raises(ValueError, match="service-token: a token inside the deployment"):
+        read_token(None, fresh)
 
 
 def test_an_apply_held_off_by_another_is_retried_not_failed(fresh, splits):

@@ -437,7 +437,8 @@ def add_serve(sub) -> None:
     p.add_argument(
         "--token-file",
         dest="token_file",
-        help="file holding the bearer token (default: DEPLOY/service-token, made on first start)",
+        help="file holding the bearer token (default: made on the first start beside the "
+        "deployment's HMAC key, outside the folder)",
     )
     p.add_argument(
         "--open-score",
@@ -463,13 +464,20 @@ def add_serve(sub) -> None:
         type=int,
         help="failed applies of a request before the worker leaves it to the operator (3)",
     )
+    p.add_argument(
+        "--apply-timeout",
+        dest="apply_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="an apply running longer is killed and counted as a failed attempt (14400)",
+    )
     p.set_defaults(run=run_serve)
 
 
 def run_serve(args) -> None:
     from e2urec.service.app import serve
 
-    names = ("window", "method", "max_attempts")
+    names = ("window", "method", "max_attempts", "apply_timeout")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.allow_hosts:
         options["allow_hosts"] = tuple(args.allow_hosts)

@@ -18,14 +18,14 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from e2urec import __version__
 from e2urec.deploy import integrity
 from e2urec.deploy.folder import KeyMissing, Layout
-from e2urec.deploy.ledger import Corrupt, Ledger, versions
+from e2urec.deploy.ledger import Corrupt
 from e2urec.service.config import ServiceConfig, read_token
 from e2urec.service.limits import BodyLimit
 from e2urec.service.live import LiveModel, load_live
 from e2urec.service.routes import deletions, models, page, score
 from e2urec.service.scorer import Batcher
 from e2urec.service.state import Service
-from e2urec.service.worker import Worker
+from e2urec.service.worker import NOT_SERVABLE, Worker
 
 log = logging.getLogger("e2urec.service")
 
@@ -33,12 +33,16 @@ log = logging.getLogger("e2urec.service")
 def create_app(config: ServiceConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        live = LiveModel(await asyncio.to_thread(load_live, config.deploy))
+        try:
+            live = LiveModel(await asyncio.to_thread(load_live, config.deploy))
+            log.info("serving model version %s from %s", live.version, config.deploy)
+        except NOT_SERVABLE as err:  # up, to say why on the page; scoring answers 503
+            log.error("not serving: %s", err)
+            live = LiveModel(None, refusal=str(err))
         scorer = Batcher(live, config.batch_size, max_prompts=4 * config.batch_size)
-        worker = Worker(config.deploy, config.window, config.method, live, config.max_attempts)
+        worker = Worker(config.deploy, live, config)
         app.state.service = Service(config, live, scorer, worker)
         task = asyncio.create_task(worker.run(), name="deletion worker")
-        log.info("serving model version %s from %s", live.get().version, config.deploy)
         try:
             yield
         finally:
@@ -111,20 +115,9 @@ def serve(
 
     # Progress bars from scoring would land in the service's log once per request.
     os.environ.setdefault("TQDM_DISABLE", "1")
-    _check_live(Layout.of(deploy))  # before a token is made in it, and before any traceback
+    # Before a token is made for it, and before any traceback: one line saying why not.
+    integrity.servable(Layout.of(deploy), rehash=True)
     token = read_token(token_file, deploy)
     config = ServiceConfig(deploy=Path(deploy), token=token, host=host, **options)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")
-
-
-def _check_live(layout: Layout) -> None:
-    """Refuse to serve a live model whose files (or base) are not those the ledger recorded:
-    a truncated weights file would otherwise stop the start with a loader's traceback."""
-    with Ledger(layout.ledger) as ledger:
-        rows = ledger.records()
-    live = layout.live()
-    only = integrity.live_chain(layout, live, versions(rows))
-    problems = integrity.model_problems(layout, rows, only)
-    if problems:
-        raise ValueError(f"{layout.root}: will not serve: {'; '.join(problems)}")

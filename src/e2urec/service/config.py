@@ -9,7 +9,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TOKEN_FILE = "service-token"  # in the deployment folder, when no --token-file is given
+from e2urec.deploy.folder import Layout
+from e2urec.methods.registry import METHODS
+
+TOKEN_SUFFIX = ".service-token"  # beside the deployment's key, when no --token-file is given
+OLD_TOKEN = "service-token"  # where services before issue 37 made it: in the deployment folder
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class ServiceConfig:
     batch_size: int = 32  # prompts per forward pass
     refresh: int = 5  # seconds between reloads of the page
     max_attempts: int = 3  # failed applies of a request before the worker leaves it to the operator
+    # Seconds an apply may run before its process is killed (one stopped would hold the worker
+    # for ever); an unlearning of a real LLM on a CPU takes tens of minutes.
+    apply_timeout: float = 4 * 3600.0
     host: str = "127.0.0.1"  # the bound address: a Host header must name it (or localhost)
     allow_hosts: tuple[str, ...] = ()  # further names for the Host header (a proxy in front)
 
@@ -39,10 +46,23 @@ class ServiceConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.window < 0:
             raise ValueError(f"window must be >= 0 seconds, got {self.window}")
+        if self.apply_timeout <= 0:
+            raise ValueError(f"apply_timeout must be > 0 seconds, got {self.apply_timeout}")
+        if self.method is not None and self.method not in METHODS:
+            # Refused at the start: a typo would otherwise fail every apply of every request.
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+
+
+def token_path(deploy: str | Path) -> Path:
+    """Where the service keeps its own token: beside the deployment's key, outside the folder,
+    so that a backup of the folder carries no working credential."""
+    key = Layout.of(deploy).key_file
+    return key.with_name(key.stem + TOKEN_SUFFIX)
 
 
 def read_token(path: str | Path | None, deploy: str | Path) -> str:
-    """The token from `path`; without one, the deployment's own, created once (mode 0600)."""
+    """The token from `path`; without one, the deployment's own, created once (mode 0600)
+    beside its key."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -51,7 +71,13 @@ def read_token(path: str | Path | None, deploy: str | Path) -> str:
         if not token:
             raise ValueError(f"--token-file {path}: the file is empty")
         return token
-    own = Path(deploy) / TOKEN_FILE
+    old = Path(deploy) / OLD_TOKEN
+    if old.exists():
+        raise ValueError(
+            f"{old}: a token inside the deployment goes with every backup of it; delete it "
+            f"(the service makes a new one in {token_path(deploy)}) or give --token-file"
+        )
+    own = token_path(deploy)
     if not own.exists():
         # Written aside, then linked: a crash leaves no empty token file, and of two services
         # started at once only one token wins (link fails when the name exists).
@@ -59,6 +85,8 @@ def read_token(path: str | Path | None, deploy: str | Path) -> str:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(secrets.token_urlsafe(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, own)
         finally:

@@ -1,7 +1,8 @@
 """The live model behind one reference: loaded aside, then swapped in by one assignment.
 
 Scoring takes the reference once per batch, so it sees either the old model or the new one,
-whole; loading a version never blocks scoring with the version before it.
+whole; loading a version never blocks scoring with the version before it. Only a version the
+ledger vouches for is loaded: LIVE alone names nothing the service will serve.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2urec import deploy as deployment
 from e2urec.data.prepare import manifest_template
 from e2urec.data.prompt import BOOK, MOVIE, ItemKind, Template
+from e2urec.deploy import integrity
+from e2urec.deploy.folder import Layout
 from e2urec.model import loader
 from e2urec.model.backbone import Recommender
 
@@ -50,22 +52,36 @@ def read_catalogue(deploy: str | Path) -> Catalogue:
 
 
 def load_live(deploy: str | Path) -> Live:
-    """The live version, its model and catalogue, read as one consistent triple."""
+    """The version the ledger says is live (`integrity.servable`: LIVE names the last applied
+    version, its files and base chain hash to their records), its model and catalogue, read as
+    one consistent triple. Tampered (or Corrupt) when there is no such version to serve."""
+    layout = Layout.of(deploy)
     while True:
-        version = deployment.status(deploy)["live"]
-        path = deployment.live_model(deploy)
-        # An apply may switch versions between the two reads; then read again.
-        if deployment.status(deploy)["live"] == version:
-            break
-    return Live(str(version), loader.load(path), read_catalogue(deploy))
+        version = integrity.servable(layout, rehash=True)
+        rec = loader.load(layout.version(version))
+        # An apply may switch versions while the model loads; then read again.
+        if layout.live() == version:
+            return Live(version, rec, read_catalogue(deploy))
 
 
 class LiveModel:
-    def __init__(self, live: Live):
-        self._live = live
+    """The model being served, or none (`refusal` says why) when the deployment gives no
+    version the ledger vouches for."""
 
-    def get(self) -> Live:
+    def __init__(self, live: Live | None, refusal: str | None = None):
+        self._live, self.refusal = live, refusal
+
+    def get(self) -> Live | None:
         return self._live
+
+    @property
+    def version(self) -> str | None:
+        live = self._live
+        return live.version if live is not None else None
 
     def set(self, live: Live) -> None:
         self._live = live  # one reference store: atomic for every reader
+        self.refusal = None
+
+    def refuse(self, reason: str) -> None:
+        self.refusal = reason

@@ -127,5 +127,6 @@ class ModelVersion(BaseModel):
 
 class Models(BaseModel):
     live: str  # the deployment's live version
-    serving: str  # the version this service scores with (it follows `live` after a swap)
+    serving: str | None  # the version this service scores with (it follows `live` after a swap)
+    refusal: str | None = None  # why it serves none: LIVE not the version the ledger vouches for
     models: list[ModelVersion]

@@ -19,18 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2urec import deploy as deployment
+from e2urec.deploy import integrity
 from e2urec.deploy.folder import Layout
-from e2urec.deploy.ledger import Ledger
+from e2urec.deploy.ledger import Corrupt, Ledger
 from e2urec.deploy.upkeep import record_attempt
+from e2urec.service.config import ServiceConfig
 from e2urec.service.live import LiveModel, load_live
 
 log = logging.getLogger("e2urec.service")
 POLL = 10.0  # seconds between looks at the ledger for requests made outside the service
-# An apply refused because the deployment itself is broken (tampered files, a lost key, a
-# corrupt ledger) records no attempt; the worker waits this long before trying again, or
-# until a new request wakes it.
+# After a failed apply the worker waits RETRY seconds, twice as long after each further failure
+# up to MAX_BACKOFF; an apply refused because the deployment itself is broken (tampered files, a
+# lost key, a corrupt ledger: no attempt recorded) waits BROKEN_BACKOFF. A new request wakes it.
+RETRY, MAX_BACKOFF = 10.0, 600.0
 BROKEN_BACKOFF = 300.0
 BROKEN = ("Tampered", "KeyMissing", "Corrupt")
+DIED = ("ProcessDied", "TimedOut")  # the child could not write its own "failed" rows
+NOT_SERVABLE = (integrity.Tampered, Corrupt)
 
 
 # A request waits in one of these states: received, or retrying after failed attempts; the last
@@ -49,9 +54,9 @@ def pending(deploy: Path, max_attempts: int | None = None) -> list[str]:
     carried out never holds a batch of others back more than twice. A killed apply (the OOM
     killer) says nothing about its requests: they stay in the batch."""
     views = deployment.pending_requests(deploy)
+    views = [r for r in views if max_attempts is None or r["attempts"] < max_attempts]
     rolling = [r["id"] for r in views if r["state"] in ROLLING]
     waiting = [r for r in views if r["state"] in WAITING]
-    waiting = [r for r in waiting if max_attempts is None or r["attempts"] < max_attempts]
     alone = {r["id"] for r in waiting if r["attempts"] >= ALONE and r["error"] != "ProcessDied"}
     stuck = [r["id"] for r in waiting if r["id"] in alone]
     fresh = [r["id"] for r in waiting if r["id"] not in alone]
@@ -97,7 +102,11 @@ def _apply_in_child(deploy: str, method: str | None, bound: tuple, alive, result
         result.send(("error", (type(err).__name__, str(err))))
 
 
-async def apply_in_child(deploy: Path, method: str | None, ids=None, max_attempts=None) -> list:
+async def apply_in_child(
+    deploy: Path, method: str | None, ids=None, max_attempts=None, timeout: float | None = None
+) -> list:
+    """Run `apply` in a child process, killed (SIGKILL: it reaches a stopped process too) when it
+    has not answered within `timeout` seconds."""
     ctx = multiprocessing.get_context("spawn")  # fork would copy the scorer thread's locks
     alive_r, alive_w = ctx.Pipe(duplex=False)
     result_r, result_w = ctx.Pipe(duplex=False)
@@ -110,8 +119,12 @@ async def apply_in_child(deploy: Path, method: str | None, ids=None, max_attempt
     result_w.close()  # so that recv() sees EOF if the child dies without answering
     alive_r.close()
     try:
+        if not await asyncio.to_thread(result_r.poll, timeout):
+            child.kill()
+            message = f"the apply process ran past its {timeout:g} s deadline and was killed"
+            raise ApplyError("TimedOut", message)
         try:
-            outcome, value = await asyncio.to_thread(result_r.recv)
+            outcome, value = result_r.recv()
         except EOFError:
             await asyncio.to_thread(child.join)
             message = f"the apply process died (exit code {child.exitcode})"
@@ -133,15 +146,16 @@ class Applying:
 
 
 class Worker:
-    def __init__(self, deploy: Path, window: float, method: str | None, live: LiveModel, max_attempts: int = 3):  # fmt: skip
-        self.deploy, self.window, self.method, self.live = deploy, window, method, live
-        self.max_attempts = max_attempts
+    def __init__(self, deploy: Path, live: LiveModel, config: ServiceConfig):
+        self.deploy, self.live, self.config = deploy, live, config
         self.applying: Applying | None = None
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._check: tuple[float, dict] | None = None
         self._checking = asyncio.Lock()
-        self._broken_until = 0.0
+        self._refreshing = asyncio.Lock()
+        self._failures, self._retry_at = 0, 0.0
+        self._live_seen: tuple | None = None
 
     async def ledger_check(self, max_age: float) -> tuple[float, dict]:
         """`verify` re-hashes the model files: cached for `max_age` s, redone after applies, and
@@ -158,47 +172,99 @@ class Worker:
     async def run(self) -> None:
         while True:
             try:
-                broken = time.time() < self._broken_until
-                if not broken and await asyncio.to_thread(pending, self.deploy, self.max_attempts):
-                    await asyncio.sleep(self.window)  # let the requests of the window join
+                due = time.time() >= self._retry_at
+                if due and await asyncio.to_thread(pending, self.deploy, self.config.max_attempts):
+                    await asyncio.sleep(self.config.window)  # let the requests of the window join
                     await self.apply_pending()
                 await self.refresh()  # also picks up an apply made with the CLI
             except Exception:  # the worker outlives a bad moment; the next round tries again
                 log.exception("worker: could not read or apply the pending requests")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)
-                self._broken_until = 0.0  # a new request: worth another look
+                self._retry_at = 0.0  # a new request: worth another look
             self._wake.clear()
 
     async def apply_pending(self) -> None:
-        ids = await asyncio.to_thread(pending, self.deploy, self.max_attempts)
+        config = self.config
+        ids = await asyncio.to_thread(pending, self.deploy, config.max_attempts)
         if not ids:
             return
         self.applying = Applying(tuple(ids), time.time())
         log.info("applying %d request(s)", len(ids))
         try:
-            await apply_in_child(self.deploy, self.method, ids, self.max_attempts)
-            self.last_error = None
+            await apply_in_child(
+                self.deploy, config.method, ids, config.max_attempts, config.apply_timeout
+            )
+            self.last_error, self._failures = None, 0
+            log.info("applied; the ledger's head is now %s", await asyncio.to_thread(head, self.deploy))  # fmt: skip
         except ApplyError as err:
             if err.kind == deployment.Busy.__name__:
                 log.info("another apply holds the deployment; trying again later")
             else:
                 log.error("apply failed: %s", err)
                 self.last_error = f"{err.kind}: {err}"
-            if err.kind in BROKEN:
-                self._broken_until = time.time() + BROKEN_BACKOFF
-            if err.kind == "ProcessDied":  # it could not write its own "failed" rows
-                await asyncio.to_thread(record_died, self.deploy, ids, self.method, err.kind)
+                self._back_off(err.kind)
+            if err.kind in DIED:
+                await asyncio.to_thread(record_died, self.deploy, ids, config.method, err.kind)
         finally:
             self.applying = None
             self._check = None
 
+    def _back_off(self, kind: str) -> None:
+        self._failures += 1
+        delay = min(MAX_BACKOFF, RETRY * 2 ** (self._failures - 1))
+        self._retry_at = time.time() + (BROKEN_BACKOFF if kind in BROKEN else delay)
+
     async def refresh(self) -> None:
-        """Load the deployment's live version if it is not the one serving."""
-        live = await asyncio.to_thread(deployment.status, self.deploy)
-        if str(live["live"]) != self.live.get().version:
-            self.live.set(await asyncio.to_thread(load_live, self.deploy))
-            log.info("now serving model version %s", self.live.get().version)
+        """Serve the version the ledger says is live (a new one is loaded aside, then swapped in);
+        when there is none (LIVE rolled back or pointing elsewhere, the ledger or the model
+        files tampered with), refuse to serve and say why."""
+        async with self._refreshing:
+            seen = _signature(self.deploy)
+            try:
+                version = await asyncio.to_thread(servable, self.deploy)
+                if version != self.live.version or self.live.refusal:
+                    self.live.set(await asyncio.to_thread(load_live, self.deploy))
+                    log.info("now serving model version %s", self.live.version)
+            except NOT_SERVABLE as err:
+                if self.live.refusal != str(err):
+                    log.error("not serving: %s", err)
+                self.live.refuse(str(err))
+            self._live_seen = seen
+
+    async def before_scoring(self) -> None:
+        """Read LIVE by the rule again when the file changed since the last look (a stat per
+        request): a LIVE pointed elsewhere stops scoring at once, not at the next refresh. A new
+        version the rule allows is loaded by the worker; scoring goes on with the old one."""
+        if _signature(self.deploy) == self._live_seen:
+            return
+        async with self._refreshing:
+            seen = _signature(self.deploy)
+            try:
+                await asyncio.to_thread(servable, self.deploy)
+                self.wake()  # the worker loads a new version, or lifts a refusal
+            except NOT_SERVABLE as err:
+                log.error("not serving: %s", err)
+                self.live.refuse(str(err))
+            self._live_seen = seen
+
+
+def _signature(deploy: Path) -> tuple | None:
+    try:
+        info = (Path(deploy) / "LIVE").stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def servable(deploy: Path) -> str:
+    return integrity.servable(Layout.of(deploy))
+
+
+def head(deploy: Path) -> str:
+    with Ledger(Layout.of(deploy).ledger) as book:
+        found = book.head()
+    return f"{found['hash']} ({found['rows']} rows)"
 
 
 def record_died(deploy: Path, ids: list[str], method: str | None, error: str) -> None:

@@ -16,4 +16,7 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 @router.get("/models", response_model=Models)
 async def models(service: ServiceDep) -> Models:
     found = await run_in_threadpool(deployment.status, service.config.deploy)
-    return Models(live=found["live"], serving=service.live.get().version, models=found["models"])
+    live = service.live
+    return Models(
+        live=found["live"], serving=live.version, refusal=live.refusal, models=found["models"]
+    )

@@ -26,16 +26,20 @@ CHECK_AGE = 60  # seconds a ledger check is shown before it is redone
 async def page(request: Request, service: ServiceDep):
     found = await run_in_threadpool(deployment.status, service.config.deploy)
     checked, check = await service.worker.ledger_check(CHECK_AGE)
+    full = _has_token(request, service.config.token)
+    recorded = {m["id"] for m in found["models"]}
     context = {
-        "full": _has_token(request, service.config.token),
+        "full": full,
         "deploy": service.config.deploy,
         "refresh": service.config.refresh,
         "requests": sorted(found["requests"], key=lambda r: r["received"] or "", reverse=True),
         "head": found["ledger"],
         "models": found["models"],
-        "live": found["live"],
+        # What LIVE holds is shown without the token only when it names a recorded version.
+        "live": found["live"] if full or found["live"] in recorded else "not a recorded version",
         "two_phase": found.get("exact") is not None,
-        "serving": service.live.get().version,
+        "serving": service.live.version,
+        "refusal": service.live.refusal,
         "applying": service.worker.applying,
         "last_error": service.worker.last_error,
         "check": check,

@@ -12,8 +12,15 @@ from e2urec.service.state import ServiceDep
 router = APIRouter(prefix="/v1", tags=["scoring"], dependencies=[Depends(score_access)])
 
 
+# No path and no reason: the page with the token (and the server log) says why.
+NOT_SERVING = "the deployment needs its operator: it has no live version the ledger vouches for"
+
+
 @router.post("/score", response_model=ScoreResponse | PromptScores)
 async def score(req: ScoreRequest, service: ServiceDep) -> ScoreResponse | PromptScores:
+    await service.worker.before_scoring()
+    if service.live.refusal is not None:
+        raise HTTPException(status_code=503, detail=NOT_SERVING)
     try:
         return await rank(service.live, service.scorer, service.config, req)
     except TooMany as err:
