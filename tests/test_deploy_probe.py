@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from e2urec.data.sample import YES, Sample, read_jsonl, write_jsonl
 from e2urec.deploy import Tampered, apply, init, pending_requests, request, status
 from e2urec.deploy import apply_loop as rollout
 from e2urec.deploy.folder import Layout
-from e2urec.deploy.integrity import servable, verify
+from e2urec.deploy.integrity import check, servable, verify
 from e2urec.deploy.ledger import UNTRAINED, Ledger
 from e2urec.service.worker import pending as worker_pending
 
@@ -182,6 +183,31 @@ def test_an_unchanged_ledger_is_read_once_and_an_edited_one_again(applied, tmp_p
     test_deploy._edit(root / "ledger.sqlite", "UPDATE ledger SET samples = samples + 1 WHERE seq = 2")  # fmt: skip
     problems = verify(root)["problems"]  # the same head: the file's change counter tells
     assert any("row 2: its content does not match" in p for p in problems) and len(reads) == 2
+
+
+def test_the_ledger_is_checked_as_one_snapshot(applied, tmp_path, monkeypatch):
+    """A request checks the ledger while an apply appends to it: rows and head read apart
+    disagree ("rows were removed or added"), as they did for two of the soak's requests."""
+    root = _copy(applied, tmp_path)
+    refused = {"event": "refused", "users": 1, "samples": 0, "details": {"reason": "unknown"}}
+    real, writers = Ledger.rows, []
+
+    def append(path: Path) -> None:
+        with Ledger(path) as book:
+            book.append([{**refused, "request": f"r-meanwhile-{len(writers)}"}])
+
+    def rows_then_a_write(self):
+        found = real(self)
+        writers.append(threading.Thread(target=append, args=(self.path,)))
+        writers[-1].start()
+        writers[-1].join(1.0)  # it commits at once, unless the reader's snapshot holds it off
+        return found
+
+    monkeypatch.setattr(Ledger, "rows", rows_then_a_write)
+    problems, _ = check(Layout(root), models="none")
+    for writer in writers:
+        writer.join()
+    assert writers and problems == []
 
 
 # ---- 7: apply removes what it recorded making, nothing else ----------------------------------

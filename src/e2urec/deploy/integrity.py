@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from e2urec.data.deletion import Eraser
 from e2urec.data.sample import FIELDS, Sample
 from e2urec.deploy.folder import Keyer, KeyMissing, Layout, tree_hash
-from e2urec.deploy.ledger import BUILT, Ledger, order_problems, rolling, states, versions
+from e2urec.deploy.ledger import (
+    BUILT,
+    Ledger,
+    order_problems,
+    rolling,
+    signature,
+    states,
+    versions,
+)
 from e2urec.deploy.purge import read_split
 
 CAP = 50  # problems of one kind listed before "and N more"
@@ -342,13 +352,33 @@ def _cap(problems: list[str]) -> list[str]:
     return problems[:CAP] + ([f"and {len(problems) - CAP} more"] if len(problems) > CAP else [])
 
 
+SETTLE = 5  # checks tried while other processes keep writing the ledger
+
+
+def settled(layout: Layout, work: Callable[[], tuple[list[str], Any]]) -> tuple[list[str], Any]:
+    """`work()` (its problems first), done again when the ledger changed while it ran: LIVE and
+    the data are read after the ledger's rows, and a check that straddles another process's
+    writes (an apply's rows, LIVE switched between two of them, a request's row) can disagree
+    with itself. Problems are believed from a check that saw no write."""
+    for _ in range(SETTLE):
+        seen = signature(layout.ledger)
+        found = work()
+        if not found[0] or signature(layout.ledger) == seen:
+            break
+    return found
+
+
 def check(layout: Layout, models: str = "all") -> tuple[list[str], dict]:
-    """(problems, found: rows, restorable). `models`: "all" re-hashes every recorded version and
-    the backbone; "live" only the live version, what it builds on and the backbone (what `apply`
-    builds on); "none" no model file (what `request` relies on: ledger, LIVE, key, data)."""
+    """(problems, found: rows, restorable, splits). `models`: "all" re-hashes every recorded
+    version and the backbone; "live" only the live version, what it builds on and the backbone
+    (what `apply` builds on); "none" no model file (what `request` relies on: ledger, LIVE, key,
+    data)."""
+    return settled(layout, lambda: _check(layout, models))
+
+
+def _check(layout: Layout, models: str) -> tuple[list[str], dict]:
     with Ledger(layout.ledger) as ledger:
-        rows, chained = ledger.checked()
-        pending = ledger.pending()
+        rows, chained, pending = ledger.checked()
     problems = [*chained, *order_problems(rows, set(pending))]
     recorded = versions(rows)
     live = layout.live()
@@ -374,8 +404,15 @@ def servable(layout: Layout, rehash: bool = False) -> str:
     """The version to serve: the one LIVE names, if the ledger's chain holds and it is the last
     applied version (the rule `ledger verify` applies); with `rehash` (before loading it), its
     files and what it builds on must also hash to their records. Tampered otherwise."""
+    problems, live = settled(layout, lambda: _serving(layout, rehash))
+    if problems:
+        raise Tampered(f"{layout.root}: will not serve: {'; '.join(_cap(problems))}")
+    return live
+
+
+def _serving(layout: Layout, rehash: bool) -> tuple[list[str], str]:
     with Ledger(layout.ledger) as ledger:
-        rows, chained = ledger.checked()
+        rows, chained, _ = ledger.checked()
     live, recorded = layout.live(), versions(rows)
     problems = list(chained)
     if live not in recorded:
@@ -384,9 +421,7 @@ def servable(layout: Layout, rehash: bool = False) -> str:
         problems += live_problems(layout, rows)
         if rehash and not problems:
             problems += model_problems(layout, rows, live_chain(layout, live, recorded))
-    if problems:
-        raise Tampered(f"{layout.root}: will not serve: {'; '.join(_cap(problems))}")
-    return live
+    return problems, live
 
 
 def live_chain(layout: Layout, live: str, recorded: dict) -> set[str]:

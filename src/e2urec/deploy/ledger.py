@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import sqlite3
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -199,20 +200,38 @@ class Ledger:
                 ) from None
         return found
 
-    def checked(self) -> tuple[list[dict], list[str]]:
-        """`chain_problems()`, read again only when the file changed: a service that checks
-        the ledger every few seconds re-reads it only after a write. The rows are shared
-        between callers: read them, never change them."""
-        key = (_signature(self.path), tuple(self.head().values()))
-        where = self.path.resolve()
-        found = _CHECKED.get(where)
-        if found is None or found[0] != key:
-            found = _CHECKED[where] = (key, *self.chain_problems())
-        return found[1], found[2]
+    @contextmanager
+    def reading(self):
+        """One read transaction: a write another process commits meanwhile (an apply's rows, a
+        request's) is wholly in or wholly out of every query made inside it."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
+    def checked(self) -> tuple[list[dict], list[str], dict[str, dict]]:
+        """`chain_problems()` and the pending ids, read as one snapshot; the rows are read again
+        only when the file changed, so a service that checks the ledger every few seconds
+        re-reads it only after a write. The rows are shared: read them, never change them."""
+        with self.reading():
+            head = self.head()  # the first read takes the snapshot: the file is still until the end
+            key = (signature(self.path), tuple(head.values()))
+            pending, where = self.pending(), self.path.resolve()
+            found = _CHECKED.get(where)
+            if found is None or found[0] != key:
+                found = _CHECKED[where] = (key, *self.chain_problems())
+        return found[1], found[2], pending
 
     def chain_problems(self) -> tuple[list[dict], list[str]]:
-        """Rows (details parsed) and what is wrong with the chain."""
-        rows, problems, prev = self.rows(), [], GENESIS
+        """Rows (details parsed) and what is wrong with the chain, read as one snapshot: rows
+        and head read apart would disagree whenever another process wrote between them."""
+        with self.reading():
+            rows, head = self.rows(), self.head()
+        problems, prev = [], GENESIS
         for i, row in enumerate(rows, 1):
             if row["seq"] != i:
                 problems.append(f"row {i}: missing (the next row is numbered {row['seq']})")
@@ -226,7 +245,6 @@ class Ledger:
             except json.JSONDecodeError:
                 problems.append(f"row {row['seq']}: its details are not JSON")
                 row["details"] = {}
-        head = self.head()
         if head["rows"] != len(rows) or head["hash"] != prev:
             problems.append(
                 f"the ledger head records {head['rows']} rows ending in {head['hash'][:12]}, "
@@ -239,7 +257,7 @@ class Ledger:
 _CHECKED: dict[Path, tuple[tuple, list[dict], list[str]]] = {}
 
 
-def _signature(path: Path) -> tuple:
+def signature(path: Path) -> tuple:
     """What changes when the file is written: SQLite's file change counter (header bytes 24-27,
     bumped by every commit), and the file's inode, size and modification time (an edit by
     another tool)."""
