@@ -210,6 +210,31 @@ def test_the_ledger_is_checked_as_one_snapshot(applied, tmp_path, monkeypatch):
     assert writers and problems == []
 
 
+def test_a_request_that_arrives_while_apply_reads_the_ledger_waits_for_the_next(
+    applied, tmp_path, monkeypatch
+):
+    """The soak's KeyError: apply read the requests' states, then the pending ids, and a request
+    recorded between the two had ids but no state."""
+    root = _copy(applied, tmp_path)
+    first, late = _train_users(root)[:2]
+    rid, real, arrivals = request(root, users=[first]), rollout.states, []
+
+    def states_then_a_request(rows):
+        found = real(rows)
+        if not arrivals:
+            arrivals.append(threading.Thread(target=request, args=(root,), kwargs={"users": [late]}))  # fmt: skip
+            arrivals[0].start()
+            arrivals[0].join(1.0)  # recorded at once, unless apply's snapshot holds it off
+        return found
+
+    monkeypatch.setattr(rollout, "states", states_then_a_request)
+    [outcome] = apply(root)
+    arrivals[0].join()
+    assert outcome["id"] == rid and outcome["state"] == "purged"
+    [waiting] = pending_requests(root)
+    assert waiting["state"] == "received" and waiting["attempts"] == 0
+
+
 # ---- 7: apply removes what it recorded making, nothing else ----------------------------------
 
 

@@ -119,8 +119,8 @@ def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attemp
     restorable = integrity.preflight(layout)  # a refusal changes nothing, leftovers included
     tidy(layout, ledger)
     enforce(layout, ledger, restorable)
-    state = states(ledger.records())
-    pending = list(ledger.pending())
+    with ledger.reading():  # one snapshot: a request arriving meanwhile waits for the next apply
+        state, pending = states(ledger.records()), list(ledger.pending())
     handled = []
     started: dict[str, list[str]] = {}  # version -> requests already verified into it
     for rid in pending:
