@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -12,7 +14,9 @@ from e2urec.data import Protocol, load_splits, prepare, template_texts
 from e2urec.data.canaries import is_canary
 from e2urec.data.deletion import DeletionRequest, select
 from e2urec.data.protocol import make_splits
+from e2urec.data.sample import Sample
 from e2urec.data.sources import Interactions
+from e2urec.deploy.integrity import digest
 from e2urec.service.live import read_catalogue
 from e2urec.service.schemas import ScoreRequest
 from e2urec.service.scorer import build_samples
@@ -121,6 +125,10 @@ def test_a_user_template_renders_and_its_text_is_recorded(tmp_path):
         ("{{ profile.zip }} {{ target }}", "zip"),
         ("{% if false %}{{ target }}{% endif %}", "empty prompt"),
         ("{{ target ", "line 1"),
+        # A sandbox with only the documented fields: no way to Python objects or methods.
+        ("{{ kind.__class__.__init__.__globals__ }}{{ target }}", "no attribute"),
+        ("{{ profile.items }} {{ target }}", "no attribute 'items'"),
+        ("{{ 1 / (history | length) }} {{ target }}", "ZeroDivisionError"),
     ],
 )
 def test_a_broken_user_template_is_refused_naming_the_file(tmp_path, text, message):
@@ -152,3 +160,26 @@ def test_the_service_builds_prompts_with_the_data_folder_template(tmp_path):
     assert lines[0] == "Movies they rated, oldest first:"
     assert lines[1] == f"- {items[ids[0]]}: loved it"
     assert lines[-1] == f"Will they like {items[ids[3]]}? Answer yes or no."
+
+
+def test_a_rating_only_shown_in_histories_can_be_deleted():
+    """A user's first ratings are never a target, only shown: known all the same, and the
+    prompts that show one are what its deletion removes."""
+    train = splits_with("compact")["train"]
+    targets = {(s.user, s.item) for s in train}
+    user, item = next(
+        (s.user, i) for s in train for i, _ in s.history if (s.user, i) not in targets
+    )
+    chosen = select(train, DeletionRequest(interactions=((user, item),)))
+    showing = {s.item for s in train if s.user == user and item in dict(s.history)}
+    assert chosen.targets == 0 and {s.item for s in chosen.forget} == showing
+    assert chosen.history == len(showing)
+
+
+def test_rows_without_history_hash_as_before_it_was_recorded():
+    """Deployments made before samples recorded their history keep their ledgers' digests."""
+    sample = Sample("p", "Yes.", "u", "i", 4.0, 7)
+    old = {"input": "p", "output": "Yes.", "user": "u", "item": "i", "rating": 4.0, "timestamp": 7}
+    line = json.dumps(old, sort_keys=True, ensure_ascii=False) + "\n"
+    assert digest([sample]) == hashlib.sha256(line.encode()).hexdigest()
+    assert digest([replace(sample, history=(("j", 3.0),))]) != digest([sample])

@@ -93,9 +93,11 @@ def _pairs_of(path: Path, reader: csv.DictReader) -> tuple[tuple[str, str], ...]
 
 
 def unknown(request: DeletionRequest, train: Sequence[Sample]) -> tuple[list[str], list[tuple]]:
-    """Users and interactions of the request that no train sample has."""
+    """Users and interactions of the request that no sample of `train` has, as its target or
+    in the history its prompt shows (a user's first ratings are only ever shown)."""
     users = {s.user for s in train}
     pairs = {(s.user, s.item) for s in train}
+    pairs |= {(s.user, item) for s in train for item, _ in s.history}
     return (
         [u for u in request.users if u not in users],
         [p for p in request.interactions if p not in pairs],

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jinja2
 import jinja2.meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 PRONOUNS = {
     "male": ("He", "he", "His"),
@@ -164,12 +165,14 @@ class Template:
             "profile": {"gender": p.gender or "", "age": p.age or "", "job": p.job or ""},
             "history": shown,
             "target": target,
-            "kind": kind,
+            "kind": {"noun": kind.noun, "plural": kind.plural, "verb": kind.verb},
         }
         try:
             text = self._jinja.render(context).strip()
-        except jinja2.UndefinedError as err:
+        except jinja2.TemplateError as err:  # an unknown attribute, a sandbox refusal, ...
             raise ValueError(f"{where or self.name}: {err.message}") from None
+        except (ArithmeticError, LookupError, TypeError, ValueError) as err:
+            raise ValueError(f"{where or self.name}: {type(err).__name__}: {err}") from None
         if not text:
             raise ValueError(f"{where or self.name}: the template renders an empty prompt")
         return text
@@ -179,8 +182,26 @@ def _number(rating: float):
     return int(rating) if float(rating).is_integer() else rating
 
 
+class _Documented(ImmutableSandboxedEnvironment):
+    """A sandbox (a template is a user's file, and a manifest's copy is rendered by the
+    service) in which only the documented fields resolve: `profile.items` or `target.upper`
+    would render a method's repr, with a memory address that changes every run."""
+
+    def getattr(self, obj, attribute):
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return self.undefined(obj=obj, name=attribute)
+
+    def getitem(self, obj, argument):
+        if isinstance(obj, dict) and argument in obj:
+            return obj[argument]
+        if isinstance(obj, list | str) and isinstance(argument, int | slice):
+            return obj[argument]
+        return self.undefined(obj=obj, name=argument)
+
+
 def _compile(source: str, where: str) -> jinja2.Template:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    env = _Documented(undefined=jinja2.StrictUndefined, autoescape=False)
     try:
         unknown = sorted(jinja2.meta.find_undeclared_variables(env.parse(source)) - set(VARIABLES))
         if unknown:
