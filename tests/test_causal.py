@@ -820,3 +820,15 @@ def test_a_model_that_kept_the_backbone_bottom_is_scored_from_the_stored_states(
         frozen.decoder(changed.model).layers[1].mlp.down_proj.weight[0, 0] += 1e-3
     assert stored.states_for(changed) is None
     assert stored.states_for(loader.load(tmp_path / "m")) is not None
+
+
+def test_stored_states_refuse_a_model_with_other_answer_words(deep_llama_dir, data, tmp_path):
+    """States hold the answer words' tokens under the label's key: a model answering in other
+    words is refused, not scored from inputs it never reads."""
+    cache = tmp_path / "bottom.safetensors"
+    frozen.store(str(deep_llama_dir), data["valid"], 2, "float32", cache)
+    rec = loader.load(deep_llama_dir)
+    frozen.BottomStates(rec, frozen.split(rec.model, 2), "float32").load(cache)
+    other = loader.load(deep_llama_dir, answers=("Sure.", "Nope."))
+    with pytest.raises(ValueError, match="answered"):
+        frozen.BottomStates(other, frozen.split(other.model, 2), "float32").load(cache)

@@ -203,7 +203,8 @@ class BottomStates:
         return len(found)
 
     def save(self, path: str | Path) -> None:
-        _save(self.states, path, {"start": str(self.start), "model": self.rec.path})
+        meta = {"start": str(self.start), "model": self.rec.path}
+        _save(self.states, path, {**meta, "answers": json.dumps(list(self.rec.answers))})
 
     def load(self, path: str | Path, source: str | None = None) -> BottomStates:
         """Add the states stored at `path`; they must be of the bottom of `source` (default: this
@@ -215,6 +216,14 @@ class BottomStates:
             raise ValueError(
                 f"{path}: states of {meta.get('model')} below layer {meta['start']}, "
                 f"not of {source} below layer {self.start}"
+            )
+        # The states are keyed by the label ("Yes."/"No."), but hold the answer words' tokens:
+        # another model's words would be scored from inputs it never reads. Files from before
+        # the words were recorded hold "Yes."/"No.".
+        answers = json.loads(meta.get("answers", json.dumps([YES, NO])))
+        if answers != list(self.rec.answers):
+            raise ValueError(
+                f"{path}: states of prompts answered {answers}, not {list(self.rec.answers)}"
             )
         self.states.update(load_file(str(path)))
         return self
