@@ -160,6 +160,15 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
+def forward_samples(rec: Recommender, model, samples: list[Sample], states=None) -> AnswerLogits:
+    """`forward` of `samples`, encoded here; from `states`' stored bottom (model/frozen.py),
+    running only the layers above it, when given."""
+    if states is not None:
+        return states.forward(model, samples)
+    device = next(model.parameters()).device
+    return forward(rec, model, {k: v.to(device) for k, v in encode(rec, samples).items()})
+
+
 def score(
     rec: Recommender,
     samples: list[Sample],
@@ -185,11 +194,7 @@ def score(
     for idx in tqdm(list(batches(order, batch_size)), desc=desc, leave=False):
         chunk = [samples[i] for i in idx]
         with autocast(device):
-            if states is not None:
-                out = states.forward(model, chunk)
-            else:
-                batch = {k: v.to(device) for k, v in encode(rec, chunk).items()}
-                out = forward(rec, model, batch)
+            out = forward_samples(rec, model, chunk, states)
         answer = out.answer().float()
         p_yes.append(yes_probability(rec, answer))
         log_odds.append(yes_log_odds(rec, answer))

@@ -30,6 +30,7 @@ from e2urec.model.scoring import (
     by_length,
     encode,
     forward,
+    forward_samples,
     lengths,
     yes_log_odds,
     yes_probability,
@@ -356,11 +357,7 @@ def answer_pass(rec, model, samples: list[Sample], batch_size: int, states=None)
     for start in range(0, len(order), batch_size):
         chunk = [samples[i] for i in order[start : start + batch_size]]
         with autocast(device):
-            if states is not None:
-                out = states.forward(model, chunk)
-            else:
-                batch = {k: v.to(device) for k, v in encode(rec, chunk).items()}
-                out = forward(rec, model, batch)
+            out = forward_samples(rec, model, chunk, states)
         answer = out.answer().float()
         p_yes.append(yes_probability(rec, answer))
         log_odds.append(yes_log_odds(rec, answer))
