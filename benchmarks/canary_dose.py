@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from e2urec.bench import Bench, preset
-from e2urec.bench.evaluation import _planted_log_odds, model_scorer
 from e2urec.bench.pool import worker_pool
 from e2urec.bench.run import setup
 from e2urec.data.canaries import unique
+from e2urec.evals.evaluation import model_scorer, planted_log_odds
 from e2urec.metrics import exposure, scored_classification
 
 
@@ -28,12 +28,12 @@ def dose(bench: Bench, copies: int, out: Path) -> dict:
     bench = replace(bench, protocol=replace(bench.protocol, canary_copies=copies))
     run = setup(bench, out / f"copies-{copies}")
     scorer = model_scorer(run.original, bench.eval_batch_size)
-    controls = _planted_log_odds(scorer, run.splits["canary_control"])
+    controls = planted_log_odds(scorer, run.splits["canary_control"])
     row = {"copies": copies, "train_rows": len(run.splits["train"]), **run.rows["original"]}
     test = scorer(run.splits["test"], False)
     row["test_auc"] = scored_classification(run.splits["test"], test)["auc"]
     for key, split in (("forgotten", "forget"), ("retained", "retain")):
-        planted = _planted_log_odds(scorer, unique(run.splits[split]))
+        planted = planted_log_odds(scorer, unique(run.splits[split]))
         row[key] = {
             "canaries": len(planted),
             "exposure": exposure(planted, controls),

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from e2urec.bench.evaluation import forget_scores
-from e2urec.bench.row_evaluation import against_retrain
 from e2urec.data.sample import YES, Sample
+from e2urec.evals.evaluation import forget_scores
+from e2urec.evals.retrain import against_retrain
 from e2urec.memory import PeakMemory, current_rss_mb
 
 ROWS = ["original", "retrain", "retrain_b", "e2urec", "sisa", "receraser", "neggrad"]

@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from e2urec.bench import Bench, preset
-from e2urec.bench.evaluation import _planted_log_odds, model_scorer
 from e2urec.data import load_splits, template_texts
 from e2urec.data.canaries import unique
+from e2urec.evals.evaluation import model_scorer, planted_log_odds
 from e2urec.metrics import exposure, scored_classification
 from e2urec.model.tiny import build_tiny_t5
 from e2urec.model.train import train
@@ -37,7 +37,7 @@ def main(data, out: Path, dropout, lr, seed=0, sizes=None, tokenizer="template")
     report = train(out / "base", s["train"], s["valid"], out / "model", config)
     scorer = model_scorer(str(out / "model"), 64)
     valid = scored_classification(s["valid"], scorer(s["valid"], False))
-    controls = _planted_log_odds(scorer, s["canary_control"])
+    controls = planted_log_odds(scorer, s["canary_control"])
     return {
         "dropout": dropout,
         "lr": lr,
@@ -51,10 +51,10 @@ def main(data, out: Path, dropout, lr, seed=0, sizes=None, tokenizer="template")
         "valid_auc": round(valid["auc"], 4),
         "valid_logloss": round(valid["logloss"], 4),
         "canary_forget": round(
-            exposure(_planted_log_odds(scorer, unique(s["forget"])), controls), 3
+            exposure(planted_log_odds(scorer, unique(s["forget"])), controls), 3
         ),
         "canary_retained": round(
-            exposure(_planted_log_odds(scorer, unique(s["retain"])), controls), 3
+            exposure(planted_log_odds(scorer, unique(s["retain"])), controls), 3
         ),
     }
 

@@ -27,8 +27,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from e2urec.bench.evaluation import shown_mean
 from e2urec.data import load_splits
+from e2urec.evals.evaluation import shown_mean
 from e2urec.model import loader
 from e2urec.model.frozen import BottomStates, decoder, only_layers, split
 from e2urec.model.scoring import token_ids

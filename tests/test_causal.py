@@ -24,12 +24,12 @@ from transformers import (
 )
 
 from e2urec.bench import Bench, preset
-from e2urec.bench.evaluation import model_scorer
 from e2urec.bench.run import setup as bench_setup
 from e2urec.bench.run import unlearn as bench_unlearn
 from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.protocol import build_samples
 from e2urec.data.sources import load as load_data
+from e2urec.evals.evaluation import model_scorer
 from e2urec.methods import METHODS, Task, get_method
 from e2urec.model import backbone, encode, forward, frozen, gguf, loader, score
 from e2urec.model.lora import add_lora

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from e2urec.bench.evaluation import EvalSets, evaluate, history_mean_scorer, shown_mean
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.data.canaries import is_canary, unique
 from e2urec.data.sample import NO, YES, Sample
+from e2urec.evals.evaluation import evaluate, history_mean_scorer, shown_mean
+from e2urec.evals.sets import EvalSets
 from e2urec.maths import js_divergence
 from e2urec.metrics import (
     auc_ci,
@@ -142,11 +143,11 @@ def test_eval_sets_keep_canaries_apart_and_the_attack_sets_disjoint(canary_split
     reported_user = next(s.user for s in splits["forget"] if is_canary(s))
     forget = [s for s in splits["forget"] if s.user == reported_user]
     sets = EvalSets.make(splits, forget)
-    assert sets.forget and not any(is_canary(s) for s in sets.forget + sets.members)
+    assert sets.forget and not any(is_canary(s) for s in sets.forget + sets.attack.members)
     assert {s.user for s in sets.canaries} == {reported_user} and len(sets.canaries) == 2
     assert sets.canaries_retained == unique(splits["retain"])
-    assert not set(sets.nonmembers) & set(sets.unseen)
-    assert set(sets.nonmembers + sets.unseen) <= set(splits["holdout"])
+    assert not set(sets.attack.nonmembers) & set(sets.attack.unseen)
+    assert set(sets.attack.nonmembers + sets.attack.unseen) <= set(splits["holdout"])
 
 
 def test_a_scorer_that_memorised_the_canaries_is_exposed_and_one_that_did_not_is_not(
@@ -208,7 +209,7 @@ def test_the_accuracy_cut_is_chosen_on_valid_and_applied_to_test(canary_splits):
 
 
 def test_forget_distributions_are_written_and_read_a_block_at_a_time(tmp_path, monkeypatch):
-    import e2urec.bench.evaluation as evaluation
+    import e2urec.evals.evaluation as evaluation
     import e2urec.metrics as metrics
 
     monkeypatch.setattr(evaluation, "CHUNK", 3)  # 8 samples: chunks of 3, 3 and 2

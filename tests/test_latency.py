@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import e2urec.scorecard
+import e2urec.evals.scorecard
 from e2urec.api import forget
 from e2urec.bench.request_timing import time_requests
 
@@ -37,9 +37,9 @@ def test_a_request_scores_the_whole_test_set_once_per_model(
     data_dir, splits, trained, tmp_path, monkeypatch
 ):
     scored = []
-    inner = e2urec.scorecard.score
+    inner = e2urec.evals.scorecard.score
     monkeypatch.setattr(
-        e2urec.scorecard,
+        e2urec.evals.scorecard,
         "score",
         lambda rec, s, *a, **k: scored.append(len(s)) or inner(rec, s, *a, **k),
     )

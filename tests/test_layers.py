@@ -9,7 +9,7 @@ from pathlib import Path
 import e2urec
 
 SHARED = {"e2urec", "config", "maths", "memory", "weights"}
-BELOW_API = SHARED | {"data", "model", "methods", "metrics", "mia", "scorecard"}
+BELOW_API = SHARED | {"data", "model", "methods", "metrics", "evals"}
 # Each top-level part of the package and the parts it may import (besides itself).
 MAY_IMPORT = {
     "e2urec": set(),  # modules read __version__ from it: it imports nothing of its own
@@ -19,13 +19,12 @@ MAY_IMPORT = {
     "weights": {"e2urec"},
     "data": SHARED,
     "metrics": SHARED,
-    "mia": SHARED,
     "model": SHARED | {"data", "metrics"},  # selection by valid AUC
     "methods": SHARED | {"data", "model"},
-    "scorecard": SHARED | {"data", "model", "metrics", "mia"},
+    "evals": SHARED | {"data", "model", "metrics"},  # judging never runs a method
     "api": BELOW_API,
     "bench": BELOW_API | {"api"},
-    "deploy": BELOW_API | {"api"},
+    "deploy": BELOW_API,  # verification judges through evals/, not api
     "service": BELOW_API | {"api", "deploy"},
     "cli": BELOW_API | {"api", "bench", "deploy", "service"},
 }

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from e2urec import mia
 from e2urec.data.sample import NO, YES, Sample
+from e2urec.evals import mia
 from e2urec.model import score
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import answer_loss, fit

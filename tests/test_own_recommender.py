@@ -19,12 +19,12 @@ from test_causal import byte_level_tokenizer, tiny_llama
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from e2urec import api, deploy
-from e2urec.bench.evaluation import shown_mean, shows_ratings
 from e2urec.cli import main
 from e2urec.data import Protocol, Sample, load_splits, prepare
 from e2urec.data.sample import NO, YES
 from e2urec.data.sources.prompts import alpaca_prompt
 from e2urec.deploy.intake import Refused
+from e2urec.evals.evaluation import shown_mean, shows_ratings
 from e2urec.methods import Task, get_method
 from e2urec.model import encode, loader, score
 from e2urec.model.train import TrainConfig

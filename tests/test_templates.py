@@ -9,7 +9,6 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from e2urec.bench.evaluation import shown_mean
 from e2urec.data import Protocol, load_splits, prepare, template_texts
 from e2urec.data.canaries import is_canary
 from e2urec.data.deletion import DeletionRequest, select
@@ -17,6 +16,7 @@ from e2urec.data.protocol import make_splits
 from e2urec.data.sample import Sample
 from e2urec.data.sources import Interactions
 from e2urec.deploy.integrity import digest
+from e2urec.evals.evaluation import shown_mean
 from e2urec.service.live import read_catalogue
 from e2urec.service.schemas import ScoreRequest
 from e2urec.service.scorer import build_samples

@@ -1,5 +1,6 @@
-"""Library functions behind the `train`, `unlearn` and `forget` commands, and `assess` (a model
-before and after a request), which bench/ (request timing) and deploy/ (verification) call too."""
+"""Library functions behind the `train`, `unlearn` and `forget` commands (bench/ times requests
+with `forget`). What judges the models they make is evals/ (`evaluate` is imported here for the
+reports these functions write)."""
 
 from __future__ import annotations
 
@@ -8,58 +9,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from e2urec import mia
 from e2urec.config import from_dict
 from e2urec.data import load_splits, template_texts
 from e2urec.data.deletion import DeletionRequest, sample_key, select
 from e2urec.data.manifest import check_interactions, read_answers
+from e2urec.evals.scorecard import evaluate, judged
 from e2urec.methods import Task, get_method
-from e2urec.metrics import scored_classification
-from e2urec.model import backbone, loader, score
+from e2urec.model import backbone, loader
 from e2urec.model.tiny import TinyT5, build_tiny_t5
 from e2urec.model.train import TrainConfig, processes, train
-from e2urec.scorecard import judge, standing
 from e2urec.weights import check_weights
-
-
-def evaluate(model: str | Path, samples, batch_size: int = 64) -> dict:
-    rec = loader.load(model)  # a model this package saved: it records its answers
-    s = score(rec, samples, batch_size)
-    return scored_classification(samples, s)
-
-
-def assess(
-    model, test, forget, retain, batch_size=64, seed=0, full=False, heldout=None
-) -> tuple[dict, dict]:
-    """Test and forget classification plus MIA AUC of one model; also its forget scores
-    (with the vocabulary distribution when `full`, for closeness to Retrain). The attack's
-    non-members come from `heldout` (train-period samples no model saw) or, without one, from
-    test (later in time: the attack then also sees the change of period)."""
-    rec = loader.load(model) if isinstance(model, (str, Path)) else model
-    name = Path(rec.path).name
-    pool = heldout or test
-    plan = mia.Plan.make(len(retain), len(pool), seed)
-    members = [retain[i] for i in plan.members]
-    t = score(rec, test, batch_size, desc=f"eval {name} test")
-    f = score(rec, forget, batch_size, full=full, desc=f"eval {name} forget")
-    m = score(rec, members, batch_size, desc=f"eval {name} members")
-    pool_x = mia.sample_features(test, t) if pool is test else _features(rec, pool, batch_size)
-    metrics = {
-        "test": scored_classification(test, t),
-        "forget": scored_classification(forget, f),
-        "mia_auc": mia.mia_auc(
-            mia.sample_features(members, m),
-            mia.subset(pool_x, plan.nonmembers),
-            mia.sample_features(forget, f),
-            mia.subset(pool_x, plan.unseen),
-            seed,
-        ),
-    }
-    return metrics, f
-
-
-def _features(rec, samples, batch_size):
-    return mia.sample_features(samples, score(rec, samples, batch_size, desc="eval held-out"))
 
 
 def train_recommender(
@@ -177,7 +136,7 @@ def forget(
 
     `latency` in the report: seconds of unlearning and of the whole request (reading the data
     to saving the new model). With `evaluate`, the models before and after are then compared:
-    each model's test and attack numbers are computed once and kept beside it (standing.py),
+    each model's test and attack numbers are computed once and kept beside it (evals/scorecard.py),
     so only the forgotten samples are scored for the request. `base`: the base of `model` when
     it is a PEFT adapter made elsewhere (`loader.load`).
     """
@@ -212,9 +171,9 @@ def forget(
     compared = {}
     if evaluate:
         began = time.perf_counter()
-        after = _judge(result.model, splits["test"], chosen)
+        after = judged(result.model, splits["test"], chosen.forget, chosen.retain)
         original = loader.load(model, base=past["base"], answers=task.answers)
-        was = _judge(original, splits["test"], chosen)
+        was = judged(original, splits["test"], chosen.forget, chosen.retain)
         compared = {**after, "before": was}
         latency["evaluation_seconds"] = round(time.perf_counter() - began, 3)
     report = {
@@ -244,9 +203,3 @@ def forget(
     }
     (out / FORGET_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _judge(model, test, chosen) -> dict:
-    """`model`: a folder this package saved, or the original, already loaded."""
-    rec = loader.load(model) if isinstance(model, str) else model
-    return judge(rec, chosen.forget, standing(rec.path, rec, test, chosen.retain))

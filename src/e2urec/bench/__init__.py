@@ -1,8 +1,8 @@
 """Comparing unlearning methods: the bench (runs, seeds, worker processes, resumable stages),
-the tune, the evaluation sets and their metrics, request timing, tables and plots.
+the tune, request timing, tables and plots. What it measures is evals/.
 
-It may import everything below it (api, methods, model, data and the shared modules), never
-deploy/, service/ or cli.
+It may import everything below it (api, evals, methods, model, data and the shared modules),
+never deploy/, service/ or cli.
 """
 
 from e2urec.bench.config import Bench, merge, preset

@@ -1,6 +1,5 @@
-"""Every row of a bench evaluated on the same sets, then against Retrain: closeness on the
-forgotten samples (streamed from each row's distributions on disk), intervals and verdicts,
-forget quality and PrivLeak."""
+"""Every row of a bench evaluated on the same sets (evals/), each as a resumable stage, then
+against Retrain (`evals.retrain`) from each row's distributions kept on disk."""
 
 from __future__ import annotations
 
@@ -11,23 +10,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from e2urec.bench.evaluation import (
-    EvalSets,
+from e2urec.bench.resumable import local_inputs, stage
+from e2urec.evals.evaluation import (
     Rows,
     evaluate,
     history_mean_scorer,
     model_scorer,
     shows_ratings,
 )
-from e2urec.bench.resumable import local_inputs, stage
-from e2urec.metrics import closeness, distances, forget_quality, jsd_verdict
-from e2urec.mia import privleak
+from e2urec.evals.retrain import against_retrain
+from e2urec.evals.sets import EvalSets
 from e2urec.model import loader
 
 if TYPE_CHECKING:
     from e2urec.bench.config import Bench
 
-NEEDS_RETRAIN = ("jsd", "sym_kl", "l2", "jsd_yes_no", "forget_quality", "privleak")
 FORGET = "forget_scores.npz"
 FORGET_DIST = "forget_dist.npy"
 
@@ -52,26 +49,6 @@ def evaluate_all(
             rows["history_mean"] = {"seconds": None, "trainable_params": 0, "peak_rss_mb": None}
             rows["history_mean"].update(evaluate(history_mean_scorer, sets, bench.mia_seed)[0])
         against_retrain(rows, dists, [s.user for s in sets.forget], bench.mia_seed)
-
-
-def against_retrain(rows: dict, dists: dict, users: list[str], seed: int) -> None:
-    """Each row's closeness to Retrain's forget scores, one row's distributions at a time."""
-    ref = dists.get("retrain")
-    per_sample = {}
-    for name, row in rows.items():
-        if ref is None or name not in dists:
-            row.update(dict.fromkeys(NEEDS_RETRAIN))
-            continue
-        f = dists[name]
-        d = distances(f["dist"], ref["dist"])
-        row.update(closeness(f["dist"], ref["dist"], f["p_yes"], ref["p_yes"], per_sample=d))
-        row["forget_quality"] = forget_quality(f["log_odds"], ref["log_odds"])
-        row["privleak"] = privleak(row["mia_auc"], rows["retrain"]["mia_auc"])
-        per_sample[name] = d["jsd"]
-    if {"original", "retrain_b"} <= per_sample.keys():
-        original, floor = per_sample["original"], per_sample["retrain_b"]
-        for name, jsd in per_sample.items():
-            rows[name].update(jsd_verdict(jsd, original, floor, users, seed))
 
 
 def evaluate_row(

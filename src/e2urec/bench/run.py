@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from e2urec.bench.config import Bench, jsonable, method_rows, seeded
-from e2urec.bench.evaluation import EvalSets
 from e2urec.bench.over_seeds import aggregate, ci95, over_seeds, paired_over_seeds
 from e2urec.bench.plots import plot_results, plot_sequential
 from e2urec.bench.pool import single_threaded, worker_pool
@@ -21,6 +20,7 @@ from e2urec.bench.row_evaluation import evaluate_all, evaluate_row
 from e2urec.data import load_splits, prepare, template_texts
 from e2urec.data.canaries import real
 from e2urec.data.deletion import DeletionRequest, sample_key, select, split_users
+from e2urec.evals.sets import EvalSets
 from e2urec.memory import keep_freed_memory
 from e2urec.methods import METHODS, Task, get_method
 from e2urec.model import frozen, loader

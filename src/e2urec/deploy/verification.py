@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from e2urec.api import assess
 from e2urec.data.sample import Sample
+from e2urec.evals.scorecard import assess
 from e2urec.metrics import closeness
 from e2urec.model import loader, score
 
@@ -142,8 +142,7 @@ def verify(
         "limited": limited,
     }
     if not limited:
-        unseen = len(held) - len(held) // 2  # the attack's held-out half (mia.Plan)
-        se = hanley_mcneil_se(now["mia_auc"], len(forget), unseen)
+        se = hanley_mcneil_se(now["mia_auc"], len(forget), now["mia_unseen"])
         numbers["mia_auc"] = {"before": was["mia_auc"], "after": now["mia_auc"], "se": se}
         numbers["holdout_auc"] = {"before": was["test"]["auc"], "after": now["test"]["auc"]}
     if reference is not None:

@@ -1,4 +1,4 @@
-"""What the bench measures of one model: utility, forgetting, membership, canaries.
+"""What a bench measures of one model: utility, forgetting, membership, canaries.
 
 Every model is seen through a scorer (samples -> P(Yes), loss and, on request, the vocabulary
 distribution at the answer position), so a trained recommender and the no-training reference
@@ -9,68 +9,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from e2urec import mia
-from e2urec.data.canaries import real, unique
 from e2urec.data.deletion import shown_ratings
 from e2urec.data.sample import YES, Sample
-from e2urec.metrics import (
-    auc_ci,
-    best_threshold,
-    exposure,
-    scored_classification,
-)
+from e2urec.evals import mia
+from e2urec.evals.sets import EvalSets
+from e2urec.metrics import auc_ci, best_threshold, exposure, scored_classification
 from e2urec.model import loader, score
 from e2urec.model.frozen import StoredBottom
-
-if TYPE_CHECKING:
-    pass
 
 Scorer = Callable[[list[Sample], bool], dict]
 # Forgotten samples scored at a time with their distributions: the demo's fit in one chunk (so
 # its batches are the ones a single call forms), the paper's 6,500 take 0.13 GB a chunk.
 CHUNK = 1024
 _STARS = re.compile(r"\((\d+(?:\.\d+)?) stars?\)$")
-
-
-@dataclass
-class EvalSets:
-    """The samples a model is measured on (all real, except the canaries)."""
-
-    test: list[Sample]
-    valid: list[Sample]
-    forget: list[Sample]  # forgotten users' real samples on which forgetting is reported
-    members: list[Sample]  # retain samples the attack learns as members
-    nonmembers: list[Sample]  # held-out samples the attack learns as non-members
-    unseen: list[Sample]  # other held-out samples, scored against `forget`
-    canaries: list[Sample]  # planted in forgotten users' data
-    canaries_retained: list[Sample]  # planted in retained users' data
-    controls: list[Sample]  # made the same way, never trained on
-
-    @classmethod
-    def make(cls, splits: dict, forget: list[Sample], seed: int = 0) -> EvalSets:
-        """`forget`: the forgotten samples to report on (canaries among them are split off).
-        The attack's non-members are the held-out split, or test without one."""
-        retain = real(splits["retain"])
-        pool = splits.get("holdout") or splits["test"]
-        plan = mia.Plan.make(len(retain), len(pool), seed)
-        users = {s.user for s in forget}
-        return cls(
-            test=splits["test"],
-            valid=splits["valid"],
-            forget=real(forget),
-            members=[retain[i] for i in plan.members],
-            nonmembers=[pool[i] for i in plan.nonmembers],
-            unseen=[pool[i] for i in plan.unseen],
-            canaries=[s for s in unique(splits["forget"]) if s.user in users],
-            canaries_retained=unique(splits["retain"]),
-            controls=splits.get("canary_control") or [],
-        )
 
 
 def model_scorer(model, batch_size: int, bottom: StoredBottom | None = None) -> Scorer:
@@ -123,7 +78,7 @@ def evaluate(
     forget = forget_scores(scorer, sets.forget, dist_path)
     members, nonmembers, unseen = (
         mia.sample_features(s, scorer(s, False))
-        for s in (sets.members, sets.nonmembers, sets.unseen)
+        for s in (sets.attack.members, sets.attack.nonmembers, sets.attack.unseen)
     )
     metrics = {
         "test": {
@@ -137,14 +92,14 @@ def evaluate(
         ),
     }
     if sets.controls:
-        controls = _planted_log_odds(scorer, sets.controls)
+        controls = planted_log_odds(scorer, sets.controls)
         for key, planted in (
             ("canary_exposure", sets.canaries),
             ("canary_retained", sets.canaries_retained),
         ):
             metrics[key] = metrics[f"{key}_ci"] = None
             if planted:
-                scores = np.concatenate([_planted_log_odds(scorer, planted), controls])
+                scores = np.concatenate([planted_log_odds(scorer, planted), controls])
                 kind = np.concatenate([np.ones(len(planted)), np.zeros(len(controls))])
                 users = _users(planted) + _users(sets.controls)
                 metrics[key] = exposure(scores[kind == 1], scores[kind == 0])
@@ -160,7 +115,7 @@ def _users(samples: list[Sample]) -> list[str]:
     return [s.user for s in samples]
 
 
-def _planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
+def planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
     log_odds = scorer(canaries, False)["log_odds"]
     return np.where([s.output == YES for s in canaries], log_odds, -log_odds)
 
