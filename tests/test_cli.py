@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
-from e2urec.cli import main
+from e2urec.cli import _protocol, build_parser, main
+from e2urec.data import Protocol
 
 TINY = ["tiny.vocab_size=400", "tiny.d_model=32", "tiny.d_ff=64", "tiny.heads=2"]
 TINY += ["tiny.encoder_layers=1", "tiny.decoder_layers=1"]
@@ -17,6 +19,14 @@ def test_prepare_refuses_bad_input(tmp_path, capsys):
     assert main(["prepare", "--out", str(out), "--dataset", "imaginary"]) == 2
     assert "unknown data set 'imaginary'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_protocol_field_is_a_prepare_flag_read_by_the_dataclass():
+    args = build_parser().parse_args(["prepare", "--out", "d", "--min-history", "2"])
+    assert {f.name for f in fields(Protocol)} <= set(vars(args))
+    args = build_parser().parse_args(["prepare", "--out", "d", "--sample", "4,2,2", "--seed", "7"])
+    protocol = _protocol(args)
+    assert (protocol.sample, protocol.seed, protocol.history) == ((4, 2, 2), 7, Protocol().history)
 
 
 def test_train_then_unlearn(tmp_path, data_dir, capsys):

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from e2urec.config import from_dict, load_yaml
+from e2urec.config import add_flags, from_dict, given_flags, load_yaml, parse_assignments
 
 
 def _protocol(args):
@@ -16,14 +16,29 @@ def _protocol(args):
 
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     values = values.get("protocol", values)
-    names = ("history", "min_history", "last", "forget_ratio", "seed", "threshold", "sample")
-    for key in (*names, "holdout", "canaries", "canary_copies", "template", "answers"):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return from_dict(Protocol, values, "protocol")
+    return from_dict(Protocol, {**values, **given_flags(args, Protocol)}, "protocol")
+
+
+PROTOCOL_HELP = {
+    "history": "items shown in the prompt (K)",
+    "min_history": "samples with fewer earlier ratings are dropped",
+    "last": "keep the most recent N samples",
+    "split": "train,valid,test fractions, in time order",
+    "forget_ratio": "share of train users who ask to be forgotten",
+    "seed": "seed choosing forgotten users",
+    "threshold": 'rating > threshold is "Yes."',
+    "sample": "TRAIN,VALID,TEST: draw this many samples of each split (seeded, many users)",
+    "holdout": "held-out share of train for the attack",
+    "canaries": "canaries per forgotten user",
+    "canary_copies": "times each canary is repeated in training",
+    "template": "prompt template: paper, compact, or a Jinja2 file (README: templates)",
+    "answers": "YES,NO: the words the model answers with; their first tokens are scored",
+}
 
 
 def add_prepare(sub) -> None:
+    from e2urec.data.protocol import Protocol  # its fields are the flags
+
     p = sub.add_parser("prepare", help="raw data -> prompts -> train/valid/test/retain/forget")
     p.add_argument(
         "--dataset",
@@ -33,29 +48,7 @@ def add_prepare(sub) -> None:
     p.add_argument("--raw", help="raw file or folder (the default data set needs none)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML file with protocol options")
-    p.add_argument("--history", type=int, help="items shown in the prompt (K, default 10)")
-    p.add_argument("--min-history", dest="min_history", type=int, help="default 5")
-    p.add_argument("--last", type=int, help="keep the most recent N samples (default 100000)")
-    p.add_argument("--forget-ratio", dest="forget_ratio", type=float, help="default 0.2")
-    p.add_argument("--seed", type=int, help="seed choosing forgotten users (default 42)")
-    p.add_argument("--threshold", type=float, help='rating > threshold is "Yes." (default 3)')
-    p.add_argument(
-        "--sample",
-        metavar="TRAIN,VALID,TEST",
-        help="draw this many samples of each split (seeded, many users); default: all",
-    )
-    p.add_argument("--holdout", type=float, help="held-out share of train for the attack (0)")
-    p.add_argument("--canaries", type=int, help="canaries per forgotten user (default 0)")
-    p.add_argument("--canary-copies", dest="canary_copies", type=int, help="default 4")
-    p.add_argument(
-        "--template",
-        help="prompt template: paper (default), compact, or a Jinja2 file (README: templates)",
-    )
-    p.add_argument(
-        "--answers",
-        metavar="YES,NO",
-        help='the words the model answers with (default "Yes.,No."): their first tokens are scored',
-    )
+    add_flags(p, Protocol, PROTOCOL_HELP)
     p.add_argument(
         "--memory-limit",
         help="memory for the data engine, e.g. 2GB (default: an eighth of the machine's RAM)",
@@ -96,25 +89,10 @@ def _base_option(p) -> None:
     )
 
 
-def _overrides(pairs: list[str] | None) -> dict:
-    """`section.key=value` pairs -> nested dict (values are checked by the dataclasses)."""
-    nested: dict = {}
-    for item in pairs or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects section.key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        *parents, leaf = key.strip().split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value.strip()
-    return nested
-
-
 def _options(args) -> dict:
     """A method's or training's options: the YAML file, then --set on top."""
     options = load_yaml(args.config) if args.config else {}
-    options.update(_overrides(args.set))
+    options.update(parse_assignments(args.set, "--set"))
     return options
 
 
@@ -251,7 +229,7 @@ def _bench_values(args) -> dict:
     values = preset(args.preset)
     if args.config:
         values = merge(values, load_yaml(args.config))
-    values = merge(values, _overrides(args.set))
+    values = merge(values, parse_assignments(args.set, "--set"))
     if args.methods:
         values["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds:

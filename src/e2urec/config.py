@@ -61,19 +61,50 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     return cls(**kwargs)
 
 
+def parse_assignments(items: list[str] | None, where: str = "config") -> dict[str, Any]:
+    """`key=value` or `section.key=value` strings -> a nested dict of strings; the values are
+    checked where a dataclass is built from them."""
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{where}: expected key=value or section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value.strip()
+    return nested
+
+
 def override(obj: T, assignments: list[str] | dict[str, Any], where: str = "config") -> T:
     """Return a copy of `obj` with `key=value` assignments applied (values checked again)."""
-    if isinstance(assignments, dict):
-        pairs = dict(assignments)
-    else:
-        pairs = {}
-        for item in assignments:
-            if "=" not in item:
-                raise ValueError(f"{where}: expected key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = value.strip()
+    pairs = (
+        dict(assignments)
+        if isinstance(assignments, dict)
+        else parse_assignments(assignments, where)
+    )
     merged = {**dataclasses.asdict(obj), **pairs}
     return from_dict(type(obj), merged, where)
+
+
+def add_flags(parser, cls, helps: dict[str, str]) -> None:
+    """A `--field-name` flag for each field of the dataclass `cls`, its help showing the field's
+    default; values stay strings for `from_dict` to read as the field's type and check."""
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            help=f"{helps.get(f.name, f.name)} (default: {shown})",
+        )
+
+
+def given_flags(args, cls) -> dict[str, Any]:
+    """The values of the flags `add_flags` made for `cls` that were given."""
+    names = (f.name for f in dataclasses.fields(cls))
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,13 +9,20 @@ import torch.nn.functional as F
 EPS = 1e-12
 
 
+def kl_rows(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KL(teacher || student) of each row, from logits over the last dim softened by T."""
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (teacher.exp() * (teacher - student)).sum(-1)
+
+
 def kl_div(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Mean over rows of KL(teacher || student), from logits over the last dim softened by T."""
-    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (teacher.exp() * (teacher - student)).sum(-1).mean()
+    """Mean over rows of `kl_rows`."""
+    return kl_rows(teacher_logits, student_logits, temperature).mean()
 
 
 def forgetting_teacher(

@@ -7,8 +7,9 @@ It may import evals/, methods/, model/, data/ and the shared modules, never api,
 service/ or cli.
 """
 
-from e2urec.deploy.apply_loop import Busy, apply
+from e2urec.deploy.apply_loop import apply
 from e2urec.deploy.create import catalogue, init
+from e2urec.deploy.folder import Busy
 from e2urec.deploy.intake import (
     NotCancellable,
     Refused,

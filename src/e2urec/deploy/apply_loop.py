@@ -14,18 +14,15 @@ In a two-phase deployment (`init --exact apa`) the exact phase (`exact_phase`) f
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import uuid
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
 from e2urec.deploy import exact_phase, integrity
-from e2urec.deploy.folder import Layout, tree_hash
+from e2urec.deploy.folder import Layout, locked, tree_hash
 from e2urec.deploy.ledger import Ledger, request_views, rolling, states, versions
 from e2urec.deploy.purge import Eraser, eraser_of, purge_folder, read_split
 from e2urec.deploy.upkeep import (
@@ -56,35 +53,9 @@ STEPS = (
 PHASES = ("approximate", "exact")  # of a two-phase deployment (init --exact)
 
 
-class Busy(RuntimeError):
-    """Another `apply` holds the deployment."""
-
-
 def _checkpoint(step: str) -> None:
     if os.environ.get(CRASH_ENV) == step:
         os._exit(137)  # as kill -9: no cleanup, no finally blocks
-
-
-@contextmanager
-def locked(path: Path, wait: bool = False):
-    """An exclusive lock on `path`; it goes with the descriptor, so also when the process dies.
-    Opened without truncating and without following a link: a lock file pointed at another
-    file (config.json) must not empty it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise ValueError(
-            f"{path}: cannot be opened as a lock ({err.strerror}); a link or a folder there is "
-            "not ours: remove it"
-        ) from None
-    with os.fdopen(fd, "r+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise Busy(
-                f"{path.parent}: another `apply` is running; try again when it ends"
-            ) from None
-        yield
 
 
 def apply(
@@ -257,20 +228,11 @@ def _task(layout: Layout, config: dict, eraser: Eraser) -> tuple[Task, str, list
         forget,
         valid,
         layout.reserve(layout.models / f".staging-{uuid.uuid4().hex[:8]}"),
-        base=base_path(layout, config),
+        base=layout.base_path(config),
         train_config=from_dict(TrainConfig, config.get("train_config"), "train"),
         answers=read_answers(data),
     )
     return task, held_name, holdout
-
-
-def base_path(layout: Layout, config: dict) -> str | None:
-    """The backbone the deployment's model was trained from: in the folder, or as recorded."""
-    base = config.get("base")
-    if base is None:
-        return None
-    inside = layout.root / base
-    return str(inside) if inside.exists() else base
 
 
 def _reference(layout: Layout, task: Task) -> str:

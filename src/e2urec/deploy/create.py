@@ -167,10 +167,11 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list,
 
 def _first_exact(layout: Layout, ledger: Ledger, config: dict, v0_hash: str) -> None:
     """The exact method's model, trained from the backbone on the live data: v1, served."""
-    from e2urec.deploy.apply_loop import base_path
     from e2urec.deploy.exact_phase import train_first
 
-    made = train_first(layout, base_path(layout, config), config["train_config"], config["exact_options"])  # fmt: skip
+    made = train_first(
+        layout, layout.base_path(config), config["train_config"], config["exact_options"]
+    )
     v1 = layout.version("v1")
     event = {
         "event": "created",

@@ -7,6 +7,7 @@
 - DEPLOY/config.json    method, options and verification bounds chosen at `init`, the key's path
 - DEPLOY/catalogue.json item titles, for the scoring service
 - DEPLOY/scratch.log    names of the temporary files and staging folders `apply` made
+- DEPLOY/apply.lock     held by `apply` (and `cancel`); request.lock by `request` (`locked`)
 
 The key of the HMAC hashes that stand for forgotten ids lives outside the folder (by default in
 the user's config folder, `key_folder()`), so that a copy of the folder alone reveals no id.
@@ -14,6 +15,7 @@ the user's config folder, `key_folder()`), so that a copy of the folder alone re
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -23,10 +25,37 @@ import re
 import secrets
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 VERSION = re.compile(r"^v\d+$")
+
+
+class Busy(RuntimeError):
+    """Another `apply` holds the deployment."""
+
+
+@contextmanager
+def locked(path: Path, wait: bool = False):
+    """An exclusive lock on `path`; it goes with the descriptor, so also when the process dies.
+    Opened without truncating and without following a link: a lock file pointed at another
+    file (config.json) must not empty it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise ValueError(
+            f"{path}: cannot be opened as a lock ({err.strerror}); a link or a folder there is "
+            "not ours: remove it"
+        ) from None
+    with os.fdopen(fd, "r+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(
+                f"{path.parent}: another `apply` is running; try again when it ends"
+            ) from None
+        yield
 
 
 @dataclass(frozen=True)
@@ -50,6 +79,14 @@ class Layout:
     lock_file = property(lambda self: self.root / "apply.lock")
     request_lock = property(lambda self: self.root / "request.lock")
     scratch_file = property(lambda self: self.root / "scratch.log")
+
+    def base_path(self, config: dict) -> str | None:
+        """The backbone the deployment's model was trained from: in the folder, or as recorded."""
+        base = config.get("base")
+        if base is None:
+            return None
+        inside = self.root / base
+        return str(inside) if inside.exists() else base
 
     def version(self, version_id: str) -> Path:
         # Only a version's name: LIVE or a forged row naming "../elsewhere" leads nowhere.

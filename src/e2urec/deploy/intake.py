@@ -12,8 +12,7 @@ from pathlib import Path
 from e2urec.data.deletion import DeletionRequest, listing, shown_texts, unknown
 from e2urec.data.manifest import check_interactions
 from e2urec.deploy import integrity
-from e2urec.deploy.apply_loop import locked
-from e2urec.deploy.folder import Keyer, Layout
+from e2urec.deploy.folder import Keyer, Layout, locked
 from e2urec.deploy.ledger import CANCELLED, Ledger, request_views, states, versions
 from e2urec.deploy.purge import eraser_of
 

@@ -15,19 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from e2urec.data.sample import NO, YES
-from e2urec.methods.base import LossMethod, Pair, StepsConfig, Task
+from e2urec.methods.base import ForgetTermConfig, LossMethod, Pair, Task
 from e2urec.model import backbone
 
 
 @dataclass
-class BadTConfig(StepsConfig):
-    lr: float = 5e-5
-    weight: float = 0.2  # of the flipped forget term
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+class BadTConfig(ForgetTermConfig):
+    """`weight`: of the flipped forget term."""
 
 
 class BadT(LossMethod):

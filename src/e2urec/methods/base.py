@@ -55,6 +55,20 @@ class StepsConfig(MethodConfig):
             raise ValueError(f"steps must be >= 0 (0: train `epochs` epochs), got {self.steps}")
 
 
+@dataclass
+class ForgetTermConfig(StepsConfig):
+    """Full tuning on paired batches, the loss the retain term plus or minus `weight` times a
+    forget term; lr and weight from the paper's scripts (NegGrad, Bad-T)."""
+
+    lr: float = 5e-5
+    weight: float = 0.2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
 def scaled_steps(steps: int, forget_size: int) -> int:
     """`steps` as counted on ML-1M's forget set, for a forget set of `forget_size` samples: the
     same passes over the forget set at the same batch size."""

@@ -13,18 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from e2urec.methods.base import LossMethod, Pair, StepsConfig
+from e2urec.methods.base import ForgetTermConfig, LossMethod, Pair
 
 
 @dataclass
-class NegGradConfig(StepsConfig):
-    lr: float = 5e-5
-    weight: float = 0.2  # of the ascent on the forget set
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+class NegGradConfig(ForgetTermConfig):
+    """`weight`: of the ascent on the forget set."""
 
 
 class NegGrad(LossMethod):

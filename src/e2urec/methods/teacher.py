@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from e2urec.data.sample import Sample
+from e2urec.maths import kl_rows
 from e2urec.model.backbone import Recommender, to_device
 from e2urec.model.backbone import device as backbone_device
 from e2urec.model.scoring import AnswerLogits, autocast, by_length, encode, first_rows, forward
@@ -131,12 +132,6 @@ def compact_kl(teacher: Compact, student_logits: torch.Tensor, temperature: floa
     has_rest = torch.isfinite(teacher.rest)
     tail = torch.where(has_rest, teacher.rest.exp() * (teacher.rest - s_rest), 0.0)
     return head + tail
-
-
-def exact_kl(teacher_logits, student_logits, temperature: float = 1.0) -> torch.Tensor:
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum(-1)
 
 
 def model_outputs(
@@ -246,7 +241,7 @@ class Teacher:
             student = student_rows(self.rec, student, self.target)
         if self.cache is None:
             logits, _ = self._run(idx)
-            return exact_kl(logits.to(student.device), student, self.temperature)
+            return kl_rows(logits.to(student.device), student, self.temperature)
         if self.live.isdisjoint(idx):
             target = Compact.cat([self.cache[i] for i in idx]).to(student.device)
             return compact_kl(target, student, self.temperature)
@@ -264,7 +259,7 @@ class Teacher:
         def rows(group):  # where each sample's rows lie in `student`
             return [r for i in group for r in range(starts[i], starts[i] + sizes[i])]
 
-        values = [exact_kl(logits.to(device), student[rows(live)], t)]
+        values = [kl_rows(logits.to(device), student[rows(live)], t)]
         if kept:
             target = Compact.cat([self.cache[i] for i in kept]).to(device)
             values.append(compact_kl(target, student[rows(kept)], t))

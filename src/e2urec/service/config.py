@@ -36,7 +36,7 @@ class ServiceConfig:
     allow_hosts: tuple[str, ...] = ()  # further names for the Host header (a proxy in front)
 
     def __post_init__(self):
-        if not (Path(self.deploy) / "catalogue.json").exists():
+        if not Layout(Path(self.deploy)).catalogue.exists():
             raise ValueError(f"{self.deploy}: not a deployment folder (run `e2urec init` first)")
         if len(self.token) < 16:
             raise ValueError("the bearer token must be at least 16 characters long")

@@ -38,9 +38,10 @@ class Live:
 
 
 def read_catalogue(deploy: str | Path) -> Catalogue:
-    file = Path(deploy) / "catalogue.json"
+    layout = Layout(Path(deploy))
+    file = layout.catalogue
     data = json.loads(file.read_text(encoding="utf-8"))
-    manifest = json.loads((Path(deploy) / "data" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((layout.data / "manifest.json").read_text(encoding="utf-8"))
     template = manifest_template(manifest)
     if template is not None and data.get("kind") not in KINDS:
         raise ValueError(
@@ -61,7 +62,7 @@ def load_live(deploy: str | Path) -> Live:
         rec = loader.load(layout.version(version))
         # An apply may switch versions while the model loads; then read again.
         if layout.live() == version:
-            return Live(version, rec, read_catalogue(deploy))
+            return Live(version, rec, read_catalogue(layout.root))
 
 
 class LiveModel:

@@ -251,7 +251,7 @@ class Worker:
 
 def _signature(deploy: Path) -> tuple | None:
     try:
-        info = (Path(deploy) / "LIVE").stat()
+        info = Layout(Path(deploy)).live_file.stat()
     except OSError:
         return None
     return (info.st_ino, info.st_size, info.st_mtime_ns)
