@@ -15,7 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_causal import byte_level_tokenizer, tiny_llama
+from tiny_causal import byte_level_tokenizer, tiny_llama
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from e2urec import api, deploy

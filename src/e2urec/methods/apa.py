@@ -13,7 +13,8 @@ from their losses on a pool: the valid samples of retained users.
 
 A deletion retrains the shards that held the forgotten users on what they keep, scores the pool
 with them and drops the forgotten users' pool rows; every other part stays. The result equals
-training on the retained data from scratch with the stored assignment (tests/test_apa.py).
+training on the retained data from scratch with the stored assignment
+(tests/methods/test_apa.py).
 Result.seconds is that work alone; as in SISA, a shard that holds forgotten users is trained
 once, on its kept data, when the bench simulates the request.
 

@@ -398,7 +398,7 @@ def test_write_jsonl_syncs_before_it_renames(tmp_path, monkeypatch):
 
 
 def test_the_soak_fails_when_it_killed_fewer_children_than_asked():
-    path = Path(__file__).parents[1] / "benchmarks" / "soak.py"
+    path = Path(__file__).parents[2] / "benchmarks" / "soak.py"
     spec = importlib.util.spec_from_file_location("soak", path)
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)

@@ -2,7 +2,7 @@
 smollm preset's `top_layers`) runs those layers alone from the states: the full-tuning methods
 (NegGrad, Bad-T, Bad-Teacher, SCRUB) tune them in full with their teachers run from the states
 too, RecEraser's attention and APA's pool scoring run the shards' tops from them, and nothing
-below the split ever runs or changes. Tiny 4-layer Llamas from tests/test_causal.py, the top 2
+below the split ever runs or changes. Tiny 4-layer Llamas from tests/tiny_causal.py, the top 2
 layers tuned, the states in float32 so that each path can be checked against the same method
 run at full depth with the bottom frozen."""
 
@@ -13,9 +13,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import test_causal
+import tiny_causal
 import torch
-from test_causal import METHOD_OPTIONS, TRAIN
+from tiny_causal import METHOD_OPTIONS, TRAIN
 from transformers.models.llama import modeling_llama
 
 from e2urec.methods import METHODS, Task, get_method
@@ -24,10 +24,10 @@ from e2urec.model import apa, backbone, encode, forward, frozen, loader, score
 from e2urec.model import train as training
 from e2urec.model.ensemble import AGGREGATOR
 
-data = test_causal.data  # the module fixtures, shared: prepared ml-100k splits
-ml100k_raw = test_causal.ml100k_raw
-deep_llama_dir = test_causal.deep_llama_dir  # a 4-layer tiny Llama
-one_thread = test_causal.one_thread
+data = tiny_causal.data  # the module fixtures, shared: prepared ml-100k splits
+ml100k_raw = tiny_causal.ml100k_raw
+deep_llama_dir = tiny_causal.deep_llama_dir  # a 4-layer tiny Llama
+one_thread = tiny_causal.one_thread
 
 START = 2  # the top 2 of 4 layers train
 FULL_TUNING = ["neggrad", "bad_t", "bad_teacher", "scrub"]
