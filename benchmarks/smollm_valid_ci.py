@@ -1,13 +1,14 @@
 """Valid AUC of SmolLM2 models with intervals over users, and each one against the first.
 
-    OMP_NUM_THREADS=1 python benchmarks/smollm_valid_ci.py DATA MODEL [MODEL ...]
+    OMP_NUM_THREADS=1 python benchmarks/smollm_valid_ci.py [--split test] DATA MODEL [MODEL ...]
 
 MODEL: a model name or folder for `e2urec.model.loader` (`smollm2`: the untuned model; a folder
 that benchmarks/smollm_settings.py trained). Scores DATA's valid split at full depth, then
 prints one JSON line per model: its valid AUC (on the Yes-No logit difference) with the 95%
-cluster-bootstrap interval over users, and its paired AUC difference to the first MODEL under
-the same user draws (a user's samples move together), beside history_mean's. A valid split,
-because the settings are chosen on it: nothing here reads test.
+cluster-bootstrap interval over users, and its paired AUC differences to the first MODEL and to
+history_mean under the same user draws (a user's samples move together), beside history_mean's. Valid by default,
+because settings are chosen on it; `--split test` only reports a finished table's models (the
+tuned original against zero-shot and history_mean), never to choose anything.
 """
 
 import json
@@ -16,8 +17,8 @@ import sys
 import numpy as np
 import torch
 
-from e2urec.bench.evaluation import history_mean_scorer
 from e2urec.data import load_splits
+from e2urec.evals.evaluation import history_mean_scorer
 from e2urec.metrics import auc, auc_ci, user_draws
 from e2urec.model import loader
 from e2urec.model.scoring import score
@@ -29,25 +30,29 @@ def paired(labels, rank, base, users) -> list[float]:
     return [float(v) for v in np.percentile(gaps[gaps == gaps], [2.5, 97.5])]
 
 
-def main(data: str, models: list[str]) -> list[dict]:
+def main(data: str, models: list[str], split: str = "valid") -> list[dict]:
     torch.set_num_threads(1)
-    valid = load_splits(data)["valid"]
+    valid = load_splits(data)[split]
     labels = np.array([s.label for s in valid])
     users = [s.user for s in valid]
     ranks = {"history_mean": history_mean_scorer(valid)["log_odds"]}
     for name in models:
         ranks[name] = score(loader.load(name), valid, 16)["log_odds"]
-    first, rows = ranks[models[0]], []
+    rows = []
     for name, rank in ranks.items():
-        row = {"model": name, "valid_auc": round(auc(labels, rank), 4)}
+        row = {"model": name, f"{split}_auc": round(auc(labels, rank), 4)}
         row["ci"] = [round(v, 4) for v in auc_ci(labels, rank, users)]
-        if name != models[0]:
-            row["minus_first"] = round(auc(labels, rank) - auc(labels, first), 4)
-            row["minus_first_ci"] = [round(v, 4) for v in paired(labels, rank, first, users)]
+        for ref, key in ((models[0], "minus_first"), ("history_mean", "minus_history_mean")):
+            if name != ref:
+                row[key] = round(auc(labels, rank) - auc(labels, ranks[ref]), 4)
+                row[f"{key}_ci"] = [round(v, 4) for v in paired(labels, rank, ranks[ref], users)]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    args = sys.argv[1:]
+    split = args.pop(args.index("--split") + 1) if "--split" in args else "valid"
+    args = [a for a in args if a != "--split"]
+    main(args[0], args[1:], split)
