@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from e2urec.config import from_dict
 from e2urec.deploy import exact_phase, integrity
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Layout, locked, tree_hash
 from e2urec.deploy.ledger import Ledger, request_views, rolling, states, versions
 from e2urec.deploy.purge import Eraser, eraser_of, purge_folder, read_split
@@ -177,7 +178,7 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     recorded = versions(ledger.records())
 
     def event(rid: str, kind: str, **extra) -> dict:
-        got = received[rid]["received"]
+        got = received[rid][Event.RECEIVED]
         return {
             "event": kind,
             "request": rid,
@@ -196,7 +197,7 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     version = layout.next_version(recorded)
     details["chain"] = integrity.chain(layout, task.out)
     digest = tree_hash(task.out)
-    ledger.append([event(r, "verified", model_after=digest, version=version) for r in ids])
+    ledger.append([event(r, Event.VERIFIED, model_after=digest, version=version) for r in ids])
     _checkpoint("recorded")
     return _finish(layout, ledger, ids, version)
 
@@ -247,18 +248,18 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     """Roll a verified run forward: the staging folder named as its version, live pointer,
     "applied" rows, purge, "purged" rows."""
     state = states(ledger.records())
-    staging = state[ids[0]]["verified"]["details"].get("staging")  # none before issue 26
+    staging = state[ids[0]][Event.VERIFIED]["details"].get("staging")  # none before issue 26
     if staging and not layout.version(version).exists():
         os.replace(layout.models / staging, layout.version(version))
     _checkpoint("promoted")
     layout.set_live(version)
     _checkpoint("switched")
-    todo = [r for r in ids if "applied" not in state[r]]
+    todo = [r for r in ids if Event.APPLIED not in state[r]]
     applied = []
     for rid in todo:
-        row = state[rid]["verified"]
+        row = state[rid][Event.VERIFIED]
         keep = ("method", "users", "samples", "model_before", "model_after", "version")
-        applied.append({"event": "applied", "request": rid, **{k: row[k] for k in keep}})
+        applied.append({"event": Event.APPLIED, "request": rid, **{k: row[k] for k in keep}})
     if applied:
         ledger.append(applied)
     _checkpoint("applied")

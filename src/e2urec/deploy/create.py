@@ -23,6 +23,7 @@ from e2urec.data.deletion import target_title
 from e2urec.data.manifest import read_answers
 from e2urec.data.prepare import TITLES, load_splits
 from e2urec.deploy import integrity
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Keyer, Layout, key_folder, read_key, tree_hash, write_atomic
 from e2urec.deploy.intake import status
 from e2urec.deploy.ledger import Ledger
@@ -144,7 +145,7 @@ def _build(layout: Layout, data: Path, model: Path, settings: dict, train: list,
     write_atomic(layout.config_file, json.dumps(config, indent=2) + "\n")
     write_atomic(layout.catalogue, json.dumps(catalogue(layout.data), indent=1) + "\n")
     event = {
-        "event": "created",
+        "event": Event.CREATED,
         "version": "v0",
         "model_after": tree_hash(v0),
         "users": len({s.user for s in train}),
@@ -174,7 +175,7 @@ def _first_exact(layout: Layout, ledger: Ledger, config: dict, v0_hash: str) -> 
     )
     v1 = layout.version("v1")
     event = {
-        "event": "created",
+        "event": Event.CREATED,
         "version": "v1",
         "method": config["exact"],
         "model_before": v0_hash,

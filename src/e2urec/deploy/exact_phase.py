@@ -29,6 +29,7 @@ from dataclasses import replace
 from e2urec.config import from_dict
 from e2urec.data.sample import Sample
 from e2urec.deploy import integrity
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Keyer, Layout, tree_hash
 from e2urec.deploy.ledger import Ledger, states, versions
 from e2urec.deploy.purge import read_split
@@ -74,7 +75,9 @@ def last_exact(rows: list[dict]) -> str:
     """The newest exact version: the APA model of `init`, or the last exact step's."""
     found = None
     for r in rows:
-        if r["event"] == "retrained" or (r["event"] == "created" and r["details"].get("exact")):
+        if r["event"] == Event.RETRAINED or (
+            r["event"] == Event.CREATED and r["details"].get("exact")
+        ):
             found = r["version"]
     return found
 
@@ -97,8 +100,8 @@ def roll_forward(layout: Layout, ledger: Ledger, checkpoint: Callable[[str], Non
     """Finish exact steps a crash left after their "retrained" rows."""
     rolling: dict[str, list[str]] = {}
     for rid, st in states(ledger.records()).items():
-        if st["event"] == "retrained":
-            rolling.setdefault(st["retrained"]["version"], []).append(rid)
+        if st["event"] == Event.RETRAINED:
+            rolling.setdefault(st[Event.RETRAINED]["version"], []).append(rid)
     for version, ids in rolling.items():
         _finish(layout, ledger, ids, version, checkpoint)
     return [r for ids in rolling.values() for r in ids]
@@ -109,7 +112,7 @@ def waiting(rows: list[dict]) -> list[str]:
     return [
         rid
         for rid, st in states(rows).items()
-        if "shards" in st.get("purged", {}).get("details", {}) and "retrained" not in st
+        if "shards" in st.get(Event.PURGED, {}).get("details", {}) and Event.RETRAINED not in st
     ]
 
 
@@ -134,8 +137,8 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
     rows = ledger.records()
     st, recorded = states(rows), versions(rows)
     source, before = last_exact(rows), layout.live()
-    shards = sorted({k for r in ids for k in st[r]["purged"]["details"]["shards"]})
-    gone = {u for r in ids for u in st[r]["received"]["details"]["keys"]["users"]}
+    shards = sorted({k for r in ids for k in st[r][Event.PURGED]["details"]["shards"]})
+    gone = {u for r in ids for u in st[r][Event.RECEIVED]["details"]["keys"]["users"]}
     keyer, data = layout.keyer(), layout.data
     train, valid = (keyed(keyer, read_split(data / f"{n}.jsonl")) for n in ("train", "valid"))
     held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
@@ -165,11 +168,11 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
     digest = tree_hash(staging)
     ledger.append([
         {
-            "event": "retrained",
+            "event": Event.RETRAINED,
             "request": r,
             "method": layout.config()["exact"],
-            "users": st[r]["received"]["users"],
-            "samples": st[r]["received"]["samples"],
+            "users": st[r][Event.RECEIVED]["users"],
+            "samples": st[r][Event.RECEIVED]["samples"],
             "model_before": recorded[before]["hash"],
             "model_after": digest,
             "version": version,
@@ -184,27 +187,27 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
 def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str, checkpoint) -> None:
     """Name the staging folder as its version, switch LIVE, write the "exact" rows."""
     st = states(ledger.records())
-    row = st[ids[0]]["retrained"]
+    row = st[ids[0]][Event.RETRAINED]
     if not layout.version(version).exists():
         os.replace(layout.models / row["details"]["staging"], layout.version(version))
     checkpoint("exact-promoted")
     layout.set_live(version)
     checkpoint("exact-switched")
     keep = ("method", "users", "samples", "model_before", "model_after", "version")
-    ledger.append([{"event": "exact", "request": r, **{k: st[r]["retrained"][k] for k in keep}} for r in ids])  # fmt: skip
+    ledger.append([{"event": Event.EXACT, "request": r, **{k: st[r][Event.RETRAINED][k] for k in keep}} for r in ids])  # fmt: skip
 
 
 def _record_failure(ledger: Ledger, ids: list[str], error: str, numbers=None) -> None:
     """A "failed" row (phase exact) for each request whose exact step did not start rolling."""
     st = states(ledger.records())
-    todo = [r for r in ids if st[r]["event"] not in ("retrained", "exact")]
+    todo = [r for r in ids if st[r]["event"] not in (Event.RETRAINED, Event.EXACT)]
     if todo:
         ledger.append([
             {
-                "event": "failed",
+                "event": Event.FAILED,
                 "request": r,
-                "users": st[r]["received"]["users"],
-                "samples": st[r]["received"]["samples"],
+                "users": st[r][Event.RECEIVED]["users"],
+                "samples": st[r][Event.RECEIVED]["samples"],
                 "details": {"phase": "exact", "error": error, "verification": numbers},
             }
             for r in todo

@@ -12,6 +12,7 @@ from pathlib import Path
 from e2urec.data.deletion import DeletionRequest, listing, shown_texts, unknown
 from e2urec.data.manifest import check_interactions
 from e2urec.deploy import integrity
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Keyer, Layout, locked
 from e2urec.deploy.ledger import CANCELLED, Ledger, request_views, states, versions
 from e2urec.deploy.purge import eraser_of
@@ -52,7 +53,7 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
         except Refused as err:
             counts = {"users": len(users), "samples": 0}
             details = {"reason": err.reason, "interactions": len(pairs)}
-            ledger.append([{"event": "refused", "request": rid, **counts, "details": details}])
+            ledger.append([{"event": Event.REFUSED, "request": rid, **counts, "details": details}])
             raise
         # How each deleted rating shows in the paper prompts of samples that record no history:
         # what lets every later apply find those prompts again should a backup bring them back.
@@ -66,7 +67,7 @@ def request(deploy, users: Iterable = (), interactions: Iterable = ()) -> str:
         rule, train = eraser_of([body]), splits.get("train.jsonl", [])
         named, erased = (sum(map(test, train)) for test in (rule.names, rule.erases))
         event = {
-            "event": "received",
+            "event": Event.RECEIVED,
             "request": rid,
             "users": len(set(users) | {u for u, _ in pairs}),
             "samples": erased,  # what the model unlearns; the other splits are purged too
@@ -138,15 +139,15 @@ def cancel(deploy, request_id: str) -> dict:
         state = states(ledger.records()).get(request_id)
         if state is None:
             raise NotCancellable(f"no request {request_id!r} in the ledger")
-        waiting = state["event"] in ("received", "failed") and "verified" not in state
+        waiting = state["event"] in (Event.RECEIVED, Event.FAILED) and Event.VERIFIED not in state
         if request_id not in ledger.pending() or not waiting:
             raise NotCancellable(
                 f"request {request_id} is {state['event']}: only a request waiting to be applied "
                 "can be cancelled"
             )
-        got = state["received"]
+        got = state[Event.RECEIVED]
         event = {
-            "event": "refused",
+            "event": Event.REFUSED,
             "request": request_id,
             "users": got["users"],
             "samples": got["samples"],
@@ -168,7 +169,7 @@ def status(deploy, request_id: str | None = None) -> dict:
     if request_id is not None and request_id not in requests:
         raise ValueError(f"{deploy}: no request {request_id!r} in the ledger")
     live = layout.live()
-    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] in ("verified", "retrained")}  # fmt: skip
+    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] in (Event.VERIFIED, Event.RETRAINED)}  # fmt: skip
     models = [
         {**info, "id": v, "verification": checks.get(v), "live": v == live}
         for v, info in versions(rows).items()

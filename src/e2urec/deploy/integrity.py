@@ -18,9 +18,9 @@ from typing import Any
 
 from e2urec.data.deletion import Eraser
 from e2urec.data.sample import FIELDS, Sample
+from e2urec.deploy.events import BUILT, Event
 from e2urec.deploy.folder import Keyer, KeyMissing, Layout, tree_hash
 from e2urec.deploy.ledger import (
-    BUILT,
     Ledger,
     order_problems,
     rolling,
@@ -62,10 +62,10 @@ def forgotten(keyer: Keyer, rows: list[dict]) -> Eraser:
     """The deletion rule over everything purged requests removed, held as the HMACs their
     "received" rows keep (users, (user, item) pairs, and how a deleted rating shows in the paper
     prompts of samples that record no history: (user, 'Title (N stars)'))."""
-    done = {rid for rid, st in states(rows).items() if "purged" in st}
+    done = {rid for rid, st in states(rows).items() if Event.PURGED in st}
     users, pairs, shown = set(), set(), set()
     for r in rows:
-        if r["event"] == "received" and r["request"] in done:
+        if r["event"] == Event.RECEIVED and r["request"] in done:
             keys = r["details"]["keys"]
             users.update(keys["users"])
             pairs.update(keys["interactions"])
@@ -83,7 +83,7 @@ def recorded_data(rows: list[dict]) -> tuple[dict[str, str] | None, dict[str, st
     after: dict[str, str] = {}
     for st in states(rows).values():
         if rolling(st):
-            after.update(st["verified"]["details"].get("data_after") or {})
+            after.update(st[Event.VERIFIED]["details"].get("data_after") or {})
     return recorded, after
 
 
@@ -171,8 +171,8 @@ def live_problems(layout: Layout, rows: list[dict]) -> list[str]:
 
 def _switching(st: dict) -> bool:
     """Verified (or retrained) into the newest version, which LIVE may not name yet."""
-    approximate = "verified" in st and "applied" not in st and "purged" not in st
-    return approximate or ("retrained" in st and "exact" not in st)
+    approximate = Event.VERIFIED in st and Event.APPLIED not in st and Event.PURGED not in st
+    return approximate or (Event.RETRAINED in st and Event.EXACT not in st)
 
 
 def model_problems(layout: Layout, rows: list[dict], only: set[str] | None = None) -> list[str]:
@@ -201,7 +201,7 @@ def version_folder(layout: Layout, rows: list[dict], version: str) -> Path:
     folder = layout.version(version)
     if not folder.exists():
         for r in rows:
-            if r["event"] in ("verified", "retrained") and r["version"] == version:
+            if r["event"] in (Event.VERIFIED, Event.RETRAINED) and r["version"] == version:
                 return layout.models / r["details"].get("staging", version)
     return folder
 
@@ -219,14 +219,14 @@ def exact_problems(layout: Layout, rows: list[dict]) -> list[str]:
     APA model of `init`, or the last exact step), never from an approximate one, whose unlearning
     only dampened what its base had seen; it must be an APA model that builds on no version but
     the backbone; and its step must have retrained every shard its requests recorded."""
-    created = [r for r in rows if r["event"] == "created" and r["details"].get("exact")]
+    created = [r for r in rows if r["event"] == Event.CREATED and r["details"].get("exact")]
     if not created:
         return []
     backbone_at = _inside(layout.config().get("base"))
     lineage, problems, recorded = [created[0]["version"]], [], states(rows)
     steps: dict[str, list[dict]] = {}
     for r in rows:
-        if r["event"] == "retrained":
+        if r["event"] == Event.RETRAINED:
             steps.setdefault(r["version"], []).append(r)
     for version, made in steps.items():
         details = made[0]["details"]
@@ -247,7 +247,7 @@ def exact_problems(layout: Layout, rows: list[dict]) -> list[str]:
         if kind != "apa":
             problems.append(f"models/{version}: an exact version is not an APA model ({kind!r})")
         for r in made:
-            asked = set(recorded[r["request"]].get("purged", {}).get("details", {}).get("shards") or [])  # fmt: skip
+            asked = set(recorded[r["request"]].get(Event.PURGED, {}).get("details", {}).get("shards") or [])  # fmt: skip
             missing = sorted(asked - set(details.get("shards", [])))
             if missing:
                 problems.append(
@@ -266,7 +266,7 @@ def _inside(base: str | None) -> str | None:
 
 
 def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | None]:
-    recorded = next((r["details"].get("key") for r in rows if r["event"] == "created"), None)
+    recorded = next((r["details"].get("key") for r in rows if r["event"] == Event.CREATED), None)
     if layout.key_file.resolve().is_relative_to(layout.root.resolve()):
         inside = f"the HMAC key {layout.key_file} is inside the deployment folder"
         return [inside + ": a copy of the folder would carry it; keep it elsewhere"], None
@@ -283,7 +283,7 @@ def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | N
 def pending_problems(keyer: Keyer, rows: list[dict], pending: dict[str, dict]) -> list[str]:
     """The ids a pending request will delete must be those whose HMACs its chained "received"
     row keeps: the pending table itself is outside the chain, so an edit there is caught here."""
-    keys = {r["request"]: r["details"].get("keys") for r in rows if r["event"] == "received"}
+    keys = {r["request"]: r["details"].get("keys") for r in rows if r["event"] == Event.RECEIVED}
     problems = []
     for rid, body in pending.items():
         if rid in keys and not _matches(keyer, body, keys[rid] or {}):
@@ -318,7 +318,9 @@ def backbone_record(layout: Layout, base: str | None) -> dict | None:
 
 
 def backbone_problems(layout: Layout, rows: list[dict]) -> list[str]:
-    recorded = next((r["details"].get("backbone") for r in rows if r["event"] == "created"), None)
+    recorded = next(
+        (r["details"].get("backbone") for r in rows if r["event"] == Event.CREATED), None
+    )
     if recorded is None:
         return []  # a deployment made before the backbone was recorded
     base = layout.config().get("base")

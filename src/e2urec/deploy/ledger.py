@@ -13,6 +13,7 @@ An "enforced" row (no request) records forgotten rows found back in the data and
 In a two-phase deployment (`init --exact apa`) a purged request goes on to its exact phase: a
 "retrained" row (the exact model verified, with the shards it retrained) and an "exact" row
 (that model live); a failed exact attempt is a "failed" row marked `"phase": "exact"`.
+Each event and what its details may hold are declared once, in deploy/events.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+
+from e2urec.deploy.events import BUILT, Event, check
 
 FIELDS = (
     "time",
@@ -37,19 +40,6 @@ FIELDS = (
     "version",
     "details",
 )
-EVENTS = (
-    "created",
-    "received",
-    "refused",
-    "verified",
-    "applied",
-    "purged",
-    "failed",
-    "enforced",
-    "retrained",
-    "exact",
-)
-BUILT = ("created", "verified", "retrained")  # the events that record a new model version
 GENESIS = "0" * 64
 # A request as `status` shows it. state: its last event of the approximate phase;
 # received/applied/purged/exact: times. phase (two-phase deployments only): pending, approximate
@@ -146,8 +136,7 @@ class Ledger:
         try:
             count, prev = db.execute("SELECT rows, hash FROM head").fetchone()
             for event in events:
-                if event["event"] not in EVENTS:
-                    raise ValueError(f"unknown ledger event {event['event']!r}")
+                check(event)
                 row = {f: event.get(f) for f in FIELDS}
                 row["time"] = row["time"] or now()
                 row["details"] = json.dumps(row["details"] or {}, sort_keys=True)
@@ -279,7 +268,7 @@ def versions(rows: list[dict]) -> dict[str, dict]:
 def rolling(state: dict) -> bool:
     """A request verified into a new version and not yet purged: it rolls forward, whatever
     failed attempts (of the switch or the purge) follow its "verified" row."""
-    return "verified" in state and "purged" not in state
+    return Event.VERIFIED in state and Event.PURGED not in state
 
 
 def states(rows: list[dict]) -> dict[str, dict]:
@@ -298,7 +287,7 @@ def states(rows: list[dict]) -> dict[str, dict]:
 def request_views(rows: list[dict]) -> dict[str, dict]:
     """What `status` shows of each request (VIEW; None where it has not got that far)."""
     views: dict[str, dict] = {}
-    two_phase = any(r["event"] == "created" and r["details"].get("exact") for r in rows)
+    two_phase = any(r["event"] == Event.CREATED and r["details"].get("exact") for r in rows)
     for row in rows:
         rid, kind = row["request"], row["event"]
         if not rid:
@@ -309,23 +298,23 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
         if view["purged"] is not None:  # the exact phase's rows leave the request's state
             continue
         # A failure once the request is in a verified version leaves it rolling forward.
-        rolled = view["state"] in ("verified", "applied")
-        if kind != "failed" or not rolled:
-            view["state"] = "retrying" if kind == "failed" else kind
-        if kind == "received" or (kind == "refused" and view["received"] is None):
+        rolled = view["state"] in (Event.VERIFIED, Event.APPLIED)
+        if kind != Event.FAILED or not rolled:
+            view["state"] = "retrying" if kind == Event.FAILED else kind
+        if kind == Event.RECEIVED or (kind == Event.REFUSED and view["received"] is None):
             view.update(received=row["time"], users=row["users"], samples=row["samples"])
             view["interactions"] = row["details"].get("interactions")
-        if kind == "refused" or (kind == "purged" and row["details"].get("reason")):
+        if kind == Event.REFUSED or (kind == Event.PURGED and row["details"].get("reason")):
             view["reason"] = row["details"]["reason"]
-        if kind == "failed":
+        if kind == Event.FAILED:
             view["attempts"] += 1
             view["error"] = row["details"].get("error")
-        if kind == "verified" or (kind == "failed" and not rolled):
+        if kind == Event.VERIFIED or (kind == Event.FAILED and not rolled):
             view["method"] = row["method"]
             view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
             view["verification"] = row["details"].get("verification")
             view["forgetting"] = (view["verification"] or {}).get("forgetting")
-        if kind in ("applied", "purged"):
+        if kind in (Event.APPLIED, Event.PURGED):
             view[kind] = row["time"]
             view["version"] = row["version"]
     return views
@@ -336,16 +325,16 @@ def _phase(view: dict, row: dict) -> None:
     kind = row["event"]
     if view["phase"] is None:
         view["phase"], view["exact_attempts"] = "pending", 0
-    if kind == "purged":
+    if kind == Event.PURGED:
         view["phase"], view["shards"] = "approximate", row["details"].get("shards")
-    elif kind == "failed" and view["purged"] is not None:
+    elif kind == Event.FAILED and view["purged"] is not None:
         view["exact_attempts"] += 1
         view["exact_error"] = row["details"].get("error")
-    elif kind == "retrained":
+    elif kind == Event.RETRAINED:
         view["exact_version"], view["exact_error"] = row["version"], None
-    elif kind == "exact":
+    elif kind == Event.EXACT:
         view["phase"], view["exact"] = "exact", row["time"]
-    elif kind == "refused":
+    elif kind == Event.REFUSED:
         view["phase"] = None
 
 
@@ -370,7 +359,7 @@ def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
             events.setdefault(row["request"], []).append(row["event"])
     problems = []
     for rid, seq in events.items():
-        finished = seq[-1] == "refused" or "purged" in seq
+        finished = seq[-1] == Event.REFUSED or Event.PURGED in seq
         if not SEQUENCE.fullmatch(" ".join(seq)):
             problems.append(f"request {rid}: events out of order: {', '.join(seq)}")
         elif finished == (rid in pending):

@@ -10,6 +10,7 @@ import os
 import shutil
 
 from e2urec.deploy import integrity
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.ledger import ALREADY, UNTRAINED, Ledger, rolling, states, versions
 from e2urec.deploy.purge import eraser_of, read_split, write_kept
@@ -29,11 +30,11 @@ def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numb
         method = method or layout.config()["method"]
         events = [
             {
-                "event": "failed",
+                "event": Event.FAILED,
                 "request": r,
                 "method": method,
-                "users": last[r]["received"]["users"],
-                "samples": last[r]["received"]["samples"],
+                "users": last[r][Event.RECEIVED]["users"],
+                "samples": last[r][Event.RECEIVED]["samples"],
                 "model_before": before,
                 "details": {"verification": numbers, "error": error},
             }
@@ -48,8 +49,8 @@ def tidy(layout: Layout, ledger: Ledger) -> None:
     them (`Layout.reserve`): its staging folders (but those a verified run still rolls forward
     from) and temporary files. Nothing else: the folder may hold the operator's files."""
     found = states(ledger.records()).values()
-    keep = {st["verified"]["details"].get("staging") for st in found if rolling(st)}
-    keep |= {st["retrained"]["details"].get("staging") for st in found if "retrained" in st and "exact" not in st}  # fmt: skip
+    keep = {st[Event.VERIFIED]["details"].get("staging") for st in found if rolling(st)}
+    keep |= {st[Event.RETRAINED]["details"].get("staging") for st in found if Event.RETRAINED in st and Event.EXACT not in st}  # fmt: skip
     kept = []
     for path in layout.reserved():
         if path.name in keep:
@@ -74,7 +75,7 @@ def enforce(layout: Layout, ledger: Ledger, restorable: dict) -> None:
     removed = {name: sizes[name] - len(kept) for name, kept in restorable.items()}
     write_kept(layout.data, restorable, None, layout.temporary)
     data = integrity.digests(integrity.read_splits(layout.data))
-    ledger.append([{"event": "enforced", "details": {"removed": removed, "data": data}}])
+    ledger.append([{"event": Event.ENFORCED, "details": {"removed": removed, "data": data}}])
 
 
 def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str], shards=None):
@@ -99,7 +100,7 @@ def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str], shar
     exact = shards({r: bodies[r] for r in done}) if shards else {}
     rows = purged_rows(done, live, details, exact)
     for row in rows:
-        trained = received[row["request"]]["received"]["samples"]
+        trained = received[row["request"]][Event.RECEIVED]["samples"]
         row["details"]["reason"] = ALREADY if trained else UNTRAINED
     ledger.append(rows, drop_pending=done)
     changed = {name: kept[name] for name in kept if removed[name]}
@@ -112,7 +113,7 @@ def purged_rows(ids, version: str, details: dict, exact: dict) -> list[dict]:
     """The "purged" row of each request, with its exact phase's shards where there is one."""
     return [
         {
-            "event": "purged",
+            "event": Event.PURGED,
             "request": r,
             "version": version,
             "details": {**details, **exact.get(r, {})},
