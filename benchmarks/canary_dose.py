@@ -20,8 +20,8 @@ from e2urec.bench import Bench, preset
 from e2urec.bench.pool import worker_pool
 from e2urec.bench.run import setup
 from e2urec.data.canaries import unique
-from e2urec.evals.evaluation import model_scorer, planted_log_odds
-from e2urec.metrics import exposure, scored_classification
+from e2urec.evals.evaluation import exposure, model_scorer, planted_log_odds
+from e2urec.metrics import scored_classification
 
 
 def dose(bench: Bench, copies: int, out: Path) -> dict:

@@ -21,8 +21,8 @@ from pathlib import Path
 from e2urec.bench import Bench, preset
 from e2urec.data import load_splits, template_texts
 from e2urec.data.canaries import unique
-from e2urec.evals.evaluation import model_scorer, planted_log_odds
-from e2urec.metrics import exposure, scored_classification
+from e2urec.evals.evaluation import exposure, model_scorer, planted_log_odds
+from e2urec.metrics import scored_classification
 from e2urec.model.tiny import build_tiny_t5
 from e2urec.model.train import train
 

@@ -19,7 +19,8 @@ import torch
 
 from e2urec.data import load_splits
 from e2urec.evals.evaluation import history_mean_scorer
-from e2urec.metrics import auc, auc_ci, user_draws
+from e2urec.evals.intervals import auc_ci, user_draws
+from e2urec.metrics import auc
 from e2urec.model import loader
 from e2urec.model.scoring import score
 

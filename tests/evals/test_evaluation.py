@@ -8,18 +8,12 @@ import pytest
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.data.canaries import is_canary, unique
 from e2urec.data.sample import NO, YES, Sample
-from e2urec.evals.evaluation import evaluate, history_mean_scorer, shown_mean
+from e2urec.evals.evaluation import evaluate, exposure, history_mean_scorer, shown_mean
+from e2urec.evals.intervals import auc_ci, bootstrap_ci, jsd_verdict
+from e2urec.evals.retrain import forget_quality
 from e2urec.evals.sets import EvalSets
 from e2urec.maths import js_divergence
-from e2urec.metrics import (
-    auc_ci,
-    best_threshold,
-    bootstrap_ci,
-    classification,
-    exposure,
-    forget_quality,
-    jsd_verdict,
-)
+from e2urec.metrics import best_threshold, classification
 
 
 def test_threshold_chosen_on_valid_reads_a_model_whose_scores_all_sit_above_half():
@@ -210,10 +204,10 @@ def test_the_accuracy_cut_is_chosen_on_valid_and_applied_to_test(canary_splits):
 
 def test_forget_distributions_are_written_and_read_a_block_at_a_time(tmp_path, monkeypatch):
     import e2urec.evals.evaluation as evaluation
-    import e2urec.metrics as metrics
+    import e2urec.evals.retrain as retrain
 
     monkeypatch.setattr(evaluation, "CHUNK", 3)  # 8 samples: chunks of 3, 3 and 2
-    monkeypatch.setattr(metrics, "CHUNK", 3)
+    monkeypatch.setattr(retrain, "CHUNK", 3)
     samples = [Sample("x", YES, str(i % 2), str(i), 5, i) for i in range(8)]
     rng = np.random.default_rng(0)
     dist = rng.dirichlet(np.ones(5), 8).astype(np.float32)
@@ -232,6 +226,6 @@ def test_forget_distributions_are_written_and_read_a_block_at_a_time(tmp_path, m
     np.testing.assert_array_equal(out["dist"][2:7], dist[2:7])
     np.testing.assert_array_equal(out["p_yes"], dist[:, 0])
     ref = rng.dirichlet(np.ones(5), 8)
-    whole = metrics.closeness(dist, ref, dist[:, 0], ref[:, 0])
-    assert metrics.closeness(out["dist"], ref, dist[:, 0], ref[:, 0]) == pytest.approx(whole)
+    whole = retrain.closeness(dist, ref, dist[:, 0], ref[:, 0])
+    assert retrain.closeness(out["dist"], ref, dist[:, 0], ref[:, 0]) == pytest.approx(whole)
     assert whole["jsd"] == pytest.approx(float(np.mean(js_divergence(dist, ref))))

@@ -7,8 +7,9 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 from sklearn.metrics import log_loss, roc_auc_score
 
+from e2urec.evals.retrain import closeness
 from e2urec.maths import forgetting_teacher, js_divergence, kl_div, l2_distance, symmetric_kl
-from e2urec.metrics import classification, closeness
+from e2urec.metrics import classification
 
 rng = np.random.default_rng(0)
 P = softmax(rng.normal(size=(5, 7)), axis=1)

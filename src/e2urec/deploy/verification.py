@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from e2urec.data.sample import Sample
+from e2urec.evals.retrain import closeness
 from e2urec.evals.scorecard import assess
-from e2urec.metrics import closeness
 from e2urec.model import loader, score
 
 SHOWN, NOT_SHOWN, STRUCTURAL = "shows forgetting", "no measurable forgetting", "structural"

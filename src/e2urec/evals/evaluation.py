@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from e2urec.data.deletion import shown_ratings
 from e2urec.data.sample import YES, Sample
 from e2urec.evals import mia
+from e2urec.evals.intervals import auc_ci
 from e2urec.evals.sets import EvalSets
-from e2urec.metrics import auc_ci, best_threshold, exposure, scored_classification
+from e2urec.metrics import best_threshold, scored_classification
 from e2urec.model import loader, score
 from e2urec.model.frozen import StoredBottom
 
@@ -113,6 +115,13 @@ def _labels(samples: list[Sample]) -> np.ndarray:
 
 def _users(samples: list[Sample]) -> list[str]:
     return [s.user for s in samples]
+
+
+def exposure(planted: np.ndarray, controls: np.ndarray) -> float:
+    """AUC of the planted answer's log-odds, planted canaries (1) against controls (0):
+    0.5 when the model answers planted canaries no better than ones it never saw."""
+    y = np.concatenate([np.ones(len(planted)), np.zeros(len(controls))])
+    return float(roc_auc_score(y, np.concatenate([planted, controls])))
 
 
 def planted_log_odds(scorer: Scorer, canaries: list[Sample]) -> np.ndarray:
