@@ -23,6 +23,7 @@ from e2urec.data.deletion import shown_as, shown_ratings, target_title
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import Busy, apply, init, intake, live_model, request, status
 from e2urec.deploy import apply_loop as rollout
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Layout, tree_hash
 from e2urec.deploy.integrity import verify
 from e2urec.deploy.ledger import GENESIS, Ledger, row_hash
@@ -153,11 +154,11 @@ def test_a_request_end_to_end(applied, source):
     assert live["id"] == "v1" and live["hash"] == tree_hash(live_model(root))
     assert loader.load(live_model(root)).yes_id is not None
     with Ledger(root / "ledger.sqlite") as ledger:
-        events = [r["event"] for r in ledger.records() if r["request"] == applied["ids"][0]]
+        events = [r.event for r in ledger.records() if r.request == applied["ids"][0]]
         assert events == ["received", "verified", "applied", "purged"]
-        purged = next(r for r in ledger.records() if r["event"] == "purged")
-        assert set(purged["details"]["removed"]) == {p.name for p in root.glob("data/*.jsonl")}
-        assert "holdout.jsonl" in purged["details"]["removed"]
+        purged = next(r for r in ledger.records() if r.event == Event.PURGED)
+        assert set(purged.details["removed"]) == {p.name for p in root.glob("data/*.jsonl")}
+        assert "holdout.jsonl" in purged.details["removed"]
         assert ledger.pending() == {}
     catalogue = json.loads((root / "catalogue.json").read_text())
     assert catalogue["kind"] == "movie" and catalogue["items"][rated.item] == target_title(rated)
@@ -180,7 +181,7 @@ def test_refusals_leave_one_refused_row_and_change_nothing(applied, source, tmp_
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             request(root, **kwargs)
         after = Ledger(root / "ledger.sqlite").records()
-        assert len(after) == len(rows) + 1 and after[-1]["event"] == "refused"
+        assert len(after) == len(rows) + 1 and after[-1].event == Event.REFUSED
         assert data == {p.name: p.read_bytes() for p in (root / "data").iterdir()}
     assert _files_with(root, HIDDEN) == [] and _files_with(root, "ghost") == []
     assert list(Ledger(root / "ledger.sqlite").pending()) == [pending]

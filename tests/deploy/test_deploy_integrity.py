@@ -13,6 +13,7 @@ import test_deploy
 from e2urec.cli import main
 from e2urec.data.sample import read_jsonl
 from e2urec.deploy import Refused, Tampered, apply, init, request, status
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import KeyMissing, Layout, key_folder
 from e2urec.deploy.integrity import verify
 from e2urec.deploy.ledger import Ledger
@@ -78,8 +79,8 @@ def test_forgotten_rows_restored_from_a_backup_are_found_and_purged_again(
     train = read_jsonl(root / "data" / "train.jsonl")
     assert (rated.user, rated.item) not in {(s.user, s.item) for s in train}
     assert train == read_jsonl(applied["root"] / "data" / "train.jsonl")
-    [enforced] = [r for r in Ledger(root / "ledger.sqlite").records() if r["event"] == "enforced"]
-    assert enforced["details"]["removed"]["train.jsonl"] == len(read_jsonl(source / "train.jsonl")) - len(train)  # fmt: skip
+    [enforced] = [r for r in Ledger(root / "ledger.sqlite").records() if r.event == Event.ENFORCED]
+    assert enforced.details["removed"]["train.jsonl"] == len(read_jsonl(source / "train.jsonl")) - len(train)  # fmt: skip
     assert verify(root)["ok"], verify(root)
 
 

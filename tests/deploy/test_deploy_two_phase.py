@@ -23,6 +23,7 @@ from e2urec.cli import main
 from e2urec.data.sample import read_jsonl, write_jsonl
 from e2urec.deploy import apply, exact_phase, init, request, status, verification
 from e2urec.deploy import apply_loop as rollout
+from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Layout
 from e2urec.deploy.integrity import verify
 from e2urec.deploy.ledger import GENESIS, Ledger, row_hash
@@ -109,14 +110,14 @@ def test_one_apply_carries_a_request_out_approximately_then_exactly(done):
         assert view["purged"] <= view["exact"]
     with Ledger(root / "ledger.sqlite") as ledger:
         rows = ledger.records()
-    events = [r["event"] for r in rows if r["request"] == ids[0]]
+    events = [r.event for r in rows if r.request == ids[0]]
     assert events == ["received", "verified", "applied", "purged", "retrained", "exact"]
-    exact = next(r for r in rows if r["event"] == "retrained")
-    assert exact["details"]["from"] == "v1"  # the last exact version, not the approximate v2
+    exact = next(r for r in rows if r.event == Event.RETRAINED)
+    assert exact.details["from"] == "v1"  # the last exact version, not the approximate v2
     homes = read_homes(root / "models" / "v1")
     keyer = Layout(root).keyer()
     asked = {homes[keyer(done["user"])], homes[keyer(done["rated"].user)]}
-    assert sorted(asked) == exact["details"]["shards"]
+    assert sorted(asked) == exact.details["shards"]
     approximate = backbone.read_meta(root / "models" / "v2")
     assert approximate["kind"] == "lora"  # E2URec on the APA model
     assert verify(root)["ok"], verify(root)
@@ -160,7 +161,7 @@ def test_a_later_request_builds_on_the_last_exact_version(done, tmp_path):
     [outcome] = apply(root)
     assert outcome["version"] == "v4" and outcome["exact_version"] == "v5"
     with Ledger(root / "ledger.sqlite") as ledger:
-        steps = [r["details"]["from"] for r in ledger.records() if r["event"] == "retrained"]
+        steps = [r.details["from"] for r in ledger.records() if r.event == Event.RETRAINED]
     assert steps == ["v1", "v1", "v3"]  # two requests in the first step, then this one
     assert Layout(root).keyer()(user) not in read_homes(root / "models" / "v5")
     assert verify(root)["ok"] and status(root, rid)["requests"][0]["phase"] == "exact"
@@ -255,7 +256,7 @@ def _rewrite_retrained(db: Path, change) -> None:
         conn.execute("DELETE FROM ledger")
         prev = GENESIS
         for row in rows:
-            if row["event"] == "retrained":
+            if row["event"] == Event.RETRAINED:
                 details = json.loads(row["details"])
                 change(details)
                 row["details"] = json.dumps(details, sort_keys=True)

@@ -97,7 +97,7 @@ def _apply(layout: Layout, ledger: Ledger, method, options, requests, max_attemp
     started: dict[str, list[str]] = {}  # version -> requests already verified into it
     for rid in pending:
         if rolling(state[rid]):
-            started.setdefault(state[rid]["version"], []).append(rid)
+            started.setdefault(state[rid].version, []).append(rid)
     for version, ids in started.items():
         handled += _finish(layout, ledger, ids, version)
     two_phase = exact_phase.enabled(layout)
@@ -177,14 +177,14 @@ def _run(layout: Layout, ledger: Ledger, ids: list[str], method, options) -> lis
     }
     recorded = versions(ledger.records())
 
-    def event(rid: str, kind: str, **extra) -> dict:
-        got = received[rid][Event.RECEIVED]
+    def event(rid: str, kind: Event, **extra) -> dict:
+        got = received[rid].rows[Event.RECEIVED]
         return {
             "event": kind,
             "request": rid,
             "method": method,
-            "users": got["users"],
-            "samples": got["samples"],
+            "users": got.users,
+            "samples": got.samples,
             "model_before": recorded[before]["hash"],
             "details": details,
             **extra,
@@ -248,18 +248,14 @@ def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str) -> lis
     """Roll a verified run forward: the staging folder named as its version, live pointer,
     "applied" rows, purge, "purged" rows."""
     state = states(ledger.records())
-    staging = state[ids[0]][Event.VERIFIED]["details"].get("staging")  # none before issue 26
+    staging = state[ids[0]].rows[Event.VERIFIED].details.get("staging")  # none before issue 26
     if staging and not layout.version(version).exists():
         os.replace(layout.models / staging, layout.version(version))
     _checkpoint("promoted")
     layout.set_live(version)
     _checkpoint("switched")
-    todo = [r for r in ids if Event.APPLIED not in state[r]]
-    applied = []
-    for rid in todo:
-        row = state[rid][Event.VERIFIED]
-        keep = ("method", "users", "samples", "model_before", "model_after", "version")
-        applied.append({"event": Event.APPLIED, "request": rid, **{k: row[k] for k in keep}})
+    todo = [r for r in ids if Event.APPLIED not in state[r].rows]
+    applied = [state[r].rows[Event.VERIFIED].followed_by(Event.APPLIED) for r in todo]
     if applied:
         ledger.append(applied)
     _checkpoint("applied")

@@ -1,4 +1,5 @@
-"""The ledger's events, declared once: each event's name and what its row's `details` may hold.
+"""The ledger's events, declared once: each event's name, what its row's `details` may hold, and
+which event may follow which in a request's rows.
 
 `Ledger.append` refuses a row naming another event or another detail, so a new detail is added
 here first. Rows already written are read as they are (older deployments' rows hold fewer)."""
@@ -41,6 +42,29 @@ DETAILS: dict[Event, frozenset[str]] = {
     Event.EXACT: frozenset(),
 }
 BUILT = (Event.CREATED, Event.VERIFIED, Event.RETRAINED)  # the events that record a new version
+
+# What may follow each event in one request's rows (None: before its first). A failed attempt
+# leaves the request where it was, so FAILED may repeat after the events that allow it.
+NEXT: dict[Event | None, frozenset[Event]] = {
+    None: frozenset({Event.RECEIVED, Event.REFUSED}),  # refused at once
+    # refused: cancelled while it waited; purged: already purged by an earlier request
+    Event.RECEIVED: frozenset({Event.FAILED, Event.VERIFIED, Event.REFUSED, Event.PURGED}),
+    # failed after verified or applied: the switch or the purge; the request rolls forward
+    Event.VERIFIED: frozenset({Event.FAILED, Event.APPLIED}),
+    Event.APPLIED: frozenset({Event.FAILED, Event.PURGED}),
+    Event.PURGED: frozenset({Event.FAILED, Event.RETRAINED}),  # two-phase: the exact phase
+    Event.RETRAINED: frozenset({Event.EXACT}),
+}
+
+
+def in_order(events: list[Event]) -> bool:
+    """Whether one request's events follow NEXT (a request not finished yet included)."""
+    last = None
+    for event in events:
+        if event not in NEXT.get(last, ()):
+            return False
+        last = last if event == Event.FAILED else event
+    return True
 
 
 def check(row: dict) -> None:

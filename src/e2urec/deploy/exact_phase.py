@@ -31,7 +31,7 @@ from e2urec.data.sample import Sample
 from e2urec.deploy import integrity
 from e2urec.deploy.events import Event
 from e2urec.deploy.folder import Keyer, Layout, tree_hash
-from e2urec.deploy.ledger import Ledger, states, versions
+from e2urec.deploy.ledger import Ledger, Row, states, versions
 from e2urec.deploy.purge import read_split
 
 METHODS = ("apa",)  # exact methods a deployment can carry its requests out with
@@ -71,18 +71,16 @@ def train_first(layout: Layout, base: str, train_config: dict | None, options: d
     return train_apa(base, train, valid, layout.version("v1"), config, options, answers=answers)
 
 
-def last_exact(rows: list[dict]) -> str:
+def last_exact(rows: list[Row]) -> str:
     """The newest exact version: the APA model of `init`, or the last exact step's."""
     found = None
     for r in rows:
-        if r["event"] == Event.RETRAINED or (
-            r["event"] == Event.CREATED and r["details"].get("exact")
-        ):
-            found = r["version"]
+        if r.event == Event.RETRAINED or (r.event == Event.CREATED and r.details.get("exact")):
+            found = r.version
     return found
 
 
-def shard_details(layout: Layout, rows: list[dict], bodies: dict[str, dict]) -> dict[str, dict]:
+def shard_details(layout: Layout, rows: list[Row], bodies: dict[str, dict]) -> dict[str, dict]:
     """{request: {"shards": [...]}}: the shards of the last exact version that hold the rows of
     each request (its users, and the users of its deleted ratings); read while the ids are
     still there, so that the exact phase needs none."""
@@ -100,20 +98,21 @@ def roll_forward(layout: Layout, ledger: Ledger, checkpoint: Callable[[str], Non
     """Finish exact steps a crash left after their "retrained" rows."""
     rolling: dict[str, list[str]] = {}
     for rid, st in states(ledger.records()).items():
-        if st["event"] == Event.RETRAINED:
-            rolling.setdefault(st[Event.RETRAINED]["version"], []).append(rid)
+        if st.event == Event.RETRAINED:
+            rolling.setdefault(st.rows[Event.RETRAINED].version, []).append(rid)
     for version, ids in rolling.items():
         _finish(layout, ledger, ids, version, checkpoint)
     return [r for ids in rolling.values() for r in ids]
 
 
-def waiting(rows: list[dict]) -> list[str]:
+def waiting(rows: list[Row]) -> list[str]:
     """Requests carried out approximately whose exact phase has not started."""
-    return [
-        rid
-        for rid, st in states(rows).items()
-        if "shards" in st.get(Event.PURGED, {}).get("details", {}) and Event.RETRAINED not in st
-    ]
+    found = []
+    for rid, st in states(rows).items():
+        purged = st.rows.get(Event.PURGED)
+        if purged and "shards" in purged.details and Event.RETRAINED not in st.rows:
+            found.append(rid)
+    return found
 
 
 def run(layout: Layout, ledger: Ledger, checkpoint: Callable[[str], None], bounds) -> list[str]:
@@ -137,8 +136,8 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
     rows = ledger.records()
     st, recorded = states(rows), versions(rows)
     source, before = last_exact(rows), layout.live()
-    shards = sorted({k for r in ids for k in st[r][Event.PURGED]["details"]["shards"]})
-    gone = {u for r in ids for u in st[r][Event.RECEIVED]["details"]["keys"]["users"]}
+    shards = sorted({k for r in ids for k in st[r].rows[Event.PURGED].details["shards"]})
+    gone = {u for r in ids for u in st[r].rows[Event.RECEIVED].details["keys"]["users"]}
     keyer, data = layout.keyer(), layout.data
     train, valid = (keyed(keyer, read_split(data / f"{n}.jsonl")) for n in ("train", "valid"))
     held_name = "holdout.jsonl" if (data / "holdout.jsonl").exists() else "test.jsonl"
@@ -171,8 +170,8 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
             "event": Event.RETRAINED,
             "request": r,
             "method": layout.config()["exact"],
-            "users": st[r][Event.RECEIVED]["users"],
-            "samples": st[r][Event.RECEIVED]["samples"],
+            "users": st[r].rows[Event.RECEIVED].users,
+            "samples": st[r].rows[Event.RECEIVED].samples,
             "model_before": recorded[before]["hash"],
             "model_after": digest,
             "version": version,
@@ -187,27 +186,26 @@ def _build(layout: Layout, ledger: Ledger, ids: list[str], checkpoint, bounds) -
 def _finish(layout: Layout, ledger: Ledger, ids: list[str], version: str, checkpoint) -> None:
     """Name the staging folder as its version, switch LIVE, write the "exact" rows."""
     st = states(ledger.records())
-    row = st[ids[0]][Event.RETRAINED]
+    row = st[ids[0]].rows[Event.RETRAINED]
     if not layout.version(version).exists():
-        os.replace(layout.models / row["details"]["staging"], layout.version(version))
+        os.replace(layout.models / row.details["staging"], layout.version(version))
     checkpoint("exact-promoted")
     layout.set_live(version)
     checkpoint("exact-switched")
-    keep = ("method", "users", "samples", "model_before", "model_after", "version")
-    ledger.append([{"event": Event.EXACT, "request": r, **{k: st[r][Event.RETRAINED][k] for k in keep}} for r in ids])  # fmt: skip
+    ledger.append([st[r].rows[Event.RETRAINED].followed_by(Event.EXACT) for r in ids])
 
 
 def _record_failure(ledger: Ledger, ids: list[str], error: str, numbers=None) -> None:
     """A "failed" row (phase exact) for each request whose exact step did not start rolling."""
     st = states(ledger.records())
-    todo = [r for r in ids if st[r]["event"] not in (Event.RETRAINED, Event.EXACT)]
+    todo = [r for r in ids if st[r].event not in (Event.RETRAINED, Event.EXACT)]
     if todo:
         ledger.append([
             {
                 "event": Event.FAILED,
                 "request": r,
-                "users": st[r][Event.RECEIVED]["users"],
-                "samples": st[r][Event.RECEIVED]["samples"],
+                "users": st[r].rows[Event.RECEIVED].users,
+                "samples": st[r].rows[Event.RECEIVED].samples,
                 "details": {"phase": "exact", "error": error, "verification": numbers},
             }
             for r in todo

@@ -139,19 +139,19 @@ def cancel(deploy, request_id: str) -> dict:
         state = states(ledger.records()).get(request_id)
         if state is None:
             raise NotCancellable(f"no request {request_id!r} in the ledger")
-        waiting = state["event"] in (Event.RECEIVED, Event.FAILED) and Event.VERIFIED not in state
+        waiting = state.event in (Event.RECEIVED, Event.FAILED) and Event.VERIFIED not in state.rows
         if request_id not in ledger.pending() or not waiting:
             raise NotCancellable(
-                f"request {request_id} is {state['event']}: only a request waiting to be applied "
+                f"request {request_id} is {state.event}: only a request waiting to be applied "
                 "can be cancelled"
             )
-        got = state[Event.RECEIVED]
+        got = state.rows[Event.RECEIVED]
         event = {
             "event": Event.REFUSED,
             "request": request_id,
-            "users": got["users"],
-            "samples": got["samples"],
-            "details": {"reason": CANCELLED, "interactions": got["details"].get("interactions")},
+            "users": got.users,
+            "samples": got.samples,
+            "details": {"reason": CANCELLED, "interactions": got.details.get("interactions")},
         }
         ledger.append([event], drop_pending=[request_id])
         return request_views(ledger.records())[request_id]
@@ -169,7 +169,8 @@ def status(deploy, request_id: str | None = None) -> dict:
     if request_id is not None and request_id not in requests:
         raise ValueError(f"{deploy}: no request {request_id!r} in the ledger")
     live = layout.live()
-    checks = {r["version"]: r["details"].get("verification") for r in rows if r["event"] in (Event.VERIFIED, Event.RETRAINED)}  # fmt: skip
+    built = (Event.VERIFIED, Event.RETRAINED)
+    checks = {r.version: r.details.get("verification") for r in rows if r.event in built}
     models = [
         {**info, "id": v, "verification": checks.get(v), "live": v == live}
         for v, info in versions(rows).items()

@@ -22,6 +22,8 @@ from e2urec.deploy.events import BUILT, Event
 from e2urec.deploy.folder import Keyer, KeyMissing, Layout, tree_hash
 from e2urec.deploy.ledger import (
     Ledger,
+    Row,
+    State,
     order_problems,
     rolling,
     signature,
@@ -58,36 +60,36 @@ def digests(splits: dict[str, list[Sample]]) -> dict[str, str]:
     return {name: digest(samples) for name, samples in splits.items()}
 
 
-def forgotten(keyer: Keyer, rows: list[dict]) -> Eraser:
+def forgotten(keyer: Keyer, rows: list[Row]) -> Eraser:
     """The deletion rule over everything purged requests removed, held as the HMACs their
     "received" rows keep (users, (user, item) pairs, and how a deleted rating shows in the paper
     prompts of samples that record no history: (user, 'Title (N stars)'))."""
-    done = {rid for rid, st in states(rows).items() if Event.PURGED in st}
+    done = {rid for rid, st in states(rows).items() if Event.PURGED in st.rows}
     users, pairs, shown = set(), set(), set()
     for r in rows:
-        if r["event"] == Event.RECEIVED and r["request"] in done:
-            keys = r["details"]["keys"]
+        if r.event == Event.RECEIVED and r.request in done:
+            keys = r.details["keys"]
             users.update(keys["users"])
             pairs.update(keys["interactions"])
             shown.update(keys.get("shown", []))
     return Eraser(frozenset(users), frozenset(pairs), frozenset(shown), key=keyer)
 
 
-def recorded_data(rows: list[dict]) -> tuple[dict[str, str] | None, dict[str, str]]:
+def recorded_data(rows: list[Row]) -> tuple[dict[str, str] | None, dict[str, str]]:
     """The data digests recorded after the last apply (or at init), and those a verified run
     still purging will leave (a crash mid-purge leaves each file one or the other)."""
     recorded = None
     for r in rows:
-        if "data" in r["details"]:
-            recorded = r["details"]["data"]
+        if "data" in r.details:
+            recorded = r.details["data"]
     after: dict[str, str] = {}
     for st in states(rows).values():
         if rolling(st):
-            after.update(st[Event.VERIFIED]["details"].get("data_after") or {})
+            after.update(st.rows[Event.VERIFIED].details.get("data_after") or {})
     return recorded, after
 
 
-def data_state(layout: Layout, rows: list[dict], erased: Eraser | None, splits: dict):
+def data_state(layout: Layout, rows: list[Row], erased: Eraser | None, splits: dict):
     """(problems, restorable): files of `splits` (as read) changed in another way than
     forgotten rows coming back, and {file: its samples without them} for those where only
     forgotten rows came back."""
@@ -141,24 +143,24 @@ def chain(layout: Layout, folder: Path) -> list[dict]:
     return found
 
 
-def version_order(rows: list[dict]) -> list[str]:
+def version_order(rows: list[Row]) -> list[str]:
     return list(versions(rows))
 
 
-def live_problems(layout: Layout, rows: list[dict]) -> list[str]:
+def live_problems(layout: Layout, rows: list[Row]) -> list[str]:
     """LIVE must name the last applied version (or, while a verified run rolls forward, the one
     before it); each run must have started from the version live before it."""
     order, recorded, problems = version_order(rows), versions(rows), []
     befores: dict[str, set] = {}
     for r in rows:
-        if r["event"] in BUILT:
-            befores.setdefault(r["version"], set()).add(r["model_before"])
+        if r.event in BUILT:
+            befores.setdefault(r.version, set()).add(r.model_before)
     for prev, version in zip(order, order[1:]):
         if befores[version] != {recorded[prev]["hash"]}:
             problems.append(
                 f"models/{version} was made from a model that is not {prev}, the version before it"
             )
-    switching = any(_switching(st) and st.get("version") == order[-1] for st in states(rows).values())  # fmt: skip
+    switching = any(_switching(st) and st.version == order[-1] for st in states(rows).values())
     allowed = set(order[-2:]) if switching else {order[-1]}
     live = layout.live()
     if live not in allowed:
@@ -169,13 +171,14 @@ def live_problems(layout: Layout, rows: list[dict]) -> list[str]:
     return problems
 
 
-def _switching(st: dict) -> bool:
+def _switching(st: State) -> bool:
     """Verified (or retrained) into the newest version, which LIVE may not name yet."""
-    approximate = Event.VERIFIED in st and Event.APPLIED not in st and Event.PURGED not in st
-    return approximate or (Event.RETRAINED in st and Event.EXACT not in st)
+    done = st.rows
+    approximate = Event.VERIFIED in done and Event.APPLIED not in done and Event.PURGED not in done
+    return approximate or (Event.RETRAINED in done and Event.EXACT not in done)
 
 
-def model_problems(layout: Layout, rows: list[dict], only: set[str] | None = None) -> list[str]:
+def model_problems(layout: Layout, rows: list[Row], only: set[str] | None = None) -> list[str]:
     """Recorded versions (or `only` these) that are missing, changed, or whose base chain is not
     the one the ledger recorded."""
     problems, chains = [], _recorded_chains(rows)
@@ -196,40 +199,38 @@ def model_problems(layout: Layout, rows: list[dict], only: set[str] | None = Non
     return problems
 
 
-def version_folder(layout: Layout, rows: list[dict], version: str) -> Path:
+def version_folder(layout: Layout, rows: list[Row], version: str) -> Path:
     """A version's folder; until a verified run is rolled forward, its staging folder."""
     folder = layout.version(version)
     if not folder.exists():
         for r in rows:
-            if r["event"] in (Event.VERIFIED, Event.RETRAINED) and r["version"] == version:
-                return layout.models / r["details"].get("staging", version)
+            if r.event in (Event.VERIFIED, Event.RETRAINED) and r.version == version:
+                return layout.models / r.details.get("staging", version)
     return folder
 
 
-def _recorded_chains(rows: list[dict]) -> dict[str, list]:
+def _recorded_chains(rows: list[Row]) -> dict[str, list]:
     return {
-        r["version"]: r["details"]["chain"]
-        for r in rows
-        if r["event"] in BUILT and "chain" in r["details"]
+        r.version: r.details["chain"] for r in rows if r.event in BUILT and "chain" in r.details
     }
 
 
-def exact_problems(layout: Layout, rows: list[dict]) -> list[str]:
+def exact_problems(layout: Layout, rows: list[Row]) -> list[str]:
     """A two-phase deployment: each exact version must come from the exact version before it (the
     APA model of `init`, or the last exact step), never from an approximate one, whose unlearning
     only dampened what its base had seen; it must be an APA model that builds on no version but
     the backbone; and its step must have retrained every shard its requests recorded."""
-    created = [r for r in rows if r["event"] == Event.CREATED and r["details"].get("exact")]
+    created = [r for r in rows if r.event == Event.CREATED and r.details.get("exact")]
     if not created:
         return []
     backbone_at = _inside(layout.config().get("base"))
-    lineage, problems, recorded = [created[0]["version"]], [], states(rows)
-    steps: dict[str, list[dict]] = {}
+    lineage, problems, recorded = [created[0].version], [], states(rows)
+    steps: dict[str, list[Row]] = {}
     for r in rows:
-        if r["event"] == Event.RETRAINED:
-            steps.setdefault(r["version"], []).append(r)
+        if r.event == Event.RETRAINED:
+            steps.setdefault(r.version, []).append(r)
     for version, made in steps.items():
-        details = made[0]["details"]
+        details = made[0].details
         if details.get("from") != lineage[-1]:
             problems.append(
                 f"models/{version}: the exact phase built it from {details.get('from')!r}, not "
@@ -247,11 +248,12 @@ def exact_problems(layout: Layout, rows: list[dict]) -> list[str]:
         if kind != "apa":
             problems.append(f"models/{version}: an exact version is not an APA model ({kind!r})")
         for r in made:
-            asked = set(recorded[r["request"]].get(Event.PURGED, {}).get("details", {}).get("shards") or [])  # fmt: skip
+            purged = recorded[r.request].rows.get(Event.PURGED)
+            asked = set(purged.details.get("shards") or []) if purged else set()
             missing = sorted(asked - set(details.get("shards", [])))
             if missing:
                 problems.append(
-                    f"request {r['request']}: its exact step ({version}) did not retrain "
+                    f"request {r.request}: its exact step ({version}) did not retrain "
                     f"shard(s) {missing}, which held its rows"
                 )
         lineage.append(version)
@@ -265,8 +267,8 @@ def _inside(base: str | None) -> str | None:
     return None
 
 
-def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | None]:
-    recorded = next((r["details"].get("key") for r in rows if r["event"] == Event.CREATED), None)
+def key_problems(layout: Layout, rows: list[Row]) -> tuple[list[str], Keyer | None]:
+    recorded = next((r.details.get("key") for r in rows if r.event == Event.CREATED), None)
     if layout.key_file.resolve().is_relative_to(layout.root.resolve()):
         inside = f"the HMAC key {layout.key_file} is inside the deployment folder"
         return [inside + ": a copy of the folder would carry it; keep it elsewhere"], None
@@ -280,10 +282,10 @@ def key_problems(layout: Layout, rows: list[dict]) -> tuple[list[str], Keyer | N
     return [], keyer
 
 
-def pending_problems(keyer: Keyer, rows: list[dict], pending: dict[str, dict]) -> list[str]:
+def pending_problems(keyer: Keyer, rows: list[Row], pending: dict[str, dict]) -> list[str]:
     """The ids a pending request will delete must be those whose HMACs its chained "received"
     row keeps: the pending table itself is outside the chain, so an edit there is caught here."""
-    keys = {r["request"]: r["details"].get("keys") for r in rows if r["event"] == Event.RECEIVED}
+    keys = {r.request: r.details.get("keys") for r in rows if r.event == Event.RECEIVED}
     problems = []
     for rid, body in pending.items():
         if rid in keys and not _matches(keyer, body, keys[rid] or {}):
@@ -317,10 +319,8 @@ def backbone_record(layout: Layout, base: str | None) -> dict | None:
     return {"name": base, "hash": tree_hash(path)}
 
 
-def backbone_problems(layout: Layout, rows: list[dict]) -> list[str]:
-    recorded = next(
-        (r["details"].get("backbone") for r in rows if r["event"] == Event.CREATED), None
-    )
+def backbone_problems(layout: Layout, rows: list[Row]) -> list[str]:
+    recorded = next((r.details.get("backbone") for r in rows if r.event == Event.CREATED), None)
     if recorded is None:
         return []  # a deployment made before the backbone was recorded
     base = layout.config().get("base")
@@ -334,13 +334,13 @@ def backbone_problems(layout: Layout, rows: list[dict]) -> list[str]:
     return []
 
 
-def head_problems(rows: list[dict], kept: str) -> list[str]:
+def head_problems(rows: list[Row], kept: str) -> list[str]:
     """The head an operator kept elsewhere must be a row of this ledger (later rows may follow):
     an older copy of the ledger restored, with LIVE and the data, passes every other check."""
     kept = kept.strip().lower()
     if len(kept) < 16 or any(c not in "0123456789abcdef" for c in kept):
         raise ValueError(f"--expect-head {kept!r}: give the head's hash (16 or more hex digits)")
-    if not any(r["hash"].startswith(kept) for r in rows):
+    if not any(r.hash.startswith(kept) for r in rows):
         return [
             f"the ledger has no row with the head {kept[:16]} that was kept: it is not the "
             "ledger that recorded it (an older copy restored, or the chain rewritten)"

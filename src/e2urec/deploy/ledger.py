@@ -13,20 +13,21 @@ An "enforced" row (no request) records forgotten rows found back in the data and
 In a two-phase deployment (`init --exact apa`) a purged request goes on to its exact phase: a
 "retrained" row (the exact model verified, with the shards it retrained) and an "exact" row
 (that model live); a failed exact attempt is a "failed" row marked `"phase": "exact"`.
-Each event and what its details may hold are declared once, in deploy/events.py.
+Each event, what its details may hold and the order a request's events come in are declared
+once, in deploy/events.py; rows are read back as `Row`s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from e2urec.deploy.events import BUILT, Event, check
+from e2urec.deploy.events import BUILT, DETAILS, Event, check, in_order
 
 FIELDS = (
     "time",
@@ -40,6 +41,7 @@ FIELDS = (
     "version",
     "details",
 )
+COLUMNS = ("seq", *FIELDS, "prev_hash", "hash")  # the table's, in order
 GENESIS = "0" * 64
 # A request as `status` shows it. state: its last event of the approximate phase;
 # received/applied/purged/exact: times. phase (two-phase deployments only): pending, approximate
@@ -92,6 +94,45 @@ def row_hash(prev_hash: str, row: dict) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Row:
+    """A ledger row as read back (COLUMNS): its event one of those declared, its details parsed.
+    `checked` shares its rows between callers: read their details, never change them."""
+
+    seq: int
+    time: str
+    event: Event
+    request: str | None
+    method: str | None
+    users: int | None
+    samples: int | None
+    model_before: str | None
+    model_after: str | None
+    version: str | None
+    details: dict
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def read(cls, stored: dict, details: dict) -> Row:
+        """`stored` as `Ledger.rows` gives it; ValueError for an event no longer declared."""
+        return cls(**{**stored, "event": Event(stored["event"]), "details": details})
+
+    def followed_by(self, event: Event) -> dict:
+        """The row after a verified (or retrained) one: the same request, method, counts,
+        models and version."""
+        return {
+            "event": event,
+            "request": self.request,
+            "method": self.method,
+            "users": self.users,
+            "samples": self.samples,
+            "model_before": self.model_before,
+            "model_after": self.model_after,
+            "version": self.version,
+        }
+
+
 class Corrupt(ValueError):
     """The ledger file is not a readable ledger (truncated, overwritten, not SQLite)."""
 
@@ -142,8 +183,7 @@ class Ledger:
                 row["details"] = json.dumps(row["details"] or {}, sort_keys=True)
                 digest = row_hash(prev, row)
                 count += 1
-                names = ", ".join(("seq", *FIELDS, "prev_hash", "hash"))
-                marks = ", ".join("?" * (len(FIELDS) + 3))
+                names, marks = ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
                 values = (count, *(row[f] for f in FIELDS), prev, digest)
                 db.execute(f"INSERT INTO ledger ({names}) VALUES ({marks})", values)
                 prev = digest
@@ -159,19 +199,20 @@ class Ledger:
             raise
 
     def rows(self) -> list[dict]:
-        names = ("seq", *FIELDS, "prev_hash", "hash")
+        """The rows as stored (details a JSON string): what the chain's hashes cover."""
         try:
-            cur = self.db.execute(f"SELECT {', '.join(names)} FROM ledger ORDER BY seq")
-            return [dict(zip(names, r)) for r in cur]
+            cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM ledger ORDER BY seq")
+            return [dict(zip(COLUMNS, r)) for r in cur]
         except sqlite3.DatabaseError as err:  # a page of the file damaged past the first ones
             raise Corrupt(f"{self.path}: not a readable ledger ({err}); restore it") from None
 
-    def records(self) -> list[dict]:
-        """Rows with their details parsed."""
+    def records(self) -> list[Row]:
         try:
-            return [{**r, "details": json.loads(r["details"] or "{}")} for r in self.rows()]
+            return [Row.read(r, json.loads(r["details"] or "{}")) for r in self.rows()]
         except json.JSONDecodeError as err:
             raise Corrupt(f"{self.path}: a row's details are not JSON ({err})") from None
+        except ValueError as err:
+            raise Corrupt(f"{self.path}: a row of no declared event ({err})") from None
 
     def head(self) -> dict:
         count, digest = self.db.execute("SELECT rows, hash FROM head").fetchone()
@@ -202,10 +243,10 @@ class Ledger:
         finally:
             self.db.execute("COMMIT")
 
-    def checked(self) -> tuple[list[dict], list[str], dict[str, dict]]:
+    def checked(self) -> tuple[list[Row], list[str], dict[str, dict]]:
         """`chain_problems()` and the pending ids, read as one snapshot; the rows are read again
         only when the file changed, so a service that checks the ledger every few seconds
-        re-reads it only after a write. The rows are shared: read them, never change them."""
+        re-reads it only after a write."""
         with self.reading():
             head = self.head()  # the first read takes the snapshot: the file is still until the end
             key = (signature(self.path), tuple(head.values()))
@@ -215,35 +256,40 @@ class Ledger:
                 found = _CHECKED[where] = (key, *self.chain_problems())
         return found[1], found[2], pending
 
-    def chain_problems(self) -> tuple[list[dict], list[str]]:
-        """Rows (details parsed) and what is wrong with the chain, read as one snapshot: rows
-        and head read apart would disagree whenever another process wrote between them."""
+    def chain_problems(self) -> tuple[list[Row], list[str]]:
+        """Rows and what is wrong with the chain, read as one snapshot: rows and head read
+        apart would disagree whenever another process wrote between them."""
         with self.reading():
-            rows, head = self.rows(), self.head()
-        problems, prev = [], GENESIS
-        for i, row in enumerate(rows, 1):
-            if row["seq"] != i:
-                problems.append(f"row {i}: missing (the next row is numbered {row['seq']})")
+            stored, head = self.rows(), self.head()
+        rows, problems, prev = [], [], GENESIS
+        for i, row in enumerate(stored, 1):
+            seq = row["seq"]
+            if seq != i:
+                problems.append(f"row {i}: missing (the next row is numbered {seq})")
             if row["prev_hash"] != prev:
-                problems.append(f"row {row['seq']}: does not follow the row before it")
+                problems.append(f"row {seq}: does not follow the row before it")
             if row_hash(row["prev_hash"], row) != row["hash"]:
-                problems.append(f"row {row['seq']}: its content does not match its hash")
+                problems.append(f"row {seq}: its content does not match its hash")
             prev = row["hash"]
             try:
-                row["details"] = json.loads(row["details"] or "{}")
+                details = json.loads(row["details"] or "{}")
             except json.JSONDecodeError:
-                problems.append(f"row {row['seq']}: its details are not JSON")
-                row["details"] = {}
-        if head["rows"] != len(rows) or head["hash"] != prev:
+                problems.append(f"row {seq}: its details are not JSON")
+                details = {}
+            if row["event"] in DETAILS:
+                rows.append(Row.read(row, details))
+            else:  # left out: every check reads declared events only
+                problems.append(f"row {seq}: {row['event']!r} is no declared event")
+        if head["rows"] != len(stored) or head["hash"] != prev:
             problems.append(
                 f"the ledger head records {head['rows']} rows ending in {head['hash'][:12]}, "
-                f"the table has {len(rows)} ending in {prev[:12]}: rows were removed or added"
+                f"the table has {len(stored)} ending in {prev[:12]}: rows were removed or added"
             )
         return rows, problems
 
 
 # The last check of each ledger file, with the signature it was made at.
-_CHECKED: dict[Path, tuple[tuple, list[dict], list[str]]] = {}
+_CHECKED: dict[Path, tuple[tuple, list[Row], list[str]]] = {}
 
 
 def signature(path: Path) -> tuple:
@@ -256,40 +302,47 @@ def signature(path: Path) -> tuple:
     return (info.st_ino, info.st_size, info.st_mtime_ns, counter)
 
 
-def versions(rows: list[dict]) -> dict[str, dict]:
+def versions(rows: list[Row]) -> dict[str, dict]:
     """Model versions the ledger vouches for: the initial one and each verified unlearned one."""
     found: dict[str, dict] = {}
     for row in rows:
-        if row["event"] in BUILT and row["version"] not in found:
-            found[row["version"]] = {"hash": row["model_after"], "created": row["time"]}
+        if row.event in BUILT and row.version not in found:
+            found[row.version] = {"hash": row.model_after, "created": row.time}
     return found
 
 
-def rolling(state: dict) -> bool:
+@dataclass
+class State:
+    """A request as its rows tell it: its last event, its newest row of each event, and the
+    version it went to."""
+
+    event: Event
+    rows: dict[Event, Row] = field(default_factory=dict)
+    version: str | None = None
+
+
+def rolling(state: State) -> bool:
     """A request verified into a new version and not yet purged: it rolls forward, whatever
     failed attempts (of the switch or the purge) follow its "verified" row."""
-    return Event.VERIFIED in state and Event.PURGED not in state
+    return Event.VERIFIED in state.rows and Event.PURGED not in state.rows
 
 
-def states(rows: list[dict]) -> dict[str, dict]:
-    """Per request: its last event, its row of each event, and the version it went to."""
-    found: dict[str, dict] = {}
+def states(rows: list[Row]) -> dict[str, State]:
+    found: dict[str, State] = {}
     for row in rows:
-        if row["request"]:
-            state = found.setdefault(row["request"], {})
-            state["event"] = row["event"]
-            state[row["event"]] = row
-            if row["version"]:
-                state["version"] = row["version"]
+        if row.request:
+            state = found.setdefault(row.request, State(row.event))
+            state.event, state.rows[row.event] = row.event, row
+            state.version = row.version or state.version
     return found
 
 
-def request_views(rows: list[dict]) -> dict[str, dict]:
+def request_views(rows: list[Row]) -> dict[str, dict]:
     """What `status` shows of each request (VIEW; None where it has not got that far)."""
     views: dict[str, dict] = {}
-    two_phase = any(r["event"] == Event.CREATED and r["details"].get("exact") for r in rows)
+    two_phase = any(r.event == Event.CREATED and r.details.get("exact") for r in rows)
     for row in rows:
-        rid, kind = row["request"], row["event"]
+        rid, kind = row.request, row.event
         if not rid:
             continue
         view = views.setdefault(rid, {"id": rid, **dict.fromkeys(VIEW), "attempts": 0})
@@ -300,67 +353,56 @@ def request_views(rows: list[dict]) -> dict[str, dict]:
         # A failure once the request is in a verified version leaves it rolling forward.
         rolled = view["state"] in (Event.VERIFIED, Event.APPLIED)
         if kind != Event.FAILED or not rolled:
-            view["state"] = "retrying" if kind == Event.FAILED else kind
+            view["state"] = "retrying" if kind == Event.FAILED else kind.value  # plain JSON
         if kind == Event.RECEIVED or (kind == Event.REFUSED and view["received"] is None):
-            view.update(received=row["time"], users=row["users"], samples=row["samples"])
-            view["interactions"] = row["details"].get("interactions")
-        if kind == Event.REFUSED or (kind == Event.PURGED and row["details"].get("reason")):
-            view["reason"] = row["details"]["reason"]
+            view.update(received=row.time, users=row.users, samples=row.samples)
+            view["interactions"] = row.details.get("interactions")
+        if kind == Event.REFUSED or (kind == Event.PURGED and row.details.get("reason")):
+            view["reason"] = row.details["reason"]
         if kind == Event.FAILED:
             view["attempts"] += 1
-            view["error"] = row["details"].get("error")
+            view["error"] = row.details.get("error")
         if kind == Event.VERIFIED or (kind == Event.FAILED and not rolled):
-            view["method"] = row["method"]
-            view["model_before"], view["model_after"] = row["model_before"], row["model_after"]
-            view["verification"] = row["details"].get("verification")
+            view["method"] = row.method
+            view["model_before"], view["model_after"] = row.model_before, row.model_after
+            view["verification"] = row.details.get("verification")
             view["forgetting"] = (view["verification"] or {}).get("forgetting")
         if kind in (Event.APPLIED, Event.PURGED):
-            view[kind] = row["time"]
-            view["version"] = row["version"]
+            view[kind.value] = row.time
+            view["version"] = row.version
     return views
 
 
-def _phase(view: dict, row: dict) -> None:
+def _phase(view: dict, row: Row) -> None:
     """A two-phase deployment's view of a request: its phase and the exact phase's rows."""
-    kind = row["event"]
+    kind = row.event
     if view["phase"] is None:
         view["phase"], view["exact_attempts"] = "pending", 0
     if kind == Event.PURGED:
-        view["phase"], view["shards"] = "approximate", row["details"].get("shards")
+        view["phase"], view["shards"] = "approximate", row.details.get("shards")
     elif kind == Event.FAILED and view["purged"] is not None:
         view["exact_attempts"] += 1
-        view["exact_error"] = row["details"].get("error")
+        view["exact_error"] = row.details.get("error")
     elif kind == Event.RETRAINED:
-        view["exact_version"], view["exact_error"] = row["version"], None
+        view["exact_version"], view["exact_error"] = row.version, None
     elif kind == Event.EXACT:
-        view["phase"], view["exact"] = "exact", row["time"]
+        view["phase"], view["exact"] = "exact", row.time
     elif kind == Event.REFUSED:
         view["phase"] = None
 
 
-# The event sequences a request may have: refused at once; or received, failed attempts, then
-# refused (cancelled), purged (already purged by an earlier one) or a prefix of verified,
-# applied, purged, with failed attempts after verified and applied too (the switch or the purge
-# failed; the request rolls forward); after purged, in a two-phase deployment, failed exact
-# attempts and a prefix of retrained, exact.
-EXACT_TAIL = r"( failed)*( retrained( exact)?)?"
-SEQUENCE = re.compile(
-    rf"refused|received( failed)*( verified( failed)*( applied( failed)*( purged{EXACT_TAIL})?)?"
-    rf"| refused| purged{EXACT_TAIL})?"
-)
-
-
-def order_problems(rows: list[dict], pending: set[str]) -> list[str]:
-    """Requests whose events skip or repeat a step, or whose ids are kept when the request is
-    finished (or gone when it is not). One pass over the rows: a ledger of many requests."""
-    events: dict[str, list[str]] = {}
+def order_problems(rows: list[Row], pending: set[str]) -> list[str]:
+    """Requests whose events skip or repeat a step (events.NEXT), or whose ids are kept when
+    the request is finished (or gone when it is not). One pass over the rows: a ledger of many
+    requests."""
+    events: dict[str, list[Event]] = {}
     for row in rows:
-        if row["request"]:
-            events.setdefault(row["request"], []).append(row["event"])
+        if row.request:
+            events.setdefault(row.request, []).append(row.event)
     problems = []
     for rid, seq in events.items():
         finished = seq[-1] == Event.REFUSED or Event.PURGED in seq
-        if not SEQUENCE.fullmatch(" ".join(seq)):
+        if not in_order(seq):
             problems.append(f"request {rid}: events out of order: {', '.join(seq)}")
         elif finished == (rid in pending):
             kept = "still keeps" if finished else "no longer has"

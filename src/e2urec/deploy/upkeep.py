@@ -33,8 +33,8 @@ def record_attempt(layout: Layout, ledger: Ledger, ids, method, error: str, numb
                 "event": Event.FAILED,
                 "request": r,
                 "method": method,
-                "users": last[r][Event.RECEIVED]["users"],
-                "samples": last[r][Event.RECEIVED]["samples"],
+                "users": last[r].rows[Event.RECEIVED].users,
+                "samples": last[r].rows[Event.RECEIVED].samples,
                 "model_before": before,
                 "details": {"verification": numbers, "error": error},
             }
@@ -49,8 +49,9 @@ def tidy(layout: Layout, ledger: Ledger) -> None:
     them (`Layout.reserve`): its staging folders (but those a verified run still rolls forward
     from) and temporary files. Nothing else: the folder may hold the operator's files."""
     found = states(ledger.records()).values()
-    keep = {st[Event.VERIFIED]["details"].get("staging") for st in found if rolling(st)}
-    keep |= {st[Event.RETRAINED]["details"].get("staging") for st in found if Event.RETRAINED in st and Event.EXACT not in st}  # fmt: skip
+    keep = {st.rows[Event.VERIFIED].details.get("staging") for st in found if rolling(st)}
+    exact = [st.rows[Event.RETRAINED] for st in found if Event.RETRAINED in st.rows and Event.EXACT not in st.rows]  # fmt: skip
+    keep |= {row.details.get("staging") for row in exact}
     kept = []
     for path in layout.reserved():
         if path.name in keep:
@@ -100,7 +101,7 @@ def complete_already_purged(layout: Layout, ledger: Ledger, ids: list[str], shar
     exact = shards({r: bodies[r] for r in done}) if shards else {}
     rows = purged_rows(done, live, details, exact)
     for row in rows:
-        trained = received[row["request"]][Event.RECEIVED]["samples"]
+        trained = received[row["request"]].rows[Event.RECEIVED].samples
         row["details"]["reason"] = ALREADY if trained else UNTRAINED
     ledger.append(rows, drop_pending=done)
     changed = {name: kept[name] for name in kept if removed[name]}
