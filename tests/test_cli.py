@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import fields
+
+import pytest
 
 from e2urec.cli import _protocol, build_parser, main
 from e2urec.data import Protocol
@@ -27,6 +31,21 @@ def test_every_protocol_field_is_a_prepare_flag_read_by_the_dataclass():
     args = build_parser().parse_args(["prepare", "--out", "d", "--sample", "4,2,2", "--seed", "7"])
     protocol = _protocol(args)
     assert (protocol.sample, protocol.seed, protocol.history) == ((4, 2, 2), 7, Protocol().history)
+
+
+def test_commands_other_than_prepare_start_without_the_data_engines():
+    code = "import sys; from e2urec.cli import build_parser; build_parser(['status', '--help'])"
+    code += "; print(sorted({'pandas', 'duckdb'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_prepare_help_keeps_how_each_protocol_value_is_written(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prepare", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--sample TRAIN,VALID,TEST" in out and "--answers YES,NO" in out
+    assert "default: all" in out and "None" not in out
 
 
 def test_train_then_unlearn(tmp_path, data_dir, capsys):

@@ -27,18 +27,19 @@ PROTOCOL_HELP = {
     "forget_ratio": "share of train users who ask to be forgotten",
     "seed": "seed choosing forgotten users",
     "threshold": 'rating > threshold is "Yes."',
-    "sample": "TRAIN,VALID,TEST: draw this many samples of each split (seeded, many users)",
+    "sample": "draw this many samples of each split (seeded, many users); default: all",
     "holdout": "held-out share of train for the attack",
     "canaries": "canaries per forgotten user",
     "canary_copies": "times each canary is repeated in training",
     "template": "prompt template: paper, compact, or a Jinja2 file (README: templates)",
-    "answers": "YES,NO: the words the model answers with; their first tokens are scored",
+    "answers": "the words the model answers with; their first tokens are scored",
 }
+PROTOCOL_METAVARS = {"split": "TRAIN,VALID,TEST", "sample": "TRAIN,VALID,TEST", "answers": "YES,NO"}
 
 
-def add_prepare(sub) -> None:
-    from e2urec.data.protocol import Protocol  # its fields are the flags
-
+def add_prepare(sub, protocol_flags: bool = True) -> None:
+    """`protocol_flags` False where another command is parsed: Protocol's module imports pandas
+    and DuckDB, which every command would otherwise wait for before it starts."""
     p = sub.add_parser("prepare", help="raw data -> prompts -> train/valid/test/retain/forget")
     p.add_argument(
         "--dataset",
@@ -48,7 +49,10 @@ def add_prepare(sub) -> None:
     p.add_argument("--raw", help="raw file or folder (the default data set needs none)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML file with protocol options")
-    add_flags(p, Protocol, PROTOCOL_HELP)
+    if protocol_flags:
+        from e2urec.data.protocol import Protocol  # its fields are the flags
+
+        add_flags(p, Protocol, PROTOCOL_HELP, PROTOCOL_METAVARS)
     p.add_argument(
         "--memory-limit",
         help="memory for the data engine, e.g. 2GB (default: an eighth of the machine's RAM)",
@@ -466,11 +470,16 @@ COMMANDS = [add_prepare, add_train, add_unlearn, add_forget, add_bench, add_tune
 COMMANDS += [add_init, add_request, add_apply, add_status, add_ledger, add_serve]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """`argv`: the arguments to be parsed, when known: prepare's protocol flags are only built
+    where they can be given (None: always)."""
     parser = argparse.ArgumentParser(prog="e2urec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
-        add(sub)
+        if add is add_prepare:
+            add(sub, protocol_flags=argv is None or "prepare" in argv)
+        else:
+            add(sub)
     return parser
 
 
@@ -491,7 +500,8 @@ TRAINING = ("train", "unlearn", "forget", "apply", "tune")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     _quiet_libraries()
     if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Each process would run the whole command and write the same files.

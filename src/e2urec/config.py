@@ -27,6 +27,10 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(value, dict) and (origin in (tuple, list) or hint in (bool, int, float, str)):
+        # `name.key=value` (parse_assignments) or a YAML mapping where one value belongs: bool()
+        # of it would read True, str() its text.
+        raise ValueError(f"{name}: takes one value, not the options {', '.join(map(str, value))}")
     if origin in (tuple, list):
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = args[0] if args else str
@@ -88,16 +92,24 @@ def override(obj: T, assignments: list[str] | dict[str, Any], where: str = "conf
     return from_dict(type(obj), merged, where)
 
 
-def add_flags(parser, cls, helps: dict[str, str]) -> None:
+def add_flags(parser, cls, helps: dict[str, str], metavars: dict[str, str] | None = None) -> None:
     """A `--field-name` flag for each field of the dataclass `cls`, its help showing the field's
-    default; values stay strings for `from_dict` to read as the field's type and check."""
+    default (a None default is for the help text to explain); values stay strings for
+    `from_dict` to read as the field's type and check. `metavars`: how a value is written."""
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None  # a required field: no default to show
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = helps.get(f.name, f.name)
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
-            help=f"{helps.get(f.name, f.name)} (default: {shown})",
+            metavar=(metavars or {}).get(f.name),
+            help=text if default is None else f"{text} (default: {shown})",
         )
 
 

@@ -8,22 +8,6 @@ import math
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-# Which way is better, for tables and plots.
-HIGHER_IS_BETTER = {
-    "auc": True,
-    "acc": True,
-    "logloss": False,
-    "jsd": False,
-    "sym_kl": False,
-    "l2": False,
-    "jsd_yes_no": False,
-    "seconds": False,
-    "mia_auc": None,
-    "privleak": None,  # closest to 0 is best: leaking as much as Retrain
-    "canary_exposure": False,  # of forgotten users' canaries: 0.5 is nothing left
-    "canary_retained": True,  # of retained users' canaries: they must stay learned
-}
-
 
 def classification(
     labels: np.ndarray,
@@ -33,8 +17,8 @@ def classification(
 ) -> dict[str, float]:
     """AUC, accuracy and log loss of P(Yes) against 0/1 labels (sklearn). The AUC ranks by
     `log_odds` (the Yes-No logit difference) when given: confident models' P(Yes) tie at 1.0.
-    Accuracy is at 0.5, or at `threshold` (chosen on valid by `best_threshold`) with `acc_05`
-    the one at 0.5."""
+    Accuracy is at 0.5, or at `threshold` (chosen on valid by `evals.evaluation.best_threshold`)
+    with `acc_05` the one at 0.5."""
     labels, p_yes = np.asarray(labels), np.clip(np.asarray(p_yes, np.float64), 1e-7, 1 - 1e-7)
     rank = p_yes if log_odds is None else np.asarray(log_odds, np.float64)
     out = {
@@ -59,13 +43,3 @@ def auc(labels: np.ndarray, rank: np.ndarray, weight: np.ndarray | None = None) 
     if len(set(labels[weight > 0].tolist() if weight is not None else labels.tolist())) < 2:
         return math.nan
     return float(roc_auc_score(labels, rank, sample_weight=weight))
-
-
-def best_threshold(labels: np.ndarray, p_yes: np.ndarray) -> float:
-    """The cut that maximises accuracy on these (valid) samples: midway between neighbouring
-    scores, so that a model whose every score sits above 0.5 is not read as all "Yes"."""
-    order = np.sort(np.unique(np.asarray(p_yes, np.float64)))
-    cuts = np.concatenate([[order[0] - 1e-9], (order[:-1] + order[1:]) / 2, [order[-1]]])
-    labels = np.asarray(labels)
-    accuracy = [np.mean((p_yes > c) == labels) for c in cuts]
-    return float(cuts[int(np.argmax(accuracy))])

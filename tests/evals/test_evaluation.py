@@ -8,12 +8,18 @@ import pytest
 from e2urec.data import Protocol, load_splits, prepare
 from e2urec.data.canaries import is_canary, unique
 from e2urec.data.sample import NO, YES, Sample
-from e2urec.evals.evaluation import evaluate, exposure, history_mean_scorer, shown_mean
+from e2urec.evals.evaluation import (
+    best_threshold,
+    evaluate,
+    exposure,
+    history_mean_scorer,
+    shown_mean,
+)
 from e2urec.evals.intervals import auc_ci, bootstrap_ci, jsd_verdict
 from e2urec.evals.retrain import forget_quality
 from e2urec.evals.sets import EvalSets
 from e2urec.maths import js_divergence
-from e2urec.metrics import best_threshold, classification
+from e2urec.metrics import classification
 
 
 def test_threshold_chosen_on_valid_reads_a_model_whose_scores_all_sit_above_half():

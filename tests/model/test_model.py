@@ -115,6 +115,8 @@ def test_config_from_dict_and_overrides():
         override(config, ["epochs=0"])
     with pytest.raises(ValueError, match="cannot read 'many' as int"):
         override(config, {"epochs": "many"})
+    with pytest.raises(ValueError, match="lora: takes one value, not the options rank"):
+        override(config, ["lora.rank=8"])  # not LoRA turned on by a dotted name
 
 
 def test_tiny_dropout_reaches_the_saved_model_and_is_checked(tmp_path, splits):

@@ -3,8 +3,8 @@ request, `apply` unlearns, verifies, puts the new version live and purges the da
 and the hash-chained ledger show what was done. With `init(..., exact="apa")` each request
 is then carried out exactly as well (`exact_phase`).
 
-It may import evals/, methods/, model/, data/ and the shared modules, never api, bench/,
-service/ or cli.
+It may import evals/, methods/, model/, data/, `metrics` and the shared modules, never api,
+bench/, service/ or cli.
 """
 
 from e2urec.deploy.apply_loop import apply
