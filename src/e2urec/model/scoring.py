@@ -169,6 +169,7 @@ def forward_samples(rec: Recommender, model, samples: list[Sample], states=None)
     return forward(rec, model, {k: v.to(device) for k, v in encode(rec, samples).items()})
 
 
+@torch.no_grad()
 def score(
     rec: Recommender,
     samples: list[Sample],
